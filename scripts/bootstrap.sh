@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Idempotent set-up of everything the sensor needs to build on a fresh machine of this kind:
+#   - rust-src for the preinstalled nightly (build-std for bpfel-unknown-none),
+#   - bpf-linker 0.13.0 linked against nightly's own libLLVM 22 (no apt LLVM needed).
+# Pass --test-deps to also install what the test suite drives (PostgreSQL 15, openssl, tshark...).
+# Each step checks first and does nothing when already done, so running it twice is cheap.
+set -euo pipefail
+
+log() { printf 'bootstrap: %s\n' "$*" >&2; }
+
+want_test_deps=0
+for arg in "$@"; do
+  case "$arg" in
+    --test-deps) want_test_deps=1 ;;
+    *) log "unknown argument: $arg (expected --test-deps)"; exit 2 ;;
+  esac
+done
+
+start=$(date +%s)
+export PATH="$HOME/.cargo/bin:$PATH"
+
+# bpf-linker must match nightly's LLVM major; never `rustup update` the nightly here.
+NIGHTLY=${SENSOR_NIGHTLY:-nightly}
+BPF_LINKER_VERSION=0.13.0
+
+if ! rustup component list --toolchain "$NIGHTLY" --installed 2>/dev/null | grep -q '^rust-src'; then
+  log "adding rust-src to $NIGHTLY"
+  rustup component add rust-src --toolchain "$NIGHTLY"
+fi
+
+if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
+  sysroot=$(rustc +"$NIGHTLY" --print sysroot)
+  libllvm=$(ls "$sysroot"/lib/libLLVM.so.* 2>/dev/null | head -n1 || true)
+  if [ -z "$libllvm" ]; then
+    log "no libLLVM.so.* in $sysroot/lib: this nightly cannot host bpf-linker"; exit 1
+  fi
+  # The prefix must stay on disk: bpf-linker finds libLLVM through its rpath.
+  prefix="$HOME/.local/share/sensor-llvm-prefix"
+  mkdir -p "$prefix/lib"
+  ln -sf "$libllvm" "$prefix/lib/libLLVM.so"
+  # The binary asks for libLLVM by its soname (libLLVM.so.22.1-rust-...): link that name too.
+  ln -sf "$libllvm" "$prefix/lib/$(basename "$libllvm")"
+  log "building bpf-linker $BPF_LINKER_VERSION against $libllvm (a few minutes)"
+  LLVM_PREFIX="$prefix" RUSTFLAGS="-C link-arg=-Wl,-rpath,$prefix/lib" \
+    cargo install --force --locked "bpf-linker@$BPF_LINKER_VERSION" --no-default-features --features llvm-22
+fi
+
+if [ "$want_test_deps" = 1 ]; then
+  pkgs=(postgresql-15 postgresql-client-15 openssl iproute2 tshark procps)
+  missing=()
+  for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    echo 'wireshark-common wireshark-common/install-setuid boolean false' | debconf-set-selections
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  # Debian's postgresql package starts a cluster on 5432 via its init scripts on some hosts;
+  # the tests start their own servers on 127.0.0.x:26257 and need nothing from it.
+fi
+
+log "done in $(( $(date +%s) - start )) s"

@@ -1,0 +1,20 @@
+//! Shared by the kernel programs (`sensor-ebpf`) and the userspace agent (`sensor`).
+//!
+//! - [`pgwire`]: the one classifier of a session's first bytes, pure functions over byte
+//!   arrays. The kernel calls it to count verdicts exactly; userspace calls it again on the
+//!   captured bytes (and on pcap streams), so both sides agree by construction.
+//! - [`verdict`]: verdict, severity and role enums with their stable names.
+//! - [`event`]: the `#[repr(C)]` records that cross the kernel/user boundary.
+//! - [`limits`]: map names, sizes and counter indices both sides must agree on.
+#![no_std]
+
+#[cfg(test)]
+extern crate std;
+
+pub mod event;
+pub mod limits;
+pub mod pgwire;
+pub mod verdict;
+
+#[cfg(feature = "user")]
+mod user;

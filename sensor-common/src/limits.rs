@@ -1,0 +1,58 @@
+//! Names and sizes both sides must agree on. Every map is bounded here.
+
+/// Map names, as the kernel object declares them and userspace looks them up.
+pub mod map_names {
+    pub const WATCHED_PORTS: &str = "WATCHED_PORTS";
+    pub const CONNECTIONS: &str = "CONNECTIONS";
+    pub const EVENTS: &str = "EVENTS";
+    pub const SESSION_COUNTERS: &str = "SESSION_COUNTERS";
+    pub const STATS: &str = "STATS";
+}
+
+/// Program names (the Rust function names in `sensor-ebpf`).
+pub mod program_names {
+    pub const CONNECT4: &str = "sensor_connect4";
+    pub const CONNECT6: &str = "sensor_connect6";
+    pub const EGRESS: &str = "sensor_egress";
+}
+
+/// One byte per TCP port: a direct array index is the cheapest "is this port watched?" test.
+pub const WATCHED_PORTS_ENTRIES: u32 = 65536;
+/// At most this many watched ports may be configured.
+pub const MAX_WATCHED_PORTS: usize = 64;
+/// Connections between connect() and their first bytes. LRU: a flood evicts the oldest.
+pub const CONNECTIONS_MAX: u32 = 16384;
+/// Ring buffer size in bytes (a power of two, a multiple of the page size).
+pub const EVENTS_RING_BYTES: u32 = 1 << 20;
+
+/// Bytes of the first client message copied into an event at most.
+pub const CAPTURE_LEN: usize = 512;
+/// Bytes the classifier needs to decide in every case (the HTTP/2 preface is the longest).
+pub const PREFIX_LEN: usize = 24;
+
+/// Indices into the per-CPU `STATS` array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stat {
+    /// Events written to the ring buffer.
+    EventsSent = 0,
+    /// Events the ring buffer had no room for (the verdict was still counted).
+    EventsLost = 1,
+    /// Packets to or from a watched port that the egress program looked at.
+    PacketsInspected = 2,
+    /// Connections to a watched port recorded by the connect hooks.
+    ConnectionsTracked = 3,
+    /// Packets to a watched port on a connection not (or no longer) tracked: opened before
+    /// the sensor started, or already classified.
+    PacketsUntracked = 4,
+    /// Connect records that could not be stored.
+    TrackFailed = 5,
+}
+
+impl Stat {
+    pub const COUNT: u32 = 6;
+}
+
+/// Size of the per-CPU session counter array: one slot per (role, verdict).
+pub const SESSION_COUNTERS_ENTRIES: u32 =
+    (crate::verdict::Role::COUNT * crate::verdict::Verdict::COUNT) as u32;

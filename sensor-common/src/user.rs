@@ -1,0 +1,8 @@
+//! Userspace-only impls: lets aya read and write these types in maps.
+
+use crate::event::{ConnState, ProcRecord, SessionEvent};
+
+// SAFETY: plain #[repr(C)] data with no padding-dependent invariants and no pointers.
+unsafe impl aya::Pod for ProcRecord {}
+unsafe impl aya::Pod for ConnState {}
+unsafe impl aya::Pod for SessionEvent {}

@@ -1,0 +1,27 @@
+//! Per-CPU counters: no atomics needed, userspace sums the CPUs when it reads them.
+
+use aya_ebpf::maps::PerCpuArray;
+use sensor_common::{
+    limits::Stat,
+    verdict::{session_counter_index, Role, Verdict},
+};
+
+use crate::maps::{SESSION_COUNTERS, STATS};
+
+#[inline(always)]
+fn bump(map: &PerCpuArray<u64>, index: u32) {
+    if let Some(slot) = map.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn stat(which: Stat) {
+    bump(&STATS, which as u32);
+}
+
+#[inline(always)]
+pub fn session(role: Role, verdict: Verdict) {
+    bump(&SESSION_COUNTERS, session_counter_index(role, verdict));
+}

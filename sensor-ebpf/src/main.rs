@@ -1,0 +1,49 @@
+//! eBPF programs of the pgwire sensor. This file only declares entry points; each hook family
+//! lives in its own module and every entry point returns "allow": the sensor observes, it
+//! never blocks traffic.
+#![no_std]
+#![no_main]
+
+mod connect;
+mod counters;
+mod egress;
+mod maps;
+mod packet;
+
+use aya_ebpf::{
+    macros::{cgroup_skb, cgroup_sock_addr},
+    programs::{SkBuffContext, SockAddrContext},
+};
+
+/// cgroup_sock_addr programs: 1 lets the connect() proceed.
+const SOCK_ADDR_ALLOW: i32 = 1;
+/// cgroup_skb programs: 1 lets the packet pass.
+const SKB_PASS: i32 = 1;
+
+#[cgroup_sock_addr(connect4)]
+pub fn sensor_connect4(ctx: SockAddrContext) -> i32 {
+    connect::on_connect(&ctx);
+    SOCK_ADDR_ALLOW
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn sensor_connect6(ctx: SockAddrContext) -> i32 {
+    connect::on_connect(&ctx);
+    SOCK_ADDR_ALLOW
+}
+
+#[cgroup_skb(egress)]
+pub fn sensor_egress(ctx: SkBuffContext) -> i32 {
+    egress::on_egress(&ctx);
+    SKB_PASS
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

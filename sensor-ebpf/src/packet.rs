@@ -1,0 +1,121 @@
+//! Header parsing for cgroup_skb programs. The skb starts at the IP header (no Ethernet).
+//! Every read goes through `bpf_skb_load_bytes` with a fixed size, so non-linear skbs work
+//! and the verifier sees constant lengths; the one variable-length copy is `load_masked`.
+
+use aya_ebpf::{helpers::generated::bpf_skb_load_bytes, programs::SkBuffContext, EbpfContext};
+use sensor_common::event::{AF_INET, AF_INET6};
+
+const IPPROTO_TCP: u8 = 6;
+pub const TCP_SYN: u8 = 0x02;
+
+/// Where the TCP header starts.
+#[derive(Clone, Copy)]
+pub struct L4 {
+    pub ip_version: u8,
+    pub offset: u32,
+}
+
+#[derive(Clone, Copy)]
+pub struct Ports {
+    pub src: u16,
+    pub dst: u16,
+}
+
+#[derive(Clone, Copy)]
+pub struct TcpHeader {
+    pub seq: u32,
+    pub flags: u8,
+    pub payload_offset: u32,
+}
+
+#[inline(always)]
+fn load<T>(ctx: &SkBuffContext, offset: u32) -> Option<T> {
+    ctx.load::<T>(offset as usize).ok()
+}
+
+/// Find the TCP header of an IPv4 or IPv6 packet; `None` for anything else (other
+/// protocols, IPv6 extension headers, non-first IPv4 fragments).
+#[inline(always)]
+pub fn locate_tcp(ctx: &SkBuffContext) -> Option<L4> {
+    let version_ihl: u8 = load(ctx, 0)?;
+    match version_ihl >> 4 {
+        4 => {
+            let protocol: u8 = load(ctx, 9)?;
+            let frag: u16 = u16::from_be(load(ctx, 6)?);
+            if protocol != IPPROTO_TCP || frag & 0x1fff != 0 {
+                return None;
+            }
+            let ihl = ((version_ihl & 0x0f) as u32) * 4;
+            (ihl >= 20).then_some(L4 { ip_version: AF_INET, offset: ihl })
+        }
+        6 => {
+            let next_header: u8 = load(ctx, 6)?;
+            (next_header == IPPROTO_TCP).then_some(L4 { ip_version: AF_INET6, offset: 40 })
+        }
+        _ => None,
+    }
+}
+
+#[inline(always)]
+pub fn ports(ctx: &SkBuffContext, l4: L4) -> Option<Ports> {
+    let raw: [u8; 4] = load(ctx, l4.offset)?;
+    Some(Ports {
+        src: u16::from_be_bytes([raw[0], raw[1]]),
+        dst: u16::from_be_bytes([raw[2], raw[3]]),
+    })
+}
+
+#[inline(always)]
+pub fn tcp_header(ctx: &SkBuffContext, l4: L4) -> Option<TcpHeader> {
+    let seq = u32::from_be(load(ctx, l4.offset + 4)?);
+    let doff_flags: [u8; 2] = load(ctx, l4.offset + 12)?;
+    let header_len = ((doff_flags[0] >> 4) as u32) * 4;
+    if header_len < 20 {
+        return None;
+    }
+    Some(TcpHeader { seq, flags: doff_flags[1], payload_offset: l4.offset + header_len })
+}
+
+/// Source and destination addresses, IPv4 in the first four bytes.
+#[inline(always)]
+pub fn addresses(ctx: &SkBuffContext, l4: L4) -> ([u8; 16], [u8; 16]) {
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    if l4.ip_version == AF_INET {
+        if let Some(a) = load::<[u8; 8]>(ctx, 12) {
+            src[..4].copy_from_slice(&a[..4]);
+            dst[..4].copy_from_slice(&a[4..]);
+        }
+    } else {
+        if let Some(a) = load::<[u8; 16]>(ctx, 8) {
+            src = a;
+        }
+        if let Some(a) = load::<[u8; 16]>(ctx, 24) {
+            dst = a;
+        }
+    }
+    (src, dst)
+}
+
+/// Copy `len` bytes (1 ..= MASK + 1) from `offset` to `dst`, which must have room for
+/// `MASK + 1` bytes. `MASK + 1` is a power of two; the `& MASK` keeps the length provably in
+/// range for the verifier, whatever the compiler does with the caller's bounds checks.
+#[inline(always)]
+pub fn load_masked<const MASK: u32>(
+    ctx: &SkBuffContext,
+    offset: u32,
+    dst: *mut u8,
+    len: u32,
+) -> bool {
+    if len == 0 {
+        return false;
+    }
+    // The volatile read hides `len`'s known range from LLVM, which would otherwise drop the
+    // mask as redundant; the verifier then sees the masked value, provably in 1 ..= MASK + 1.
+    // SAFETY: reading a local.
+    let len = unsafe { core::ptr::read_volatile(&len) };
+    let n = (len.wrapping_sub(1) & MASK) + 1;
+    // SAFETY: `dst` has room for MASK + 1 bytes and n <= MASK + 1.
+    let ret = unsafe { bpf_skb_load_bytes(ctx.as_ptr(), offset, dst.cast(), n) };
+    ret == 0
+}

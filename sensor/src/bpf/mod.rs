@@ -1,0 +1,107 @@
+//! Loading the kernel object, configuring it, attaching its programs at a cgroup, and
+//! detaching (by dropping: cgroup attachments are bpf_links owned by this process's fds, so
+//! they go away when the process exits, even on SIGKILL).
+
+mod counters;
+
+use std::{fs::File, path::Path};
+
+use anyhow::{anyhow, Context};
+use aya::{
+    maps::{Array, MapData, RingBuf},
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr},
+    Ebpf,
+};
+use sensor_common::limits::{map_names, program_names};
+
+pub use counters::{KernelCounters, KernelStats};
+
+/// The kernel object built by `build.rs` from `sensor-ebpf`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor"));
+
+/// The loaded and attached programs. Dropping it detaches everything.
+pub struct Attached {
+    ebpf: Ebpf,
+    pub programs: usize,
+}
+
+impl Attached {
+    /// Load the object, write the watched ports, and attach the programs at `cgroup_dir`.
+    ///
+    /// The packet program is attached before the connect hooks: a connection recorded by
+    /// connect() then always has its SYN seen on egress.
+    pub fn load_and_attach(ports: &[u16], cgroup_dir: &Path) -> anyhow::Result<Attached> {
+        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(|err| {
+            anyhow!(err).context(
+                "loading the eBPF object failed: the kernel refused a map or program \
+                 (run `sensor check` to see which requirement is missing)",
+            )
+        })?;
+        write_watched_ports(&mut ebpf, ports)?;
+
+        let cgroup = File::open(cgroup_dir)
+            .with_context(|| format!("cannot open cgroup directory {}", cgroup_dir.display()))?;
+        let mut programs = 0;
+
+        let egress: &mut CgroupSkb = program(&mut ebpf, program_names::EGRESS)?;
+        egress.load().context("the kernel verifier rejected the egress program")?;
+        egress
+            .attach(&cgroup, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
+            .with_context(|| attach_error(program_names::EGRESS, cgroup_dir))?;
+        programs += 1;
+
+        for name in [program_names::CONNECT4, program_names::CONNECT6] {
+            let hook: &mut CgroupSockAddr = program(&mut ebpf, name)?;
+            hook.load().with_context(|| format!("the kernel verifier rejected {name}"))?;
+            hook.attach(&cgroup, CgroupAttachMode::Single)
+                .with_context(|| attach_error(name, cgroup_dir))?;
+            programs += 1;
+        }
+        Ok(Attached { ebpf, programs })
+    }
+
+    /// The ring buffer the programs send events through (taken once).
+    pub fn take_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map(map_names::EVENTS)
+            .ok_or_else(|| anyhow!("map {} missing from the eBPF object", map_names::EVENTS))?;
+        RingBuf::try_from(map).context("EVENTS is not a ring buffer")
+    }
+
+    /// Handles on the kernel counters (taken once).
+    pub fn take_counters(&mut self) -> anyhow::Result<KernelCounters> {
+        KernelCounters::take_from(&mut self.ebpf)
+    }
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
+    prog.try_into().with_context(|| format!("program {name} has an unexpected type"))
+}
+
+fn attach_error(name: &str, cgroup_dir: &Path) -> String {
+    format!(
+        "attaching {name} at {} failed (needs CAP_NET_ADMIN or root, and a cgroup v2 \
+         directory)",
+        cgroup_dir.display()
+    )
+}
+
+fn write_watched_ports(ebpf: &mut Ebpf, ports: &[u16]) -> anyhow::Result<()> {
+    let map = ebpf
+        .map_mut(map_names::WATCHED_PORTS)
+        .ok_or_else(|| anyhow!("map {} missing", map_names::WATCHED_PORTS))?;
+    let mut watched: Array<&mut MapData, u8> = Array::try_from(map)?;
+    for &port in ports {
+        watched
+            .set(u32::from(port), 1u8, 0)
+            .with_context(|| format!("cannot mark port {port} as watched"))?;
+    }
+    Ok(())
+}

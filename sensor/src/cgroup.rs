@@ -1,0 +1,117 @@
+//! Finding the cgroup v2 hierarchy to attach at. Hosts differ (unified at /sys/fs/cgroup,
+//! hybrid at /sys/fs/cgroup/unified, ...), so it is read from /proc/self/mountinfo, never
+//! assumed.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context};
+
+/// The mount point of the cgroup2 filesystem whose root is the hierarchy's root.
+pub fn find_cgroup2_root() -> anyhow::Result<PathBuf> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo")
+        .context("cannot read /proc/self/mountinfo (is /proc mounted?)")?;
+    match cgroup2_mount_from_mountinfo(&mountinfo) {
+        Some(path) => Ok(path),
+        None => bail!(
+            "no cgroup v2 filesystem is mounted. The sensor attaches at the cgroup v2 root; \
+             mount one with `mount -t cgroup2 none /sys/fs/cgroup/unified` (or boot with \
+             systemd.unified_cgroup_hierarchy=1), or pass --cgroup PATH"
+        ),
+    }
+}
+
+/// Check a user-given `--cgroup PATH` is a cgroup v2 directory.
+pub fn validate_cgroup_dir(path: &Path) -> anyhow::Result<()> {
+    let meta = fs::metadata(path)
+        .with_context(|| format!("--cgroup {}: cannot read it", path.display()))?;
+    if !meta.is_dir() || !path.join("cgroup.procs").exists() {
+        bail!("--cgroup {}: not a cgroup v2 directory (no cgroup.procs)", path.display());
+    }
+    Ok(())
+}
+
+/// Parse mountinfo text: the first cgroup2 mount whose root is `/` (a container may also
+/// see bind mounts of sub-cgroups; those would miss most of the host's processes).
+pub fn cgroup2_mount_from_mountinfo(mountinfo: &str) -> Option<PathBuf> {
+    let mut fallback = None;
+    for line in mountinfo.lines() {
+        // id parent major:minor root mount-point options [optional...] - fstype source super
+        let Some((left, right)) = line.split_once(" - ") else { continue };
+        if right.split_whitespace().next() != Some("cgroup2") {
+            continue;
+        }
+        let fields: Vec<&str> = left.split_whitespace().collect();
+        let (Some(root), Some(mount_point)) = (fields.get(3), fields.get(4)) else { continue };
+        let path = PathBuf::from(unescape_octal(mount_point));
+        if *root == "/" {
+            return Some(path);
+        }
+        fallback.get_or_insert(path);
+    }
+    fallback
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_octal(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
+            if let Some(v) = std::str::from_utf8(&bytes[i + 1..i + 4])
+                .ok()
+                .and_then(|d| u8::from_str_radix(d, 8).ok())
+            {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+
+    #[test]
+    fn finds_the_hybrid_unified_mount() {
+        assert_eq!(
+            cgroup2_mount_from_mountinfo(HYBRID),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+    }
+
+    #[test]
+    fn prefers_the_hierarchy_root_over_a_bind_mounted_subtree() {
+        let info = "\
+50 1 0:40 /kubepods/pod1 /host/cgroup rw - cgroup2 cgroup2 rw
+51 1 0:40 / /sys/fs/cgroup rw shared:9 - cgroup2 cgroup2 rw,nsdelegate
+";
+        assert_eq!(cgroup2_mount_from_mountinfo(info), Some(PathBuf::from("/sys/fs/cgroup")));
+    }
+
+    #[test]
+    fn optional_fields_and_escapes() {
+        let info = "60 1 0:41 / /mnt/my\\040cg rw shared:1 master:2 - cgroup2 none rw\n";
+        assert_eq!(cgroup2_mount_from_mountinfo(info), Some(PathBuf::from("/mnt/my cg")));
+    }
+
+    #[test]
+    fn none_without_cgroup2() {
+        assert_eq!(cgroup2_mount_from_mountinfo("1 0 0:1 / / rw - ext4 /dev/vda rw\n"), None);
+        assert_eq!(cgroup2_mount_from_mountinfo("garbage\n\n - \n"), None);
+    }
+}

@@ -1,0 +1,82 @@
+//! Command-line interface. Flag names are a public interface: keep them stable.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{config::RunConfig, error::Failure, preflight, run};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sensor",
+    version,
+    about = "eBPF sensor that reports PostgreSQL-wire (CockroachDB) sessions sent in plaintext"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Attach to the kernel and report sessions until SIGINT/SIGTERM (needs root or
+    /// CAP_BPF + CAP_PERFMON + CAP_NET_ADMIN).
+    Run(RunArgs),
+    /// Check each kernel and privilege requirement and say what is missing.
+    Check,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// TCP ports that carry pgwire (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "26257", value_name = "PORT[,PORT...]")]
+    pub ports: Vec<u16>,
+    /// cgroup v2 directory to attach at [default: the cgroup2 root from /proc/self/mountinfo].
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+    /// Where to serve /metrics and /healthz. Loopback by default: metrics reveal which
+    /// sessions are exposed.
+    #[arg(long, default_value = "127.0.0.1:9477", value_name = "ADDR:PORT")]
+    pub metrics_addr: SocketAddr,
+    /// Where to append findings (JSON lines); `-` is stdout.
+    #[arg(long, default_value = "-", value_name = "PATH|-")]
+    pub findings: String,
+}
+
+/// Parse the command line, run, and turn the outcome into an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse(); // clap exits 2 itself on usage errors
+    init_logging();
+    let outcome = match cli.command {
+        Command::Run(args) => RunConfig::try_from(args).and_then(run::run),
+        Command::Check => return preflight::print_report(),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("sensor: error: {failure}");
+            failure.exit_code()
+        }
+    }
+}
+
+/// Logs go to stderr (findings may be on stdout). `RUST_LOG` overrides the `info` default.
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+impl TryFrom<RunArgs> for RunConfig {
+    type Error = Failure;
+
+    fn try_from(args: RunArgs) -> Result<Self, Failure> {
+        RunConfig::new(args.ports, args.cgroup, args.metrics_addr, &args.findings)
+            .map_err(Failure::config)
+    }
+}

@@ -1,0 +1,64 @@
+//! The finding: one JSON object per line, the evidence an incident responder reads.
+//! Field names are a public interface; add fields, never rename them.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Finding {
+    /// RFC 3339 UTC time the session's first bytes were seen.
+    pub ts: String,
+    pub verdict: &'static str,
+    pub severity: &'static str,
+    pub role: &'static str,
+    /// Why the verdict is `unknown`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+    pub src: Endpoint,
+    pub dst: Endpoint,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process: Option<Process>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub startup: Option<Startup>,
+    /// Kernel socket cookie: joins this finding with later ones about the same socket.
+    pub socket_cookie: u64,
+    /// TCP Fast Open carried the first bytes in the SYN.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub fast_open: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Endpoint {
+    pub ip: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Process {
+    /// Userspace pid (the kernel's tgid).
+    pub pid: u32,
+    /// The thread that called connect().
+    pub tid: u32,
+    pub comm: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// cgroup v2 id (inode of the cgroup directory).
+    pub cgroup_id: u64,
+}
+
+/// What a plaintext StartupMessage said. Only these keys are copied out; other parameters
+/// (`options`, driver-specific ones) are not needed and could carry secrets.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
+pub struct Startup {
+    /// Protocol version, e.g. "3.0".
+    pub protocol: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The database asked for; PostgreSQL uses the user name when none is given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub application_name: Option<String>,
+    /// The capture ended before the message did.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+}

@@ -1,0 +1,18 @@
+//! The pgwire sensor's userspace agent.
+//!
+//! Data flow: `bpf` loads and attaches the kernel programs -> `events` drains their ring
+//! buffer -> `session` turns each event into a `finding::Finding` with the shared classifier
+//! -> `output` writes findings and serves metrics (kernel counters read at scrape time).
+
+pub mod bpf;
+pub mod cgroup;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod finding;
+pub mod output;
+pub mod preflight;
+pub mod run;
+pub mod session;

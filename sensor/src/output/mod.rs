@@ -1,0 +1,5 @@
+//! Where findings and counts go: JSON lines, Prometheus metrics over HTTP.
+
+pub mod findings;
+pub mod http;
+pub mod metrics;

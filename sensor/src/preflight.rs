@@ -1,0 +1,197 @@
+//! `sensor check`: each requirement, ok or missing, with how to fix it. `sensor run` uses
+//! the same checks and stops at the first missing one before touching the kernel.
+
+use std::{fs, process::ExitCode};
+
+use aya::{maps::MapType, programs::ProgramType};
+
+use crate::{cgroup, error::Failure};
+
+/// Oldest kernel the sensor supports: BPF ring buffer (5.8) and cgroup bpf_link (5.7).
+pub const MIN_KERNEL: (u32, u32) = (5, 8);
+
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub name: &'static str,
+    pub ok: bool,
+    pub detail: String,
+    /// How to fix it, when missing.
+    pub fix: &'static str,
+}
+
+pub fn run_checks() -> Vec<Check> {
+    let mut checks = vec![kernel_version(), capabilities(), cgroup_v2()];
+    // Probing needs the privileges; without them the probes would only repeat that.
+    if checks[1].ok {
+        checks.push(program_support());
+        checks.push(ring_buffer_support());
+    }
+    checks.push(btf());
+    checks
+}
+
+/// Print every check; exit 0 when all pass, 1 otherwise.
+pub fn print_report() -> ExitCode {
+    let checks = run_checks();
+    for check in &checks {
+        if check.ok {
+            println!("ok       {:<22} {}", check.name, check.detail);
+        } else {
+            println!("MISSING  {:<22} {}\n         fix: {}", check.name, check.detail, check.fix);
+        }
+    }
+    if checks.iter().all(|c| c.ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// For `run`: the first missing requirement as an error.
+pub fn require_all() -> Result<(), Failure> {
+    match run_checks().into_iter().find(|c| !c.ok && c.name != "kernel BTF") {
+        None => Ok(()),
+        Some(c) => Err(Failure::runtime(anyhow::anyhow!(
+            "{}: {}. Fix: {} (`sensor check` lists every requirement)",
+            c.name,
+            c.detail,
+            c.fix
+        ))),
+    }
+}
+
+fn kernel_version() -> Check {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let release = release.trim();
+    let ok = parse_release(release).is_some_and(|v| v >= MIN_KERNEL);
+    Check {
+        name: "kernel version",
+        ok,
+        detail: format!("{release} (need >= {}.{})", MIN_KERNEL.0, MIN_KERNEL.1),
+        fix: "run on Linux 5.8 or newer (BPF ring buffer, cgroup bpf_link)",
+    }
+}
+
+fn parse_release(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+fn capabilities() -> Check {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let effective = parse_cap_eff(&status).unwrap_or(0);
+    let has = |cap: u32| effective & (1u64 << cap) != 0;
+    let sys_admin = has(CAP_SYS_ADMIN);
+    let mut missing = Vec::new();
+    if !(has(CAP_BPF) || sys_admin) {
+        missing.push("CAP_BPF");
+    }
+    if !(has(CAP_PERFMON) || sys_admin) {
+        missing.push("CAP_PERFMON");
+    }
+    if !has(CAP_NET_ADMIN) {
+        missing.push("CAP_NET_ADMIN");
+    }
+    Check {
+        name: "capabilities",
+        ok: missing.is_empty(),
+        detail: if missing.is_empty() {
+            "CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN effective".to_string()
+        } else {
+            format!("missing {}", missing.join(", "))
+        },
+        fix: "run as root (sudo sensor run), or grant CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN",
+    }
+}
+
+fn parse_cap_eff(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("CapEff:"))?;
+    u64::from_str_radix(line["CapEff:".len()..].trim(), 16).ok()
+}
+
+fn cgroup_v2() -> Check {
+    match cgroup::find_cgroup2_root() {
+        Ok(path) => Check {
+            name: "cgroup v2",
+            ok: true,
+            detail: format!("mounted at {}", path.display()),
+            fix: "",
+        },
+        Err(err) => Check {
+            name: "cgroup v2",
+            ok: false,
+            detail: format!("{err:#}"),
+            fix: "mount cgroup2 (mount -t cgroup2 none /sys/fs/cgroup/unified) or pass --cgroup",
+        },
+    }
+}
+
+fn program_support() -> Check {
+    let results = [
+        ("cgroup_skb", aya::sys::is_program_supported(ProgramType::CgroupSkb)),
+        ("cgroup_sock_addr", aya::sys::is_program_supported(ProgramType::CgroupSockAddr)),
+    ];
+    let missing: Vec<String> = results
+        .iter()
+        .filter_map(|(name, r)| match r {
+            Ok(true) => None,
+            Ok(false) => Some(format!("{name} not supported")),
+            Err(err) => Some(format!("{name}: {err}")),
+        })
+        .collect();
+    Check {
+        name: "BPF program types",
+        ok: missing.is_empty(),
+        detail: if missing.is_empty() {
+            "cgroup_skb, cgroup_sock_addr load".to_string()
+        } else {
+            missing.join("; ")
+        },
+        fix: "use a kernel built with CONFIG_BPF_SYSCALL and CONFIG_CGROUP_BPF",
+    }
+}
+
+fn ring_buffer_support() -> Check {
+    let (ok, detail) = match aya::sys::is_map_supported(MapType::RingBuf) {
+        Ok(true) => (true, "BPF ring buffer available".to_string()),
+        Ok(false) => (false, "BPF ring buffer not supported".to_string()),
+        Err(err) => (false, format!("probe failed: {err}")),
+    };
+    Check { name: "BPF ring buffer", ok, detail, fix: "run on Linux 5.8 or newer" }
+}
+
+fn btf() -> Check {
+    let ok = fs::metadata("/sys/kernel/btf/vmlinux").is_ok();
+    Check {
+        name: "kernel BTF",
+        ok,
+        detail: if ok { "/sys/kernel/btf/vmlinux present" } else { "no /sys/kernel/btf/vmlinux" }
+            .to_string(),
+        fix: "optional today; a kernel with CONFIG_DEBUG_INFO_BTF=y is recommended",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_releases_parse() {
+        assert_eq!(parse_release("6.18.44-fc-v657"), Some((6, 18)));
+        assert_eq!(parse_release("5.4.0-150-generic"), Some((5, 4)));
+        assert!(parse_release("5.4.0").unwrap() < MIN_KERNEL);
+        assert_eq!(parse_release("garbage"), None);
+    }
+
+    #[test]
+    fn cap_eff_parses() {
+        let status = "Name:\tsensor\nCapEff:\t000001ffffffffff\n";
+        assert_eq!(parse_cap_eff(status), Some(0x1ff_ffff_ffff));
+        assert_eq!(parse_cap_eff("Name: x\n"), None);
+    }
+}

@@ -1,0 +1,130 @@
+//! `sensor run`: the agent's lifecycle.
+//!
+//! Order matters for "nothing left attached on error": validate, open the findings output,
+//! bind the metrics address, and only then load and attach. Detach happens when `Attached`
+//! is dropped, on every exit path.
+
+use std::{
+    path::PathBuf,
+    sync::{atomic::Ordering, Arc},
+};
+
+use anyhow::Context;
+use sensor_common::{event::SessionEvent, verdict::Verdict};
+use tokio::{
+    net::TcpListener,
+    signal::unix::{signal, SignalKind},
+};
+use tracing::{error, info, warn};
+
+use crate::{
+    bpf::Attached,
+    cgroup,
+    config::RunConfig,
+    error::Failure,
+    events::EventStream,
+    output::{
+        findings::FindingsWriter,
+        http::{self, HttpState},
+        metrics::Metrics,
+    },
+    preflight, session,
+};
+
+pub fn run(config: RunConfig) -> Result<(), Failure> {
+    // One thread: the agent's work per session is tiny, and a single-threaded runtime keeps
+    // its CPU and memory footprint small on every host.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(run_async(config))
+}
+
+async fn run_async(config: RunConfig) -> Result<(), Failure> {
+    let cgroup_dir = resolve_cgroup(&config)?;
+    preflight::require_all()?;
+
+    let mut findings = FindingsWriter::open(&config.findings).map_err(Failure::config)?;
+    let listener = TcpListener::bind(config.metrics_addr).await.map_err(|err| {
+        Failure::runtime(anyhow::anyhow!(
+            "cannot listen on --metrics-addr {}: {err}. Another process (another sensor?) may \
+             hold it; pick a free address with --metrics-addr",
+            config.metrics_addr
+        ))
+    })?;
+
+    let mut attached = Attached::load_and_attach(&config.ports, &cgroup_dir)?;
+    let counters = Arc::new(attached.take_counters()?);
+    let mut events =
+        EventStream::new(attached.take_events()?).context("cannot poll the ring buffer")?;
+    let state = Arc::new(HttpState {
+        metrics: Metrics::new(counters).context("cannot set up metrics")?,
+        attached: true.into(),
+    });
+    let server = tokio::spawn(http::serve(listener, state.clone()));
+    info!(
+        programs = attached.programs,
+        cgroup = %cgroup_dir.display(),
+        ports = ?config.ports,
+        metrics = %config.metrics_addr,
+        "attached; watching sessions"
+    );
+
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut batch: Vec<SessionEvent> = Vec::with_capacity(64);
+    let outcome = loop {
+        tokio::select! {
+            read = events.next_batch(&mut batch) => {
+                if let Err(err) = read {
+                    break Err(Failure::runtime(anyhow::Error::new(err).context("reading events failed")));
+                }
+                report(&mut batch, &mut findings, &state.metrics);
+            }
+            _ = sigterm.recv() => { info!("SIGTERM: stopping"); break Ok(()) }
+            _ = sigint.recv() => { info!("SIGINT: stopping"); break Ok(()) }
+        }
+    };
+
+    // Whatever the kernel already sent is reported before detaching.
+    events.drain_now(&mut batch);
+    report(&mut batch, &mut findings, &state.metrics);
+    if events.malformed > 0 {
+        warn!(records = events.malformed, "ignored malformed ring buffer records");
+    }
+    state.attached.store(false, Ordering::Relaxed);
+    drop(events);
+    drop(attached);
+    server.abort();
+    info!("detached");
+    outcome
+}
+
+fn resolve_cgroup(config: &RunConfig) -> Result<PathBuf, Failure> {
+    match &config.cgroup {
+        Some(dir) => {
+            cgroup::validate_cgroup_dir(dir).map_err(Failure::config)?;
+            Ok(dir.clone())
+        }
+        None => Ok(cgroup::find_cgroup2_root()?),
+    }
+}
+
+/// Turn events into findings. Encrypted sessions are only counted (in the kernel).
+fn report(batch: &mut Vec<SessionEvent>, findings: &mut FindingsWriter, metrics: &Metrics) {
+    for ev in batch.drain(..) {
+        let verdict = Verdict::from_u8(ev.verdict).unwrap_or(Verdict::Unknown);
+        if verdict.is_encrypted() {
+            continue;
+        }
+        let finding = session::finding_from_event(&ev);
+        match findings.write(&finding) {
+            Ok(()) => metrics.finding_written(verdict.severity()),
+            Err(err) => {
+                metrics.findings_write_errors.inc();
+                error!(%err, "cannot write finding");
+            }
+        }
+    }
+}

@@ -1,0 +1,114 @@
+use super::*;
+use sensor_common::{
+    event::{ProcRecord, AF_INET, AF_INET6},
+    limits::CAPTURE_LEN,
+};
+
+fn startup_message(params: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = vec![0, 3, 0, 0];
+    for (k, v) in params {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut msg = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    msg.extend_from_slice(&body);
+    msg
+}
+
+fn event(verdict: Verdict, captured: &[u8]) -> SessionEvent {
+    let mut comm = [0u8; 16];
+    comm[..4].copy_from_slice(b"psql");
+    let mut ev = SessionEvent {
+        cookie: 7,
+        seen_ns: crate::clock::monotonic_ns(),
+        proc_: ProcRecord {
+            pid_tgid: (4242u64 << 32) | 4243,
+            uid_gid: (100u64 << 32) | 1000,
+            cgroup_id: 99,
+            connect_ns: 0,
+            comm,
+        },
+        src_addr: [0; 16],
+        dst_addr: [0; 16],
+        src_port: 40000,
+        dst_port: 26257,
+        ip_version: AF_INET,
+        role: Role::Client as u8,
+        verdict: verdict as u8,
+        reason: 0,
+        flags: event_flags::PROC_KNOWN,
+        segment_len: captured.len() as u32,
+        captured_len: captured.len().min(CAPTURE_LEN) as u32,
+        _pad: 0,
+        captured: [0; CAPTURE_LEN],
+    };
+    ev.src_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+    ev.dst_addr[..4].copy_from_slice(&[127, 0, 0, 2]);
+    let n = captured.len().min(CAPTURE_LEN);
+    ev.captured[..n].copy_from_slice(&captured[..n]);
+    ev
+}
+
+#[test]
+fn plaintext_startup_becomes_a_finding_with_user_and_database() {
+    let msg =
+        startup_message(&[("user", "app"), ("database", "orders"), ("application_name", "psql")]);
+    let f = finding_from_event(&event(Verdict::Plaintext, &msg));
+    assert_eq!(f.verdict, "plaintext");
+    assert_eq!(f.severity, "high");
+    assert_eq!(f.role, "client");
+    assert_eq!(f.src, Endpoint { ip: "127.0.0.1".into(), port: 40000 });
+    assert_eq!(f.dst, Endpoint { ip: "127.0.0.2".into(), port: 26257 });
+    let p = f.process.unwrap();
+    assert_eq!((p.pid, p.tid, p.uid, p.gid, p.comm.as_str()), (4242, 4243, 1000, 100, "psql"));
+    let s = f.startup.unwrap();
+    assert_eq!(s.user.as_deref(), Some("app"));
+    assert_eq!(s.database.as_deref(), Some("orders"));
+    assert_eq!(s.application_name.as_deref(), Some("psql"));
+    assert_eq!(s.protocol, "3.0");
+    assert!(!s.truncated);
+}
+
+#[test]
+fn database_defaults_to_user_like_postgres_does() {
+    let msg = startup_message(&[("user", "app")]);
+    let s = finding_from_event(&event(Verdict::Plaintext, &msg)).startup.unwrap();
+    assert_eq!(s.database.as_deref(), Some("app"));
+}
+
+#[test]
+fn a_truncated_capture_is_marked_and_guesses_nothing() {
+    let long = "x".repeat(600);
+    let msg = startup_message(&[("user", "app"), ("options", &long), ("database", "d")]);
+    let s = finding_from_event(&event(Verdict::Plaintext, &msg)).startup.unwrap();
+    assert!(s.truncated);
+    assert_eq!(s.user.as_deref(), Some("app"));
+    assert_eq!(s.database, None);
+}
+
+#[test]
+fn unknown_carries_its_reason_and_ipv6_addresses() {
+    let mut ev = event(Verdict::Unknown, b"GET / HTTP/1.1\r\n");
+    ev.reason = UnknownReason::NotPgwire as u8;
+    ev.ip_version = AF_INET6;
+    ev.dst_addr = std::net::Ipv6Addr::LOCALHOST.octets();
+    let f = finding_from_event(&ev);
+    assert_eq!((f.verdict, f.reason), ("unknown", Some("not_pgwire")));
+    assert_eq!(f.dst.ip, "::1");
+}
+
+#[test]
+fn finding_json_has_the_documented_shape() {
+    let msg = startup_message(&[("user", "app"), ("database", "orders")]);
+    let json = serde_json::to_value(finding_from_event(&event(Verdict::Plaintext, &msg))).unwrap();
+    for key in ["ts", "verdict", "severity", "role", "src", "dst", "process", "startup"] {
+        assert!(json.get(key).is_some(), "missing {key} in {json}");
+    }
+    assert_eq!(json["dst"]["port"], 26257);
+    assert_eq!(json["process"]["comm"], "psql");
+    assert!(json["ts"].as_str().unwrap().ends_with('Z'));
+    assert!(json.get("reason").is_none());
+}
