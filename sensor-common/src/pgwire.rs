@@ -133,7 +133,7 @@ pub fn classify_first(prefix: &[u8; PREFIX_LEN], avail: usize) -> FirstMessage {
     match code {
         SSL_REQUEST_CODE if len == 8 => FirstMessage::SslRequest,
         GSSENC_REQUEST_CODE if len == 8 => FirstMessage::GssEncRequest,
-        CANCEL_REQUEST_CODE if len >= 16 && len <= MAX_CANCEL_LEN => {
+        CANCEL_REQUEST_CODE if (16..=MAX_CANCEL_LEN).contains(&len) => {
             FirstMessage::CancelRequest { len }
         }
         // Protocol 3.x: major in the high 16 bits. The smallest valid startup packet carries

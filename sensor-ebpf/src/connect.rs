@@ -45,7 +45,7 @@ pub fn on_connect(ctx: &SockAddrContext) {
         isn: 0,
         flags: 0,
     };
-    match maps::CONNECTIONS.insert(&cookie, &state, 0) {
+    match maps::CONNECTIONS.insert(cookie, state, 0) {
         Ok(()) => counters::stat(Stat::ConnectionsTracked),
         Err(_) => counters::stat(Stat::TrackFailed),
     }

@@ -42,7 +42,7 @@ pub fn on_egress(ctx: &SkBuffContext) {
 
     // SAFETY: helper valid for cgroup_skb; the skb pointer is the program's context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let Some(state) = maps::CONNECTIONS.get_ptr_mut(&cookie) else {
+    let Some(state) = maps::CONNECTIONS.get_ptr_mut(cookie) else {
         counters::stat(Stat::PacketsUntracked);
         return;
     };
@@ -74,7 +74,7 @@ pub fn on_egress(ctx: &SkBuffContext) {
     };
     let proc_ = state.proc_;
     // The verdict is final from here on: stop tracking the connection.
-    let _ = maps::CONNECTIONS.remove(&cookie);
+    let _ = maps::CONNECTIONS.remove(cookie);
 
     let session = Session {
         ctx,

@@ -1,1 +1,15 @@
+//! Helpers for end-to-end tests: a real PostgreSQL 15 server with TLS, the real sensor
+//! binary attached to the kernel, real clients. Nothing here is a mock.
+//!
+//! The eBPF programs attach at the cgroup v2 root and see every process on the host, so
+//! tests pick their own findings out by pid and serialise with [`serial`] (they share
+//! 127.0.0.1:26257).
 
+pub mod certs;
+pub mod clients;
+pub mod metrics;
+pub mod pg;
+pub mod sensor;
+pub mod util;
+
+pub use util::serial;

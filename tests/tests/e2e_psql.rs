@@ -1,0 +1,70 @@
+//! Issue 2 end to end: a real PostgreSQL 15 with TLS on 127.0.0.1:26257, the real sensor
+//! attached at the cgroup v2 root, and real psql sessions with and without TLS.
+
+use tests::{
+    clients::psql,
+    pg::{PgOptions, PgServer},
+    sensor::Sensor,
+    serial,
+};
+
+#[test]
+fn psql_plaintext_session_is_reported_and_tls_session_only_counted() -> anyhow::Result<()> {
+    let _serial = serial();
+    let pg = PgServer::start(PgOptions::tls("e2e-psql"))?;
+    pg.admin_sql("CREATE ROLE app_user LOGIN")?;
+    pg.admin_sql("CREATE DATABASE app_db OWNER app_user")?;
+
+    let sensor = Sensor::start(&[])?;
+    let before = sensor.metrics()?;
+
+    let plain =
+        psql(&pg, "sslmode=disable gssencmode=disable", "app_user", "app_db")?.expect_success()?;
+    assert_eq!(plain.stdout, "f", "the server says the sslmode=disable session is plaintext");
+    let tls =
+        psql(&pg, "sslmode=require gssencmode=disable", "app_user", "app_db")?.expect_success()?;
+    assert_eq!(tls.stdout, "t", "the server says the sslmode=require session is TLS");
+
+    let found = sensor.wait_findings_of(plain.pid, 1)?;
+    assert_eq!(found.len(), 1, "exactly one finding for the plaintext session: {found:#?}");
+    let f = &found[0];
+    assert_eq!(f["verdict"], "plaintext");
+    assert_eq!(f["severity"], "high");
+    assert_eq!(f["role"], "client");
+    assert_eq!(f["process"]["pid"], plain.pid);
+    assert_eq!(f["process"]["comm"], "psql");
+    assert_eq!(f["process"]["uid"], 0);
+    assert_eq!(f["startup"]["user"], "app_user");
+    assert_eq!(f["startup"]["database"], "app_db");
+    assert_eq!(f["startup"]["application_name"], "psql");
+    assert_eq!(f["dst"]["ip"], "127.0.0.1");
+    assert_eq!(f["dst"]["port"], 26257);
+    assert_eq!(f["src"]["ip"], "127.0.0.1");
+    assert!(f["src"]["port"].as_u64().unwrap() > 0);
+    assert!(f["ts"].as_str().unwrap().ends_with('Z'));
+
+    // Give the TLS session's event (if one were wrongly written) time to arrive, then check.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        sensor.findings_of(tls.pid)?.is_empty(),
+        "the TLS session must produce no finding: {:#?}",
+        sensor.findings_of(tls.pid)?
+    );
+
+    let after = sensor.metrics()?;
+    let delta =
+        |verdict: &str| after.sessions(verdict, "client") - before.sessions(verdict, "client");
+    assert_eq!(delta("plaintext"), 1.0);
+    assert_eq!(delta("tls"), 1.0);
+    for verdict in
+        ["tls_direct", "gssenc", "downgraded", "refused", "cancel", "rpc_plaintext", "unknown"]
+    {
+        assert_eq!(delta(verdict), 0.0, "{verdict} moved");
+    }
+    assert_eq!(after.get("pgwire_sensor_events_lost_total"), 0.0);
+    assert_eq!(after.get("pgwire_sensor_build_info{version=\"0.1.0\"}"), 1.0);
+
+    let status = sensor.stop()?;
+    assert!(status.success(), "SIGTERM must give a clean exit, got {status}");
+    Ok(())
+}
