@@ -46,7 +46,7 @@ if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
 fi
 
 if [ "$want_test_deps" = 1 ]; then
-  pkgs=(postgresql-15 postgresql-client-15 openssl iproute2 tshark procps)
+  pkgs=(postgresql-15 postgresql-client-15 openssl util-linux procps)
   missing=()
   for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -54,7 +54,6 @@ if [ "$want_test_deps" = 1 ]; then
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    echo 'wireshark-common wireshark-common/install-setuid boolean false' | debconf-set-selections
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi

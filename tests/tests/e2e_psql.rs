@@ -28,6 +28,7 @@ fn psql_plaintext_session_is_reported_and_tls_session_only_counted() -> anyhow::
     let found = sensor.wait_findings_of(plain.pid, 1)?;
     assert_eq!(found.len(), 1, "exactly one finding for the plaintext session: {found:#?}");
     let f = &found[0];
+    eprintln!("findings file:\n{}", std::fs::read_to_string(&sensor.findings_path)?);
     assert_eq!(f["verdict"], "plaintext");
     assert_eq!(f["severity"], "high");
     assert_eq!(f["role"], "client");
@@ -64,6 +65,8 @@ fn psql_plaintext_session_is_reported_and_tls_session_only_counted() -> anyhow::
     assert_eq!(after.get("pgwire_sensor_events_lost_total"), 0.0);
     assert_eq!(after.get("pgwire_sensor_build_info{version=\"0.1.0\"}"), 1.0);
 
+    let (_, text) = tests::metrics::http_get(sensor.metrics_addr, "/metrics")?;
+    eprintln!("metrics:\n{text}");
     let status = sensor.stop()?;
     assert!(status.success(), "SIGTERM must give a clean exit, got {status}");
     Ok(())
