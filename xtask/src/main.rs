@@ -100,7 +100,8 @@ fn test() -> anyhow::Result<()> {
             .args(["--", "-D", "warnings"]),
     )?;
     status(cargo().args(["build", "--package", "sensor"]))?;
-    status(cargo().args(["test", "--workspace", "--", "--nocapture"]))?;
+    // Default members only: the kernel crate cannot build for the host.
+    status(cargo().args(["test", "--", "--nocapture"]))?;
     Ok(())
 }
 
