@@ -29,7 +29,7 @@ fn psql_interrupted_during_a_query_sends_a_cancel_request() -> anyhow::Result<()
         "host={} port={} user=postgres dbname=postgres sslmode=disable gssencmode=disable",
         pg.host, pg.port
     );
-    let mut child = Command::new("psql")
+    let child = Command::new("psql")
         .args([&conninfo, "-X", "-c", "select pg_sleep(20)"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
