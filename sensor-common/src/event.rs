@@ -1,7 +1,7 @@
 //! Records that cross the kernel/user boundary. `#[repr(C)]`, fixed size, no pointers;
 //! sizes are asserted at compile time so a layout change on one side cannot go unnoticed.
 
-use crate::limits::CAPTURE_LEN;
+use crate::{limits::CAPTURE_LEN, tracker::Tracker};
 
 pub const COMM_LEN: usize = 16;
 
@@ -37,39 +37,87 @@ impl ProcRecord {
     }
 }
 
-/// Per-connection state kept in the kernel from connect() until the verdict is final.
+/// Per-connection state kept in the kernel from connect() until nothing more is to be learned.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ConnState {
     pub proc_: ProcRecord,
-    /// Initial sequence number of the client's SYN (valid when `FLAG_SYN_SEEN`).
-    pub isn: u32,
+    /// Sequence number of the client's byte 0 (valid with `conn_flags::CLIENT_BASE`).
+    pub client_base: u32,
+    /// Sequence number of the server's byte 0 (valid with `conn_flags::SERVER_BASE`).
+    pub server_base: u32,
+    /// Client stream offset where the message being assembled starts.
+    pub msg_start: u32,
+    /// Bytes of that message in the capture buffer.
+    pub have: u32,
+    /// That message's length from its header, once known (0 before).
+    pub msg_len: u32,
+    /// Server stream offset of the next server message (answers are one byte each).
+    pub server_offset: u32,
     pub flags: u32,
+    pub _pad: u32,
+    pub tracker: Tracker,
 }
 
-/// `ConnState::flags`: the kernel saw this connection's SYN, so it knows where byte 0 is.
-pub const FLAG_SYN_SEEN: u32 = 1;
+impl ConnState {
+    /// A connection about to send its first byte, with what is known of its process.
+    pub const fn new(proc_: ProcRecord, flags: u32) -> ConnState {
+        ConnState {
+            proc_,
+            client_base: 0,
+            server_base: 0,
+            msg_start: 0,
+            have: 0,
+            msg_len: 0,
+            server_offset: 0,
+            flags,
+            _pad: 0,
+            tracker: Tracker::NEW,
+        }
+    }
+}
 
-/// `SessionEvent::flags`.
+/// `ConnState::flags`.
+pub mod conn_flags {
+    pub const CLIENT_BASE: u32 = 1;
+    pub const SERVER_BASE: u32 = 2;
+    /// The process record comes from a connect hook.
+    pub const PROC_KNOWN: u32 = 4;
+    /// Byte 0 rode in the SYN (TCP Fast Open).
+    pub const FAST_OPEN: u32 = 8;
+    /// The verdict is decided but its event waits for the rest of the message's bytes.
+    pub const EVENT_PENDING: u32 = 16;
+    /// Picked up after start from the socket's own counters (no connect record).
+    pub const ADOPTED: u32 = 32;
+}
+
+/// `SessionEvent::flags` (a superset of the connection flags).
 pub mod event_flags {
-    /// The process record comes from a connect hook (else the fields are zero).
-    pub const PROC_KNOWN: u32 = 1;
-    /// The first data rode in the SYN (TCP Fast Open).
-    pub const FAST_OPEN: u32 = 2;
-    /// The first message was longer than the capture (truncated to `CAPTURE_LEN`).
-    pub const TRUNCATED: u32 = 4;
+    pub use super::conn_flags::{ADOPTED, FAST_OPEN, PROC_KNOWN};
+    /// The captured message was longer than `CAPTURE_LEN`, or the capture stopped early.
+    pub const TRUNCATED: u32 = 64;
+    /// An `AuthEvent` for this cookie follows once authentication is seen.
+    pub const AUTH_FOLLOWS: u32 = 128;
 }
 
 pub const AF_INET: u8 = 4;
 pub const AF_INET6: u8 = 6;
 
-/// One event per tracked connection, sent when the kernel's verdict for it is final.
+/// `kind` of each ring buffer record (its first four bytes).
+pub const EVENT_SESSION: u32 = 1;
+pub const EVENT_AUTH: u32 = 2;
+
+/// One event per session whose verdict produces evidence (encrypted sessions are only
+/// counted), sent once the deciding message is captured.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct SessionEvent {
+    /// `EVENT_SESSION`.
+    pub kind: u32,
+    pub flags: u32,
     /// Socket cookie: stable per-socket id shared by every hook.
     pub cookie: u64,
-    /// `CLOCK_MONOTONIC` time the first bytes were seen, in ns.
+    /// `CLOCK_MONOTONIC` time the verdict was decided, in ns.
     pub seen_ns: u64,
     pub proc_: ProcRecord,
     /// Source and destination addresses as on the wire: IPv4 in the first 4 bytes.
@@ -77,7 +125,7 @@ pub struct SessionEvent {
     pub dst_addr: [u8; 16],
     pub src_port: u16,
     pub dst_port: u16,
-    /// `AF_INET` (4) or `AF_INET6` (6): the IP version of the packets.
+    /// 4 or 6: the IP version of the packets.
     pub ip_version: u8,
     /// [`crate::verdict::Role`].
     pub role: u8,
@@ -85,14 +133,35 @@ pub struct SessionEvent {
     pub verdict: u8,
     /// [`crate::verdict::UnknownReason`] when the verdict is `unknown`.
     pub reason: u8,
-    pub flags: u32,
-    /// Payload bytes in the first data segment.
-    pub segment_len: u32,
-    /// Valid bytes in `captured` (never more than the first message's own length).
+    /// `tracker::REQUESTED_*` bits.
+    pub requests: u8,
+    /// Server answers, packed (`tracker::answers_of`).
+    pub answers: u8,
+    pub _pad: [u8; 2],
+    /// Length of the captured message according to its header (0 if unknown).
+    pub message_len: u32,
+    /// Valid bytes in `captured`: the message that decided the verdict, never more than
+    /// its own length. Bytes past `captured_len` are undefined.
     pub captured_len: u32,
-    /// Explicit padding, so no byte of the record is left uninitialised.
-    pub _pad: u32,
+    /// Explicit padding: no byte of the record is left to chance.
+    pub _pad2: u32,
     pub captured: [u8; CAPTURE_LEN],
+}
+
+/// The authentication outcome of a plaintext or downgraded session.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct AuthEvent {
+    /// `EVENT_AUTH`.
+    pub kind: u32,
+    pub _pad: u32,
+    pub cookie: u64,
+    pub seen_ns: u64,
+    /// [`crate::tracker::AuthMethod`].
+    pub method: u8,
+    /// The client answered with a `p` message (password, hash or SASL/GSS token).
+    pub password_sent: u8,
+    pub _pad2: [u8; 6],
 }
 
 impl SessionEvent {
@@ -102,8 +171,18 @@ impl SessionEvent {
     }
 }
 
+/// The kernel's capture buffer for one connection: twice `CAPTURE_LEN` so that an append
+/// at any offset below `CAPTURE_LEN` of any length up to `CAPTURE_LEN` is provably in bounds
+/// for the verifier. Only the first `CAPTURE_LEN` bytes are ever used.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+pub struct Capture {
+    pub bytes: [u8; 2 * CAPTURE_LEN],
+}
+
 const _: () = assert!(core::mem::size_of::<ProcRecord>() == 48);
-const _: () = assert!(core::mem::size_of::<ConnState>() == 56);
+const _: () = assert!(core::mem::size_of::<ConnState>() == 48 + 8 * 4 + 8);
 const _: () = assert!(
-    core::mem::size_of::<SessionEvent>() == 16 + 48 + 32 + 4 + 4 + 4 + 4 + 4 + 4 + CAPTURE_LEN
+    core::mem::size_of::<SessionEvent>() == 24 + 48 + 32 + 4 + 4 + 4 + 4 + 4 + 4 + CAPTURE_LEN
 );
+const _: () = assert!(core::mem::size_of::<AuthEvent>() == 32);

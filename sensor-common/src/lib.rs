@@ -14,6 +14,7 @@ extern crate std;
 pub mod event;
 pub mod limits;
 pub mod pgwire;
+pub mod tracker;
 pub mod verdict;
 
 #[cfg(feature = "user")]

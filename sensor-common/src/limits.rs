@@ -4,6 +4,7 @@
 pub mod map_names {
     pub const WATCHED_PORTS: &str = "WATCHED_PORTS";
     pub const CONNECTIONS: &str = "CONNECTIONS";
+    pub const CAPTURES: &str = "CAPTURES";
     pub const EVENTS: &str = "EVENTS";
     pub const SESSION_COUNTERS: &str = "SESSION_COUNTERS";
     pub const STATS: &str = "STATS";
@@ -14,6 +15,7 @@ pub mod program_names {
     pub const CONNECT4: &str = "sensor_connect4";
     pub const CONNECT6: &str = "sensor_connect6";
     pub const EGRESS: &str = "sensor_egress";
+    pub const INGRESS: &str = "sensor_ingress";
 }
 
 /// One byte per TCP port: a direct array index is the cheapest "is this port watched?" test.
@@ -22,6 +24,9 @@ pub const WATCHED_PORTS_ENTRIES: u32 = 65536;
 pub const MAX_WATCHED_PORTS: usize = 64;
 /// Connections between connect() and their first bytes. LRU: a flood evicts the oldest.
 pub const CONNECTIONS_MAX: u32 = 16384;
+/// Connections assembling a client message at the same moment (1 KiB each). LRU: under a
+/// flood the oldest capture is evicted and that session is reported `unknown`.
+pub const CAPTURES_MAX: u32 = 2048;
 /// Ring buffer size in bytes (a power of two, a multiple of the page size).
 pub const EVENTS_RING_BYTES: u32 = 1 << 20;
 
@@ -47,10 +52,20 @@ pub enum Stat {
     PacketsUntracked = 4,
     /// Connect records that could not be stored.
     TrackFailed = 5,
+    /// Connections adopted after start because the socket proved it had sent nothing yet.
+    ConnectionsAdopted = 6,
+    /// Sessions that went to `unknown` because their capture buffer was evicted.
+    CapturesEvicted = 7,
+    /// Cleartext passwords sent on plaintext or downgraded sessions.
+    PasswordsCleartext = 8,
+    /// MD5 password hashes sent on plaintext or downgraded sessions.
+    PasswordsMd5 = 9,
+    /// Authentication outcomes followed (auth events decided).
+    AuthSeen = 10,
 }
 
 impl Stat {
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 11;
 }
 
 /// Size of the per-CPU session counter array: one slot per (role, verdict).

@@ -56,7 +56,7 @@ impl FirstMessage {
 
     pub const fn unknown_reason(self) -> UnknownReason {
         match self {
-            FirstMessage::NeedMore => UnknownReason::ShortFirstSegment,
+            FirstMessage::NeedMore => UnknownReason::IncompleteMessage,
             FirstMessage::Unknown => UnknownReason::NotPgwire,
             _ => UnknownReason::None,
         }

@@ -143,12 +143,20 @@ pub enum UnknownReason {
     None = 0,
     /// The first bytes are not pgwire, TLS or HTTP/2.
     NotPgwire = 1,
-    /// The first segment was too short to decide (reassembly is not done in the kernel yet).
-    ShortFirstSegment = 2,
+    /// The connection closed before the first message was complete enough to decide.
+    IncompleteMessage = 2,
     /// The connection was tracked but the kernel did not see its SYN, so byte 0 is unproven.
     StartNotSeen = 3,
     /// The first data segment seen did not start at byte 0 of the stream.
     SequenceGap = 4,
+    /// The server accepted TLS (`S`) but the client did not send a ClientHello.
+    NoTlsAfterAccept = 5,
+    /// The server answered an SSLRequest/GSSENCRequest with something other than S/N/G/E.
+    BadServerAnswer = 6,
+    /// The connection closed before the server answered the encryption request.
+    ClosedBeforeAnswer = 7,
+    /// The kernel's per-connection capture was evicted (too many sessions starting at once).
+    CaptureEvicted = 8,
 }
 
 impl UnknownReason {
@@ -156,18 +164,26 @@ impl UnknownReason {
         match self {
             UnknownReason::None => "none",
             UnknownReason::NotPgwire => "not_pgwire",
-            UnknownReason::ShortFirstSegment => "short_first_segment",
+            UnknownReason::IncompleteMessage => "incomplete_message",
             UnknownReason::StartNotSeen => "start_not_seen",
             UnknownReason::SequenceGap => "sequence_gap",
+            UnknownReason::NoTlsAfterAccept => "no_tls_after_accept",
+            UnknownReason::BadServerAnswer => "bad_server_answer",
+            UnknownReason::ClosedBeforeAnswer => "closed_before_answer",
+            UnknownReason::CaptureEvicted => "capture_evicted",
         }
     }
 
     pub const fn from_u8(v: u8) -> UnknownReason {
         match v {
             1 => UnknownReason::NotPgwire,
-            2 => UnknownReason::ShortFirstSegment,
+            2 => UnknownReason::IncompleteMessage,
             3 => UnknownReason::StartNotSeen,
             4 => UnknownReason::SequenceGap,
+            5 => UnknownReason::NoTlsAfterAccept,
+            6 => UnknownReason::BadServerAnswer,
+            7 => UnknownReason::ClosedBeforeAnswer,
+            8 => UnknownReason::CaptureEvicted,
             _ => UnknownReason::None,
         }
     }

@@ -10,7 +10,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use sensor_common::{
-    event::{ConnState, ProcRecord, COMM_LEN},
+    event::{conn_flags, ConnState, ProcRecord, COMM_LEN},
     limits::Stat,
 };
 
@@ -34,17 +34,14 @@ pub fn on_connect(ctx: &SockAddrContext) {
     let (cookie, cgroup_id, now) = unsafe {
         (bpf_get_socket_cookie(ctx.as_ptr()), bpf_get_current_cgroup_id(), bpf_ktime_get_ns())
     };
-    let state = ConnState {
-        proc_: ProcRecord {
-            pid_tgid: bpf_get_current_pid_tgid(),
-            uid_gid: bpf_get_current_uid_gid(),
-            cgroup_id,
-            connect_ns: now,
-            comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
-        },
-        isn: 0,
-        flags: 0,
+    let proc_ = ProcRecord {
+        pid_tgid: bpf_get_current_pid_tgid(),
+        uid_gid: bpf_get_current_uid_gid(),
+        cgroup_id,
+        connect_ns: now,
+        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
     };
+    let state = ConnState::new(proc_, conn_flags::PROC_KNOWN);
     match maps::CONNECTIONS.insert(cookie, state, 0) {
         Ok(()) => counters::stat(Stat::ConnectionsTracked),
         Err(_) => counters::stat(Stat::TrackFailed),

@@ -1,35 +1,20 @@
 //! cgroup_skb egress: the client's bytes to a watched port. Filters by port first (one array
-//! lookup), then finds the connection's state by socket cookie; remembers the SYN's sequence
-//! number, and on the first data segment classifies, counts, emits one event and forgets the
-//! connection (its verdict is final, so later packets cost one failed lookup).
+//! lookup); finds the connection by socket cookie, or adopts one opened before the sensor
+//! started when the socket proves it has sent nothing yet; then hands the bytes to the flow.
 
-use aya_ebpf::{
-    helpers::generated::{bpf_get_socket_cookie, bpf_ktime_get_ns},
-    programs::SkBuffContext,
-    EbpfContext,
-};
+use aya_ebpf::{helpers::generated::bpf_get_socket_cookie, programs::SkBuffContext, EbpfContext};
 use sensor_common::{
-    event::{event_flags, ConnState, ProcRecord, SessionEvent, FLAG_SYN_SEEN},
-    limits::{Stat, CAPTURE_LEN, PREFIX_LEN},
-    pgwire::{classify_first, FirstMessage},
-    verdict::{Role, UnknownReason, Verdict},
+    event::{conn_flags, ConnState, ProcRecord},
+    limits::Stat,
+    verdict::UnknownReason,
 };
 
 use crate::{
-    counters, maps,
-    packet::{self, Ports, L4, TCP_SYN},
+    counters,
+    flow::{Direction, Flow},
+    maps,
+    packet::{self, TcpHeader, TCP_FIN, TCP_RST, TCP_SYN},
 };
-
-/// Room for the classifier's prefix, rounded up to a power of two for `load_masked`.
-const PREFIX_ROOM: usize = 32;
-const _: () = assert!(PREFIX_ROOM >= PREFIX_LEN && PREFIX_ROOM.is_power_of_two());
-const _: () = assert!(CAPTURE_LEN.is_power_of_two());
-
-#[repr(C)]
-struct Prefix {
-    bytes: [u8; PREFIX_LEN],
-    _room: [u8; PREFIX_ROOM - PREFIX_LEN],
-}
 
 #[inline(always)]
 pub fn on_egress(ctx: &SkBuffContext) {
@@ -39,145 +24,75 @@ pub fn on_egress(ctx: &SkBuffContext) {
         return;
     }
     counters::stat(Stat::PacketsInspected);
+    let Some(tcp) = packet::tcp_header(ctx, l4) else { return };
 
     // SAFETY: helper valid for cgroup_skb; the skb pointer is the program's context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let Some(state) = maps::CONNECTIONS.get_ptr_mut(cookie) else {
-        counters::stat(Stat::PacketsUntracked);
-        return;
-    };
-    // SAFETY: the pointer comes from a successful lookup; this CPU owns the packet's socket.
-    let state: &mut ConnState = unsafe { &mut *state };
-    let Some(tcp) = packet::tcp_header(ctx, l4) else { return };
-    let payload_len = ctx.len().saturating_sub(tcp.payload_offset);
-
-    let mut flags = event_flags::PROC_KNOWN;
-    if tcp.flags & TCP_SYN != 0 {
-        state.isn = tcp.seq;
-        state.flags |= FLAG_SYN_SEEN;
-        if payload_len == 0 {
-            return;
-        }
-        // TCP Fast Open: the SYN itself carries byte 0 of the stream.
-        flags |= event_flags::FAST_OPEN;
-    } else if payload_len == 0 {
-        return;
-    }
-
-    // Byte 0 is proven only when the SYN was seen and this segment starts right after it.
-    let start = if state.flags & FLAG_SYN_SEEN == 0 {
-        Err(UnknownReason::StartNotSeen)
-    } else if flags & event_flags::FAST_OPEN == 0 && tcp.seq != state.isn.wrapping_add(1) {
-        Err(UnknownReason::SequenceGap)
-    } else {
-        Ok(())
-    };
-    let proc_ = state.proc_;
-    // The verdict is final from here on: stop tracking the connection.
-    let _ = maps::CONNECTIONS.remove(cookie);
-
-    let session = Session {
-        ctx,
-        l4,
-        ports,
-        cookie,
-        proc_,
-        flags,
-        payload_offset: tcp.payload_offset,
-        payload_len,
-    };
-    match start {
-        Ok(()) => session.classify_and_report(),
-        Err(reason) => session.report(Verdict::Unknown, reason, 0),
-    }
-}
-
-struct Session<'a> {
-    ctx: &'a SkBuffContext,
-    l4: L4,
-    ports: Ports,
-    cookie: u64,
-    proc_: ProcRecord,
-    flags: u32,
-    payload_offset: u32,
-    payload_len: u32,
-}
-
-impl Session<'_> {
-    #[inline(always)]
-    fn classify_and_report(self) {
-        let mut prefix = Prefix { bytes: [0; PREFIX_LEN], _room: [0; PREFIX_ROOM - PREFIX_LEN] };
-        let avail = self.payload_len.min(PREFIX_LEN as u32);
-        let loaded = packet::load_masked::<{ PREFIX_ROOM as u32 - 1 }>(
-            self.ctx,
-            self.payload_offset,
-            (&mut prefix as *mut Prefix).cast(),
-            avail,
-        );
-        let first = if loaded {
-            classify_first(&prefix.bytes, avail as usize)
-        } else {
-            FirstMessage::NeedMore
-        };
-
-        // Copy no more than the first message itself: whatever follows it in the segment is
-        // not the sensor's business (and could be a password from a pipelining client).
-        let capture = match first {
-            FirstMessage::TlsClientHello => self.payload_len,
-            FirstMessage::Unknown => avail,
-            other => match other.message_len() {
-                Some(len) => len.min(self.payload_len),
-                None => 0,
-            },
-        };
-        self.report(first.verdict(), first.unknown_reason(), capture)
-    }
-
-    #[inline(always)]
-    fn report(self, verdict: Verdict, reason: UnknownReason, capture: u32) {
-        // Counted before the event: the count stays exact when the ring buffer is full.
-        counters::session(Role::Client, verdict);
-
-        let Some(mut entry) = maps::EVENTS.reserve::<SessionEvent>(0) else {
-            counters::stat(Stat::EventsLost);
-            return;
-        };
-        let ev = entry.as_mut_ptr();
-        let (src_addr, dst_addr) = packet::addresses(self.ctx, self.l4);
-        let mut flags = self.flags;
-        let mut captured_len = capture;
-        if captured_len > CAPTURE_LEN as u32 {
-            captured_len = CAPTURE_LEN as u32;
-            flags |= event_flags::TRUNCATED;
-        }
-        // SAFETY: `ev` points at a reserved, exclusively owned SessionEvent-sized record.
-        unsafe {
-            (*ev).cookie = self.cookie;
-            (*ev).seen_ns = bpf_ktime_get_ns();
-            (*ev).proc_ = self.proc_;
-            (*ev).src_addr = src_addr;
-            (*ev).dst_addr = dst_addr;
-            (*ev).src_port = self.ports.src;
-            (*ev).dst_port = self.ports.dst;
-            (*ev).ip_version = self.l4.ip_version;
-            (*ev).role = Role::Client as u8;
-            (*ev).verdict = verdict as u8;
-            (*ev).reason = reason as u8;
-            (*ev).segment_len = self.payload_len;
-            (*ev)._pad = 0;
-            let captured = (*ev).captured.as_mut_ptr();
-            if !packet::load_masked::<{ CAPTURE_LEN as u32 - 1 }>(
-                self.ctx,
-                self.payload_offset,
-                captured,
-                captured_len,
-            ) {
-                captured_len = 0;
+    let state = match maps::CONNECTIONS.get_ptr_mut(cookie) {
+        Some(state) => state,
+        None => match adopt(ctx, cookie, &tcp) {
+            Some(state) => state,
+            None => {
+                counters::stat(Stat::PacketsUntracked);
+                return;
             }
-            (*ev).captured_len = captured_len;
-            (*ev).flags = flags;
+        },
+    };
+    // SAFETY: from a successful lookup; the socket's packets are serialised by its lock.
+    let state: &mut ConnState = unsafe { &mut *state };
+    let syn = tcp.flags & TCP_SYN != 0;
+    if syn {
+        // Byte 0 of the stream follows the SYN's sequence number (also with Fast Open data).
+        state.client_base = tcp.seq.wrapping_add(1);
+        state.flags |= conn_flags::CLIENT_BASE;
+        if tcp.payload_len > 0 {
+            state.flags |= conn_flags::FAST_OPEN;
         }
-        entry.submit(0);
-        counters::stat(Stat::EventsSent);
     }
+    let mut flow = Flow { ctx, l4, ports, direction: Direction::ClientToServer, cookie, state };
+    if tcp.payload_len > 0 {
+        if flow.state.flags & conn_flags::CLIENT_BASE == 0 && !prove_start(ctx, &tcp, flow.state) {
+            // The SYN went by unseen and the socket cannot prove this is byte 0: never guess.
+            flow.finish_unknown(UnknownReason::StartNotSeen, Stat::PacketsUntracked);
+            return;
+        }
+        let rel = if syn { 0 } else { tcp.seq.wrapping_sub(flow.state.client_base) };
+        flow.client_data(rel, tcp.payload_offset, tcp.payload_len);
+    }
+    if tcp.flags & (TCP_FIN | TCP_RST) != 0 {
+        flow.closed();
+    }
+}
+
+/// Byte 0 is proven when the socket has had nothing acknowledged and this segment starts at
+/// its oldest unacknowledged byte. Also learns the server's byte 0 if nothing came yet.
+#[inline(always)]
+fn prove_start(ctx: &SkBuffContext, tcp: &TcpHeader, state: &mut ConnState) -> bool {
+    let Some(sock) = packet::tcp_sock(ctx) else { return false };
+    if sock.bytes_acked != 0 || tcp.seq != sock.snd_una {
+        return false;
+    }
+    state.client_base = tcp.seq;
+    state.flags |= conn_flags::CLIENT_BASE;
+    if sock.bytes_received == 0 && state.flags & conn_flags::SERVER_BASE == 0 {
+        state.server_base = sock.rcv_nxt;
+        state.flags |= conn_flags::SERVER_BASE;
+    }
+    true
+}
+
+/// A connection with no connect record (opened before the sensor started, or its record
+/// was evicted): track it only if this data segment provably starts the stream.
+#[inline(always)]
+fn adopt(ctx: &SkBuffContext, cookie: u64, tcp: &TcpHeader) -> Option<*mut ConnState> {
+    if tcp.payload_len == 0 || tcp.flags & TCP_SYN != 0 {
+        return None;
+    }
+    let mut state = ConnState::new(ProcRecord::EMPTY, conn_flags::ADOPTED);
+    if !prove_start(ctx, tcp, &mut state) {
+        return None;
+    }
+    maps::CONNECTIONS.insert(cookie, state, 0).ok()?;
+    counters::stat(Stat::ConnectionsAdopted);
+    maps::CONNECTIONS.get_ptr_mut(cookie)
 }

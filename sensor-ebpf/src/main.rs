@@ -7,6 +7,8 @@
 mod connect;
 mod counters;
 mod egress;
+mod flow;
+mod ingress;
 mod maps;
 mod packet;
 
@@ -35,6 +37,12 @@ pub fn sensor_connect6(ctx: SockAddrContext) -> i32 {
 #[cgroup_skb(egress)]
 pub fn sensor_egress(ctx: SkBuffContext) -> i32 {
     egress::on_egress(&ctx);
+    SKB_PASS
+}
+
+#[cgroup_skb(ingress)]
+pub fn sensor_ingress(ctx: SkBuffContext) -> i32 {
+    ingress::on_ingress(&ctx);
     SKB_PASS
 }
 

@@ -5,9 +5,10 @@ use aya_ebpf::{
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
 use sensor_common::{
-    event::ConnState,
+    event::{Capture, ConnState},
     limits::{
-        Stat, CONNECTIONS_MAX, EVENTS_RING_BYTES, SESSION_COUNTERS_ENTRIES, WATCHED_PORTS_ENTRIES,
+        Stat, CAPTURES_MAX, CONNECTIONS_MAX, EVENTS_RING_BYTES, SESSION_COUNTERS_ENTRIES,
+        WATCHED_PORTS_ENTRIES,
     },
 };
 
@@ -15,12 +16,21 @@ use sensor_common::{
 #[map]
 pub static WATCHED_PORTS: Array<u8> = Array::with_max_entries(WATCHED_PORTS_ENTRIES, 0);
 
-/// Socket cookie -> state, from connect() until the connection's verdict is final.
+/// Socket cookie -> state, from connect() until nothing more is to be learned.
 #[map]
 pub static CONNECTIONS: LruHashMap<u64, ConnState> =
     LruHashMap::with_max_entries(CONNECTIONS_MAX, 0);
 
-/// One `SessionEvent` per classified connection.
+/// Socket cookie -> the client message being assembled (only while one is).
+#[map]
+pub static CAPTURES: LruHashMap<u64, Capture> = LruHashMap::with_max_entries(CAPTURES_MAX, 0);
+
+/// Never written: a zeroed `Capture` to insert new captures from (the BPF stack is too
+/// small to build one).
+#[map]
+pub static ZERO_CAPTURE: PerCpuArray<Capture> = PerCpuArray::with_max_entries(1, 0);
+
+/// Session and auth events for userspace. Its size can be changed at load time.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
 

@@ -2,11 +2,18 @@
 //! Every read goes through `bpf_skb_load_bytes` with a fixed size, so non-linear skbs work
 //! and the verifier sees constant lengths; the one variable-length copy is `load_masked`.
 
-use aya_ebpf::{helpers::generated::bpf_skb_load_bytes, programs::SkBuffContext, EbpfContext};
+use aya_ebpf::{
+    bindings::bpf_tcp_sock,
+    helpers::generated::{bpf_sk_fullsock, bpf_skb_load_bytes, bpf_tcp_sock},
+    programs::SkBuffContext,
+    EbpfContext,
+};
 use sensor_common::event::{AF_INET, AF_INET6};
 
 const IPPROTO_TCP: u8 = 6;
+pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
 
 /// Where the TCP header starts.
 #[derive(Clone, Copy)]
@@ -26,6 +33,7 @@ pub struct TcpHeader {
     pub seq: u32,
     pub flags: u8,
     pub payload_offset: u32,
+    pub payload_len: u32,
 }
 
 #[inline(always)]
@@ -73,7 +81,44 @@ pub fn tcp_header(ctx: &SkBuffContext, l4: L4) -> Option<TcpHeader> {
     if header_len < 20 {
         return None;
     }
-    Some(TcpHeader { seq, flags: doff_flags[1], payload_offset: l4.offset + header_len })
+    let payload_offset = l4.offset + header_len;
+    let payload_len = ctx.len().saturating_sub(payload_offset);
+    Some(TcpHeader { seq, flags: doff_flags[1], payload_offset, payload_len })
+}
+
+/// The kernel's own view of the packet's TCP socket (sequence numbers and byte counters).
+#[inline(always)]
+pub fn tcp_sock(ctx: &SkBuffContext) -> Option<&bpf_tcp_sock> {
+    // SAFETY: the context is a valid __sk_buff; `sk` may be null and the helpers accept
+    // only what the verifier allows (a socket pointer checked for null).
+    unsafe {
+        let sk = (*ctx.skb.skb).__bindgen_anon_2.sk;
+        if sk.is_null() {
+            return None;
+        }
+        let full = bpf_sk_fullsock(sk);
+        if full.is_null() {
+            return None;
+        }
+        let tcp = bpf_tcp_sock(full);
+        if tcp.is_null() {
+            None
+        } else {
+            Some(&*tcp)
+        }
+    }
+}
+
+/// Load one byte of the payload.
+#[inline(always)]
+pub fn payload_byte(ctx: &SkBuffContext, offset: u32) -> Option<u8> {
+    load(ctx, offset)
+}
+
+/// Load `N` bytes of the payload.
+#[inline(always)]
+pub fn payload_array<const N: usize>(ctx: &SkBuffContext, offset: u32) -> Option<[u8; N]> {
+    load(ctx, offset)
 }
 
 /// Source and destination addresses, IPv4 in the first four bytes.

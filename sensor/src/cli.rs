@@ -4,7 +4,11 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{config::RunConfig, error::Failure, preflight, run};
+use crate::{
+    config::{validate_ring_buffer_bytes, RunConfig},
+    error::Failure,
+    preflight, run,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -41,6 +45,13 @@ pub struct RunArgs {
     /// Where to append findings (JSON lines); `-` is stdout.
     #[arg(long, default_value = "-", value_name = "PATH|-")]
     pub findings: String,
+    /// Size of the kernel-to-agent ring buffer in bytes (a power of two, >= 4096). Counts
+    /// stay exact when it overflows; only evidence is lost (and reported).
+    #[arg(long, default_value_t = sensor_common::limits::EVENTS_RING_BYTES, value_name = "BYTES")]
+    pub ring_buffer_bytes: u32,
+    /// How long a plaintext session's finding waits for its authentication outcome.
+    #[arg(long, default_value = "1000", value_name = "MS")]
+    pub auth_wait_ms: u64,
 }
 
 /// Parse the command line, run, and turn the outcome into an exit code.
@@ -76,7 +87,11 @@ impl TryFrom<RunArgs> for RunConfig {
     type Error = Failure;
 
     fn try_from(args: RunArgs) -> Result<Self, Failure> {
-        RunConfig::new(args.ports, args.cgroup, args.metrics_addr, &args.findings)
-            .map_err(Failure::config)
+        let mut config = RunConfig::new(args.ports, args.cgroup, args.metrics_addr, &args.findings)
+            .map_err(Failure::config)?;
+        config.ring_buffer_bytes =
+            validate_ring_buffer_bytes(args.ring_buffer_bytes).map_err(Failure::config)?;
+        config.auth_wait = std::time::Duration::from_millis(args.auth_wait_ms);
+        Ok(config)
     }
 }

@@ -1,10 +1,10 @@
 //! Validated settings for `sensor run`. Everything is checked here, before anything is
 //! loaded into the kernel, so a bad value never leaves programs attached.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::{bail, ensure};
-use sensor_common::limits::MAX_WATCHED_PORTS;
+use sensor_common::limits::{EVENTS_RING_BYTES, MAX_WATCHED_PORTS};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FindingsTarget {
@@ -18,6 +18,9 @@ pub struct RunConfig {
     pub cgroup: Option<PathBuf>,
     pub metrics_addr: SocketAddr,
     pub findings: FindingsTarget,
+    pub ring_buffer_bytes: u32,
+    /// How long a plaintext session's finding waits for its authentication outcome.
+    pub auth_wait: Duration,
 }
 
 impl RunConfig {
@@ -32,6 +35,8 @@ impl RunConfig {
             cgroup,
             metrics_addr,
             findings: parse_findings_target(findings)?,
+            ring_buffer_bytes: EVENTS_RING_BYTES,
+            auth_wait: Duration::from_secs(1),
         })
     }
 }
@@ -49,6 +54,14 @@ fn validate_ports(mut ports: Vec<u16>) -> anyhow::Result<Vec<u16>> {
     ports.sort_unstable();
     ports.dedup();
     Ok(ports)
+}
+
+pub fn validate_ring_buffer_bytes(bytes: u32) -> anyhow::Result<u32> {
+    ensure!(
+        bytes >= 4096 && bytes.is_power_of_two(),
+        "--ring-buffer-bytes: {bytes} is not a power of two of at least 4096"
+    );
+    Ok(bytes)
 }
 
 fn parse_findings_target(value: &str) -> anyhow::Result<FindingsTarget> {
@@ -78,6 +91,13 @@ mod tests {
     fn too_many_ports_are_refused() {
         let many: Vec<u16> = (1..=(MAX_WATCHED_PORTS as u16 + 1)).collect();
         assert!(validate_ports(many).is_err());
+    }
+
+    #[test]
+    fn ring_buffer_sizes() {
+        assert_eq!(validate_ring_buffer_bytes(4096).unwrap(), 4096);
+        assert!(validate_ring_buffer_bytes(5000).is_err());
+        assert!(validate_ring_buffer_bytes(2048).is_err());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::{io, mem::size_of, ptr};
 
 use aya::maps::{MapData, RingBuf};
-use sensor_common::event::SessionEvent;
+use sensor_common::event::{AuthEvent, SessionEvent, EVENT_AUTH, EVENT_SESSION};
 use tokio::io::{unix::AsyncFd, Interest};
 
 pub struct EventStream {
@@ -22,7 +22,7 @@ impl EventStream {
     }
 
     /// Wait until the kernel has written events, then move all available ones to `out`.
-    pub async fn next_batch(&mut self, out: &mut Vec<SessionEvent>) -> io::Result<()> {
+    pub async fn next_batch(&mut self, out: &mut Vec<KernelEvent>) -> io::Result<()> {
         let mut guard = self.ring.readable_mut().await?;
         let ring = guard.get_inner_mut();
         self.malformed += drain(ring, out);
@@ -31,12 +31,12 @@ impl EventStream {
     }
 
     /// Take whatever is in the ring buffer now, without waiting (used at shutdown).
-    pub fn drain_now(&mut self, out: &mut Vec<SessionEvent>) {
+    pub fn drain_now(&mut self, out: &mut Vec<KernelEvent>) {
         self.malformed += drain(self.ring.get_mut(), out);
     }
 }
 
-fn drain(ring: &mut RingBuf<MapData>, out: &mut Vec<SessionEvent>) -> u64 {
+fn drain(ring: &mut RingBuf<MapData>, out: &mut Vec<KernelEvent>) -> u64 {
     let mut malformed = 0;
     while let Some(item) = ring.next() {
         match decode(&item) {
@@ -47,14 +47,31 @@ fn drain(ring: &mut RingBuf<MapData>, out: &mut Vec<SessionEvent>) -> u64 {
     malformed
 }
 
-/// Copy a ring buffer record into an owned event; `None` if it is too short.
-pub fn decode(bytes: &[u8]) -> Option<SessionEvent> {
-    if bytes.len() < size_of::<SessionEvent>() {
+/// What the kernel sends.
+#[derive(Clone, Copy)]
+pub enum KernelEvent {
+    Session(SessionEvent),
+    Auth(AuthEvent),
+}
+
+/// Copy a ring buffer record into an owned event; `None` if its kind is unknown or it is
+/// too short for its kind.
+pub fn decode(bytes: &[u8]) -> Option<KernelEvent> {
+    let kind = u32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?);
+    match kind {
+        EVENT_SESSION => read::<SessionEvent>(bytes).map(KernelEvent::Session),
+        EVENT_AUTH => read::<AuthEvent>(bytes).map(KernelEvent::Auth),
+        _ => None,
+    }
+}
+
+fn read<T: aya::Pod>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() < size_of::<T>() {
         return None;
     }
-    // SAFETY: length checked; SessionEvent is plain #[repr(C)] data valid for any bytes,
+    // SAFETY: length checked; T is plain #[repr(C)] data valid for any bytes (aya::Pod),
     // and read_unaligned copes with the record's alignment.
-    Some(unsafe { ptr::read_unaligned(bytes.as_ptr().cast::<SessionEvent>()) })
+    Some(unsafe { ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
 #[cfg(test)]
@@ -62,10 +79,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn short_records_are_rejected_not_read() {
-        assert!(decode(&[0u8; 16]).is_none());
+    fn records_are_decoded_by_kind_and_short_ones_rejected() {
+        assert!(decode(&[]).is_none());
+        assert!(decode(&[1, 0, 0, 0, 0, 0]).is_none(), "a session kind but far too short");
         let mut bytes = vec![0u8; size_of::<SessionEvent>()];
-        bytes[0] = 42; // cookie, little-endian
-        assert_eq!(decode(&bytes).unwrap().cookie, 42);
+        bytes[..4].copy_from_slice(&EVENT_SESSION.to_ne_bytes());
+        bytes[8] = 42; // cookie, little-endian
+        assert!(matches!(decode(&bytes), Some(KernelEvent::Session(ev)) if ev.cookie == 42));
+        let mut auth = vec![0u8; size_of::<AuthEvent>()];
+        auth[..4].copy_from_slice(&EVENT_AUTH.to_ne_bytes());
+        assert!(matches!(decode(&auth), Some(KernelEvent::Auth(_))));
+        bytes[..4].copy_from_slice(&7u32.to_ne_bytes());
+        assert!(decode(&bytes).is_none(), "unknown kinds are rejected");
     }
 }

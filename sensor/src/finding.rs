@@ -17,13 +17,39 @@ pub struct Finding {
     pub dst: Endpoint,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub process: Option<Process>,
+    /// What the client asked for and what the server answered, before the verdict.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub negotiation: Option<Negotiation>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub startup: Option<Startup>,
+    /// How the server authenticated a plaintext or downgraded session.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<Auth>,
     /// Kernel socket cookie: joins this finding with later ones about the same socket.
     pub socket_cookie: u64,
     /// TCP Fast Open carried the first bytes in the SYN.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub fast_open: bool,
+    /// The connection was opened before the sensor started; its start was still proven.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub opened_before_start: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Negotiation {
+    /// `ssl`, `gssenc`, in the order asked.
+    pub requested: Vec<&'static str>,
+    /// The server's one-byte answers in order, e.g. "N" or "NN".
+    pub server_answers: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Auth {
+    /// trust, cleartext, md5, sasl, gss, other, error, or unknown (not seen in time).
+    pub method: &'static str,
+    /// The client answered the server's request with a password message. Only the fact is
+    /// recorded: the sensor never reads the password or hash.
+    pub password_sent: bool,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

@@ -13,6 +13,8 @@ pub mod error;
 pub mod events;
 pub mod finding;
 pub mod output;
+pub mod pending;
+pub mod pipeline;
 pub mod preflight;
 pub mod run;
 pub mod session;

@@ -10,26 +10,30 @@ use std::{
 };
 
 use anyhow::Context;
-use sensor_common::{event::SessionEvent, verdict::Verdict};
+use std::time::{Duration, Instant};
 use tokio::{
     net::TcpListener,
     signal::unix::{signal, SignalKind},
 };
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::{
     bpf::Attached,
     cgroup,
     config::RunConfig,
     error::Failure,
-    events::EventStream,
+    events::{EventStream, KernelEvent},
     output::{
         findings::FindingsWriter,
         http::{self, HttpState},
         metrics::Metrics,
     },
-    preflight, session,
+    pipeline::Pipeline,
+    preflight,
 };
+
+/// How often findings waiting for an auth outcome are checked for expiry.
+const TICK: Duration = Duration::from_millis(100);
 
 pub fn run(config: RunConfig) -> Result<(), Failure> {
     // One thread: the agent's work per session is tiny, and a single-threaded runtime keeps
@@ -45,7 +49,7 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
     let cgroup_dir = resolve_cgroup(&config)?;
     preflight::require_all()?;
 
-    let mut findings = FindingsWriter::open(&config.findings).map_err(Failure::config)?;
+    let findings = FindingsWriter::open(&config.findings).map_err(Failure::config)?;
     let listener = TcpListener::bind(config.metrics_addr).await.map_err(|err| {
         Failure::runtime(anyhow::anyhow!(
             "cannot listen on --metrics-addr {}: {err}. Another process (another sensor?) may \
@@ -54,7 +58,8 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
         ))
     })?;
 
-    let mut attached = Attached::load_and_attach(&config.ports, &cgroup_dir)?;
+    let mut attached =
+        Attached::load_and_attach(&config.ports, &cgroup_dir, config.ring_buffer_bytes)?;
     let counters = Arc::new(attached.take_counters()?);
     let mut events =
         EventStream::new(attached.take_events()?).context("cannot poll the ring buffer")?;
@@ -63,6 +68,7 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
         attached: true.into(),
     });
     let server = tokio::spawn(http::serve(listener, state.clone()));
+    let mut pipeline = Pipeline::new(&config, findings, state.clone());
     info!(
         programs = attached.programs,
         cgroup = %cgroup_dir.display(),
@@ -73,15 +79,18 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
 
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let mut batch: Vec<SessionEvent> = Vec::with_capacity(64);
+    let mut batch: Vec<KernelEvent> = Vec::with_capacity(64);
+    let mut ticker = tokio::time::interval(TICK);
     let outcome = loop {
         tokio::select! {
             read = events.next_batch(&mut batch) => {
                 if let Err(err) = read {
                     break Err(Failure::runtime(anyhow::Error::new(err).context("reading events failed")));
                 }
-                report(&mut batch, &mut findings, &state.metrics);
+                let now = Instant::now();
+                batch.drain(..).for_each(|ev| pipeline.handle(ev, now));
             }
+            _ = ticker.tick() => pipeline.tick(Instant::now()),
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break Ok(()) }
             _ = sigint.recv() => { info!("SIGINT: stopping"); break Ok(()) }
         }
@@ -89,7 +98,9 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
 
     // Whatever the kernel already sent is reported before detaching.
     events.drain_now(&mut batch);
-    report(&mut batch, &mut findings, &state.metrics);
+    let now = Instant::now();
+    batch.drain(..).for_each(|ev| pipeline.handle(ev, now));
+    pipeline.finish();
     if events.malformed > 0 {
         warn!(records = events.malformed, "ignored malformed ring buffer records");
     }
@@ -108,23 +119,5 @@ fn resolve_cgroup(config: &RunConfig) -> Result<PathBuf, Failure> {
             Ok(dir.clone())
         }
         None => Ok(cgroup::find_cgroup2_root()?),
-    }
-}
-
-/// Turn events into findings. Encrypted sessions are only counted (in the kernel).
-fn report(batch: &mut Vec<SessionEvent>, findings: &mut FindingsWriter, metrics: &Metrics) {
-    for ev in batch.drain(..) {
-        let verdict = Verdict::from_u8(ev.verdict).unwrap_or(Verdict::Unknown);
-        if verdict.is_encrypted() {
-            continue;
-        }
-        let finding = session::finding_from_event(&ev);
-        match findings.write(&finding) {
-            Ok(()) => metrics.finding_written(verdict.severity()),
-            Err(err) => {
-                metrics.findings_write_errors.inc();
-                error!(%err, "cannot write finding");
-            }
-        }
     }
 }

@@ -1,18 +1,18 @@
-//! One kernel event -> one finding. The verdict is recomputed from the captured bytes with
-//! the shared classifier; it must equal the kernel's (which is what the metrics count), and
-//! a mismatch is logged as a bug rather than silently trusted either way.
+//! Kernel events -> findings: the verdict the kernel counted, the startup parameters from
+//! the captured message, the negotiation, and (joined later) the authentication outcome.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use sensor_common::{
     event::{event_flags, SessionEvent, AF_INET},
     pgwire::{classify_bytes, FirstMessage, StartupParams},
-    verdict::{Role, UnknownReason, Verdict},
+    tracker::{answers_of, AuthMethod, REQUESTED_GSS, REQUESTED_SSL},
+    verdict::{Role, Severity, UnknownReason, Verdict},
 };
 
 use crate::{
     clock,
-    finding::{Endpoint, Finding, Process, Startup},
+    finding::{Auth, Endpoint, Finding, Negotiation, Process, Startup},
 };
 
 /// Startup values longer than this are cut: enough for any real user or database name.
@@ -23,31 +23,14 @@ pub fn kernel_verdict(ev: &SessionEvent) -> (Verdict, UnknownReason) {
     (Verdict::from_u8(ev.verdict).unwrap_or(Verdict::Unknown), UnknownReason::from_u8(ev.reason))
 }
 
-/// Build the finding for an event.
+/// Build the finding for a session event. Its `auth` is filled in later by
+/// [`apply_auth`] when the event says an auth event follows.
 pub fn finding_from_event(ev: &SessionEvent) -> Finding {
     let (verdict, reason) = kernel_verdict(ev);
-    let first = if reason == UnknownReason::None
-        || reason == UnknownReason::NotPgwire
-        || reason == UnknownReason::ShortFirstSegment
-    {
-        // The kernel classified from (at most) the captured prefix: so do we.
-        let first = classify_first_of(ev);
-        if first.verdict() != verdict {
-            tracing::warn!(
-                kernel = verdict.name(),
-                user = first.verdict().name(),
-                "kernel and userspace classifiers disagree; reporting the kernel's verdict"
-            );
-        }
-        Some(first)
-    } else {
-        None
-    };
-
-    let startup = match first {
-        Some(FirstMessage::Startup { minor, len }) => {
-            Some(parse_startup(ev.captured(), minor, len))
-        }
+    // The captured bytes are the message that decided the verdict; for plaintext and
+    // downgraded sessions that is the StartupMessage.
+    let startup = match classify_bytes(ev.captured()) {
+        FirstMessage::Startup { minor, len } => Some(parse_startup(ev.captured(), minor, len)),
         _ => None,
     };
     let process = (ev.flags & event_flags::PROC_KNOWN != 0).then(|| Process {
@@ -69,17 +52,43 @@ pub fn finding_from_event(ev: &SessionEvent) -> Finding {
         src: Endpoint { ip: ip_of(ev.ip_version, &ev.src_addr).to_string(), port: ev.src_port },
         dst: Endpoint { ip: ip_of(ev.ip_version, &ev.dst_addr).to_string(), port: ev.dst_port },
         process,
+        negotiation: negotiation_of(ev.requests, ev.answers),
         startup,
+        auth: None,
         socket_cookie: ev.cookie,
         fast_open: ev.flags & event_flags::FAST_OPEN != 0,
+        opened_before_start: ev.flags & event_flags::ADOPTED != 0,
     }
 }
 
-fn classify_first_of(ev: &SessionEvent) -> FirstMessage {
-    // The kernel captured at least the bytes it decided on (the whole first message, or the
-    // classifier's prefix), and the classifier never changes its mind when given more bytes
-    // (a property test in sensor-common), so this reproduces the kernel's decision.
-    classify_bytes(ev.captured())
+/// Whether the finding should wait for an auth event before it is written.
+pub fn auth_follows(ev: &SessionEvent) -> bool {
+    ev.flags & event_flags::AUTH_FOLLOWS != 0
+}
+
+/// Add the authentication outcome; a cleartext password on a plaintext or downgraded
+/// session makes the finding critical.
+pub fn apply_auth(finding: &mut Finding, method: AuthMethod, password_sent: bool) {
+    finding.auth = Some(Auth { method: method.name(), password_sent });
+    if password_sent && method == AuthMethod::Cleartext {
+        finding.severity = Severity::Critical.name();
+    }
+}
+
+fn negotiation_of(requests: u8, answers: u8) -> Option<Negotiation> {
+    if requests == 0 {
+        return None;
+    }
+    let mut requested = Vec::new();
+    // libpq asks for GSS encryption before TLS when it asks for both.
+    if requests & REQUESTED_GSS != 0 {
+        requested.push("gssenc");
+    }
+    if requests & REQUESTED_SSL != 0 {
+        requested.push("ssl");
+    }
+    let (bytes, n) = answers_of(answers);
+    Some(Negotiation { requested, server_answers: bytes[..n].iter().map(|&b| b as char).collect() })
 }
 
 fn parse_startup(message: &[u8], minor: u16, claimed_len: u32) -> Startup {

@@ -43,6 +43,9 @@ fn psql_plaintext_session_is_reported_and_tls_session_only_counted() -> anyhow::
     assert_eq!(f["src"]["ip"], "127.0.0.1");
     assert!(f["src"]["port"].as_u64().unwrap() > 0);
     assert!(f["ts"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(f["auth"]["method"], "trust", "pg_hba trusts loopback: AuthenticationOk at once");
+    assert_eq!(f["auth"]["password_sent"], false);
+    assert!(f.get("negotiation").is_none(), "sslmode=disable asks for nothing");
 
     // Give the TLS session's event (if one were wrongly written) time to arrive, then check.
     std::thread::sleep(std::time::Duration::from_millis(300));

@@ -10,7 +10,7 @@ use anyhow::{anyhow, Context};
 use aya::{
     maps::{Array, MapData, RingBuf},
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr},
-    Ebpf,
+    Ebpf, EbpfLoader,
 };
 use sensor_common::limits::{map_names, program_names};
 
@@ -28,27 +28,38 @@ pub struct Attached {
 impl Attached {
     /// Load the object, write the watched ports, and attach the programs at `cgroup_dir`.
     ///
-    /// The packet program is attached before the connect hooks: a connection recorded by
+    /// The packet programs are attached before the connect hooks: a connection recorded by
     /// connect() then always has its SYN seen on egress.
-    pub fn load_and_attach(ports: &[u16], cgroup_dir: &Path) -> anyhow::Result<Attached> {
-        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(|err| {
-            anyhow!(err).context(
-                "loading the eBPF object failed: the kernel refused a map or program \
+    pub fn load_and_attach(
+        ports: &[u16],
+        cgroup_dir: &Path,
+        ring_buffer_bytes: u32,
+    ) -> anyhow::Result<Attached> {
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(map_names::EVENTS, ring_buffer_bytes)
+            .load(EBPF_OBJECT)
+            .map_err(|err| {
+                anyhow!(err).context(
+                    "loading the eBPF object failed: the kernel refused a map or program \
                  (run `sensor check` to see which requirement is missing)",
-            )
-        })?;
+                )
+            })?;
         write_watched_ports(&mut ebpf, ports)?;
 
         let cgroup = File::open(cgroup_dir)
             .with_context(|| format!("cannot open cgroup directory {}", cgroup_dir.display()))?;
         let mut programs = 0;
 
-        let egress: &mut CgroupSkb = program(&mut ebpf, program_names::EGRESS)?;
-        egress.load().context("the kernel verifier rejected the egress program")?;
-        egress
-            .attach(&cgroup, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
-            .with_context(|| attach_error(program_names::EGRESS, cgroup_dir))?;
-        programs += 1;
+        for (name, direction) in [
+            (program_names::INGRESS, CgroupSkbAttachType::Ingress),
+            (program_names::EGRESS, CgroupSkbAttachType::Egress),
+        ] {
+            let skb: &mut CgroupSkb = program(&mut ebpf, name)?;
+            skb.load().with_context(|| format!("the kernel verifier rejected {name}"))?;
+            skb.attach(&cgroup, direction, CgroupAttachMode::Single)
+                .with_context(|| attach_error(name, cgroup_dir))?;
+            programs += 1;
+        }
 
         for name in [program_names::CONNECT4, program_names::CONNECT6] {
             let hook: &mut CgroupSockAddr = program(&mut ebpf, name)?;

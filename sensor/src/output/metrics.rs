@@ -53,8 +53,8 @@ impl Metrics {
         Ok(Metrics { registry, findings, findings_write_errors })
     }
 
-    pub fn finding_written(&self, severity: Severity) {
-        self.findings.with_label_values(&[severity.name()]).inc();
+    pub fn finding_written(&self, severity: &str) {
+        self.findings.with_label_values(&[severity]).inc();
     }
 
     /// The text exposition format.

@@ -22,6 +22,7 @@ fn event(verdict: Verdict, captured: &[u8]) -> SessionEvent {
     let mut comm = [0u8; 16];
     comm[..4].copy_from_slice(b"psql");
     let mut ev = SessionEvent {
+        kind: sensor_common::event::EVENT_SESSION,
         cookie: 7,
         seen_ns: crate::clock::monotonic_ns(),
         proc_: ProcRecord {
@@ -40,9 +41,12 @@ fn event(verdict: Verdict, captured: &[u8]) -> SessionEvent {
         verdict: verdict as u8,
         reason: 0,
         flags: event_flags::PROC_KNOWN,
-        segment_len: captured.len() as u32,
+        requests: 0,
+        answers: 0,
+        _pad: [0; 2],
+        message_len: captured.len() as u32,
         captured_len: captured.len().min(CAPTURE_LEN) as u32,
-        _pad: 0,
+        _pad2: 0,
         captured: [0; CAPTURE_LEN],
     };
     ev.src_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
@@ -111,4 +115,25 @@ fn finding_json_has_the_documented_shape() {
     assert_eq!(json["process"]["comm"], "psql");
     assert!(json["ts"].as_str().unwrap().ends_with('Z'));
     assert!(json.get("reason").is_none());
+}
+
+#[test]
+fn downgraded_session_names_the_negotiation_and_cleartext_password_is_critical() {
+    use sensor_common::tracker::{AuthMethod, REQUESTED_GSS, REQUESTED_SSL};
+    let msg = startup_message(&[("user", "app")]);
+    let mut ev = event(Verdict::Downgraded, &msg);
+    ev.requests = REQUESTED_GSS | REQUESTED_SSL;
+    ev.answers = (2 << 4) | 2; // N, N
+    ev.flags |= event_flags::AUTH_FOLLOWS;
+    assert!(auth_follows(&ev));
+    let mut f = finding_from_event(&ev);
+    let n = f.negotiation.clone().unwrap();
+    assert_eq!(n.requested, vec!["gssenc", "ssl"]);
+    assert_eq!(n.server_answers, "NN");
+    assert_eq!(f.severity, "high");
+    apply_auth(&mut f, AuthMethod::Cleartext, true);
+    assert_eq!(f.severity, "critical");
+    let json = serde_json::to_value(&f).unwrap();
+    assert_eq!(json["auth"]["method"], "cleartext");
+    assert_eq!(json["auth"]["password_sent"], true);
 }

@@ -1,0 +1,325 @@
+//! One connection's state as the packet hooks see it: assembling client messages into the
+//! capture buffer, feeding the shared `Tracker`, and carrying out its effects (count the
+//! verdict, report the session, report authentication, forget the connection).
+
+use aya_ebpf::{helpers::generated::bpf_ktime_get_ns, programs::SkBuffContext};
+use sensor_common::{
+    event::{
+        conn_flags, event_flags, AuthEvent, Capture, ConnState, SessionEvent, EVENT_AUTH,
+        EVENT_SESSION,
+    },
+    limits::{Stat, CAPTURE_LEN, PREFIX_LEN},
+    pgwire::{classify_first, FirstMessage},
+    tracker::{effect, AuthMethod},
+    verdict::{Role, UnknownReason, Verdict},
+};
+
+use crate::{
+    counters, maps,
+    packet::{self, L4},
+};
+
+/// Which way the current packet goes: addresses in events are always client -> server.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    ClientToServer,
+    ServerToClient,
+}
+
+pub struct Flow<'a> {
+    pub ctx: &'a SkBuffContext,
+    pub l4: L4,
+    pub ports: packet::Ports,
+    pub direction: Direction,
+    pub cookie: u64,
+    pub state: &'a mut ConnState,
+}
+
+impl Flow<'_> {
+    /// Client payload at stream offset `rel` (bytes from `payload_offset`, `len` of them).
+    #[inline(always)]
+    pub fn client_data(&mut self, rel: u32, payload_offset: u32, len: u32) {
+        let pending = self.state.flags & conn_flags::EVENT_PENDING != 0;
+        if self.state.tracker.wants_client_message() || pending {
+            self.assemble(rel, payload_offset, len);
+        } else if self.state.tracker.phase == sensor_common::tracker::Phase::AwaitPassword as u8 {
+            // Only the type byte of the client's reply is read: never the secret itself.
+            let reply_at = self.state.msg_start.wrapping_add(self.state.msg_len);
+            let skip = reply_at.wrapping_sub(rel);
+            if skip < len {
+                if let Some(msg_type) = packet::payload_byte(self.ctx, payload_offset + skip) {
+                    let e = self.state.tracker.client_auth_reply(msg_type);
+                    self.apply(e);
+                }
+            }
+        }
+    }
+
+    /// Append the segment's part of the current message to the capture (never past the
+    /// message's own end), then let the tracker decide.
+    #[inline(always)]
+    fn assemble(&mut self, rel: u32, payload_offset: u32, len: u32) {
+        let Some(capture) = self.capture() else {
+            return self.finish_unknown(UnknownReason::CaptureEvicted, Stat::CapturesEvicted);
+        };
+        // First only the classifier's prefix (the message length is not known yet), then,
+        // once classified, the rest of the message.
+        self.append(capture, rel, payload_offset, len);
+        if self.state.tracker.wants_client_message() {
+            self.classify(capture);
+            self.append(capture, rel, payload_offset, len);
+        }
+        if self.state.flags & conn_flags::EVENT_PENDING != 0 && self.capture_complete() {
+            self.flush_session(capture);
+        }
+    }
+
+    #[inline(always)]
+    fn capture_limit(&self) -> u32 {
+        let len = self.state.msg_len;
+        if len == 0 {
+            PREFIX_LEN as u32
+        } else if len > CAPTURE_LEN as u32 {
+            CAPTURE_LEN as u32
+        } else {
+            len
+        }
+    }
+
+    #[inline(always)]
+    fn capture_complete(&self) -> bool {
+        self.state.have >= self.capture_limit()
+    }
+
+    #[inline(always)]
+    fn append(&mut self, capture: *mut Capture, rel: u32, payload_offset: u32, len: u32) {
+        let have = self.state.have;
+        let limit = self.capture_limit();
+        let target = self.state.msg_start.wrapping_add(have);
+        let skip = target.wrapping_sub(rel);
+        // Retransmitted bytes we already have, or a gap ahead of them: nothing to add.
+        if have >= limit || skip >= len {
+            return;
+        }
+        let mut n = len - skip;
+        if n > limit - have {
+            n = limit - have;
+        }
+        // SAFETY: `have < CAPTURE_LEN`, so the masked offset plus at most CAPTURE_LEN bytes
+        // stays inside the 2 * CAPTURE_LEN buffer.
+        let dst = unsafe { (*capture).bytes.as_mut_ptr().add((have as usize) & (CAPTURE_LEN - 1)) };
+        if packet::load_masked::<{ CAPTURE_LEN as u32 - 1 }>(
+            self.ctx,
+            payload_offset + skip,
+            dst,
+            n,
+        ) {
+            self.state.have = have + n;
+        }
+    }
+
+    #[inline(always)]
+    fn classify(&mut self, capture: *mut Capture) {
+        let mut prefix = [0u8; PREFIX_LEN];
+        // SAFETY: the capture buffer is larger than PREFIX_LEN.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                (*capture).bytes.as_ptr(),
+                prefix.as_mut_ptr(),
+                PREFIX_LEN,
+            )
+        };
+        let avail =
+            if self.state.have > PREFIX_LEN as u32 { PREFIX_LEN } else { self.state.have as usize };
+        let first = classify_first(&prefix, avail);
+        if let Some(len) = first.message_len() {
+            self.state.msg_len = len;
+        }
+        let e = self.state.tracker.client_message(first);
+        if e & effect::NEXT_MESSAGE != 0
+            && matches!(first, FirstMessage::SslRequest | FirstMessage::GssEncRequest)
+        {
+            // The request is complete; the client's next message starts right after it.
+            self.state.msg_start = self.state.msg_start.wrapping_add(8);
+            self.state.have = 0;
+            self.state.msg_len = 0;
+        }
+        self.apply(e);
+    }
+
+    /// The connection closed (FIN or RST from either side).
+    #[inline(always)]
+    pub fn closed(&mut self) {
+        let partial = self.state.have > 0 && self.state.tracker.wants_client_message();
+        let e = self.state.tracker.closed(partial);
+        self.apply(e);
+    }
+
+    #[inline(always)]
+    pub fn finish_unknown(&mut self, reason: UnknownReason, stat: Stat) {
+        counters::stat(stat);
+        let t = &mut self.state.tracker;
+        if t.verdict().is_none() {
+            t.verdict = Verdict::Unknown as u8;
+            t.reason = reason as u8;
+            self.apply(effect::VERDICT | effect::DONE);
+        } else {
+            self.apply(effect::DONE);
+        }
+    }
+
+    /// Carry out the tracker's effects, in order: count, report, forget.
+    #[inline(always)]
+    pub fn apply(&mut self, effects: u8) {
+        if effects & effect::VERDICT != 0 {
+            if let Some(verdict) = self.state.tracker.verdict() {
+                counters::session(Role::Client, verdict);
+                // Encrypted sessions are counted only: no evidence to ship.
+                if !verdict.is_encrypted() {
+                    self.state.flags |= conn_flags::EVENT_PENDING;
+                }
+            }
+        }
+        let pending = self.state.flags & conn_flags::EVENT_PENDING != 0;
+        if pending && effects & (effect::AUTH | effect::DONE) != 0 {
+            // The session must be reported before its authentication (or before it is
+            // forgotten), with whatever of its message was captured.
+            match self.capture() {
+                Some(capture) => self.flush_session(capture),
+                None => self.flush_session_without_capture(),
+            }
+        }
+        if effects & effect::AUTH != 0 {
+            self.report_auth();
+        }
+        if effects & effect::DONE != 0 {
+            let _ = maps::CAPTURES.remove(self.cookie);
+            let _ = maps::CONNECTIONS.remove(self.cookie);
+        }
+    }
+
+    /// The capture buffer of this connection, created zeroed on first use. `None` when it
+    /// held bytes and was evicted (they are gone), or when no memory is left.
+    #[inline(always)]
+    fn capture(&self) -> Option<*mut Capture> {
+        if let Some(c) = maps::CAPTURES.get_ptr_mut(self.cookie) {
+            return Some(c);
+        }
+        if self.state.have > 0 {
+            return None;
+        }
+        let zero = maps::ZERO_CAPTURE.get_ptr(0)?;
+        // SAFETY: a valid map value pointer of the right type.
+        maps::CAPTURES.insert(self.cookie, unsafe { &*zero }, 0).ok()?;
+        maps::CAPTURES.get_ptr_mut(self.cookie)
+    }
+
+    #[inline(always)]
+    fn flush_session(&mut self, capture: *mut Capture) {
+        self.emit_session(capture);
+    }
+
+    #[inline(always)]
+    fn flush_session_without_capture(&mut self) {
+        self.emit_session(core::ptr::null_mut());
+    }
+
+    /// Not inlined (it is called from several places); takes a plain pointer (null: no
+    /// capture) because a BPF-to-BPF call passes each argument in one register.
+    #[inline(never)]
+    fn emit_session(&mut self, capture: *mut Capture) {
+        self.state.flags &= !conn_flags::EVENT_PENDING;
+        let Some(mut entry) = maps::EVENTS.reserve::<SessionEvent>(0) else {
+            counters::stat(Stat::EventsLost);
+            return;
+        };
+        let ev = entry.as_mut_ptr();
+        let (a, b) = packet::addresses(self.ctx, self.l4);
+        let (src_addr, dst_addr, src_port, dst_port) = match self.direction {
+            Direction::ClientToServer => (a, b, self.ports.src, self.ports.dst),
+            Direction::ServerToClient => (b, a, self.ports.dst, self.ports.src),
+        };
+        let t = self.state.tracker;
+        let verdict = t.verdict.min(Verdict::Unknown as u8);
+        let limit = self.capture_limit();
+        let mut flags = self.state.flags
+            & (event_flags::PROC_KNOWN | event_flags::FAST_OPEN | event_flags::ADOPTED);
+        if matches!(
+            t.phase(),
+            sensor_common::tracker::Phase::AwaitAuth | sensor_common::tracker::Phase::AwaitPassword
+        ) {
+            flags |= event_flags::AUTH_FOLLOWS;
+        }
+        let mut captured_len = if self.state.have < limit { self.state.have } else { limit };
+        if self.state.msg_len > captured_len {
+            flags |= event_flags::TRUNCATED;
+        }
+        // SAFETY: `ev` points at a reserved, exclusively owned SessionEvent-sized record.
+        unsafe {
+            (*ev).kind = EVENT_SESSION;
+            (*ev).cookie = self.cookie;
+            (*ev).seen_ns = bpf_ktime_get_ns();
+            (*ev).proc_ = self.state.proc_;
+            (*ev).src_addr = src_addr;
+            (*ev).dst_addr = dst_addr;
+            (*ev).src_port = src_port;
+            (*ev).dst_port = dst_port;
+            (*ev).ip_version = self.l4.ip_version;
+            (*ev).role = Role::Client as u8;
+            (*ev).verdict = verdict;
+            (*ev).reason = t.reason;
+            (*ev).requests = t.requests;
+            (*ev).answers = t.answers;
+            (*ev)._pad = [0; 2];
+            (*ev).message_len = self.state.msg_len;
+            (*ev)._pad2 = 0;
+            let dst = (*ev).captured.as_mut_ptr();
+            if capture.is_null() {
+                captured_len = 0;
+            } else if verdict == Verdict::Cancel as u8 {
+                // A CancelRequest carries the backend's secret cancel key after byte 8:
+                // copy its header only.
+                core::ptr::copy_nonoverlapping((*capture).bytes.as_ptr(), dst, 8);
+                if captured_len > 8 {
+                    captured_len = 8;
+                }
+            } else {
+                core::ptr::copy_nonoverlapping((*capture).bytes.as_ptr(), dst, CAPTURE_LEN);
+            }
+            (*ev).captured_len = captured_len;
+            (*ev).flags = flags;
+        }
+        entry.submit(0);
+        counters::stat(Stat::EventsSent);
+    }
+
+    #[inline(never)]
+    fn report_auth(&mut self) {
+        let t = self.state.tracker;
+        counters::stat(Stat::AuthSeen);
+        if t.password_sent != 0 {
+            match AuthMethod::from_u8(t.auth) {
+                AuthMethod::Cleartext => counters::stat(Stat::PasswordsCleartext),
+                AuthMethod::Md5 => counters::stat(Stat::PasswordsMd5),
+                _ => {}
+            }
+        }
+        let Some(mut entry) = maps::EVENTS.reserve::<AuthEvent>(0) else {
+            counters::stat(Stat::EventsLost);
+            return;
+        };
+        let ev = entry.as_mut_ptr();
+        // SAFETY: `ev` points at a reserved, exclusively owned AuthEvent-sized record.
+        unsafe {
+            (*ev).kind = EVENT_AUTH;
+            (*ev)._pad = 0;
+            (*ev).cookie = self.cookie;
+            (*ev).seen_ns = bpf_ktime_get_ns();
+            (*ev).method = t.auth;
+            (*ev).password_sent = t.password_sent;
+            (*ev)._pad2 = [0; 6];
+        }
+        entry.submit(0);
+        counters::stat(Stat::EventsSent);
+    }
+}

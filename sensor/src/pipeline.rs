@@ -1,0 +1,78 @@
+//! Events in, findings out: the agent's one stage between the ring buffer and the outputs.
+
+use std::{sync::Arc, time::Instant};
+
+use sensor_common::{tracker::AuthMethod, verdict::Verdict};
+use tracing::error;
+
+use crate::{
+    config::RunConfig,
+    events::KernelEvent,
+    finding::Finding,
+    output::{findings::FindingsWriter, http::HttpState},
+    pending::PendingAuth,
+    session,
+};
+
+pub struct Pipeline {
+    findings: FindingsWriter,
+    pending: PendingAuth,
+    state: Arc<HttpState>,
+}
+
+impl Pipeline {
+    pub fn new(config: &RunConfig, findings: FindingsWriter, state: Arc<HttpState>) -> Self {
+        Pipeline { findings, pending: PendingAuth::new(config.auth_wait), state }
+    }
+
+    pub fn handle(&mut self, event: KernelEvent, now: Instant) {
+        match event {
+            KernelEvent::Session(ev) => {
+                let verdict = Verdict::from_u8(ev.verdict).unwrap_or(Verdict::Unknown);
+                if verdict.is_encrypted() {
+                    return; // counted in the kernel; no evidence to report
+                }
+                let finding = session::finding_from_event(&ev);
+                if session::auth_follows(&ev) {
+                    if let Some(oldest) = self.pending.hold(ev.cookie, finding, now) {
+                        self.write(&oldest);
+                    }
+                } else {
+                    self.write(&finding);
+                }
+            }
+            KernelEvent::Auth(ev) => {
+                let method = AuthMethod::from_u8(ev.method);
+                if let Some(finding) =
+                    self.pending.resolve(ev.cookie, method, ev.password_sent != 0)
+                {
+                    self.write(&finding);
+                }
+            }
+        }
+    }
+
+    /// Write findings whose wait for an auth outcome is over.
+    pub fn tick(&mut self, now: Instant) {
+        for finding in self.pending.expired(now) {
+            self.write(&finding);
+        }
+    }
+
+    /// Write everything still held (shutdown).
+    pub fn finish(&mut self) {
+        for finding in self.pending.drain() {
+            self.write(&finding);
+        }
+    }
+
+    fn write(&mut self, finding: &Finding) {
+        match self.findings.write(finding) {
+            Ok(()) => self.state.metrics.finding_written(finding.severity),
+            Err(err) => {
+                self.state.metrics.findings_write_errors.inc();
+                error!(%err, "cannot write finding");
+            }
+        }
+    }
+}
