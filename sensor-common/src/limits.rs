@@ -41,7 +41,7 @@ pub const PREFIX_LEN: usize = 24;
 pub enum Stat {
     /// Events written to the ring buffer.
     EventsSent = 0,
-    /// Events the ring buffer had no room for (the verdict was still counted).
+    /// Session events the ring buffer had no room for (the verdict was still counted).
     EventsLost = 1,
     /// Packets to or from a watched port that the egress program looked at.
     PacketsInspected = 2,
@@ -62,10 +62,12 @@ pub enum Stat {
     PasswordsMd5 = 9,
     /// Authentication outcomes followed (auth events decided).
     AuthSeen = 10,
+    /// Auth events the ring buffer had no room for (the password counters still moved).
+    AuthEventsLost = 11,
 }
 
 impl Stat {
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 12;
 }
 
 /// Size of the per-CPU session counter array: one slot per (role, verdict).

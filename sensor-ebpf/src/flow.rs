@@ -305,7 +305,7 @@ impl Flow<'_> {
             }
         }
         let Some(mut entry) = maps::EVENTS.reserve::<AuthEvent>(0) else {
-            counters::stat(Stat::EventsLost);
+            counters::stat(Stat::AuthEventsLost);
             return;
         };
         let ev = entry.as_mut_ptr();

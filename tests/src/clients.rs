@@ -19,9 +19,27 @@ pub struct ClientRun {
 /// Run `psql` over TCP with the given libpq settings (e.g. `sslmode=disable`), asking the
 /// server whether the session uses TLS: stdout is `t` or `f` on success.
 pub fn psql(pg: &PgServer, settings: &str, user: &str, dbname: &str) -> anyhow::Result<ClientRun> {
-    let conninfo =
-        format!("host={} port={} user={user} dbname={dbname} {settings}", pg.host, pg.port);
-    let child = Command::new("psql")
+    psql_at(&pg.host, pg.port, settings, user, dbname, None)
+}
+
+/// [`psql`] against any address, with an optional password (passed as PGPASSWORD, so it is
+/// in psql's environment, never on a command line).
+pub fn psql_at(
+    host: &str,
+    port: u16,
+    settings: &str,
+    user: &str,
+    dbname: &str,
+    password: Option<&str>,
+) -> anyhow::Result<ClientRun> {
+    let conninfo = format!("host={host} port={port} user={user} dbname={dbname} {settings}");
+    let mut cmd = Command::new("psql");
+    if let Some(password) = password {
+        cmd.env("PGPASSWORD", password);
+    } else {
+        cmd.env_remove("PGPASSWORD");
+    }
+    let child = cmd
         .args([&conninfo, "-X", "-At", "-c"])
         .arg("select ssl from pg_stat_ssl where pid = pg_backend_pid()")
         // No ~/.pgpass, service files or environment defaults leak in from the host.

@@ -7,7 +7,9 @@
 
 pub mod certs;
 pub mod clients;
+pub mod memscan;
 pub mod metrics;
+pub mod mitm;
 pub mod pg;
 pub mod sensor;
 pub mod util;

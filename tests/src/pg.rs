@@ -27,6 +27,8 @@ pub struct PgOptions {
     pub ssl: bool,
     /// pg_hba.conf lines; the default trusts loopback clients.
     pub hba: Vec<String>,
+    /// Extra postgresql.conf lines.
+    pub conf: Vec<String>,
 }
 
 impl PgOptions {
@@ -42,7 +44,13 @@ impl PgOptions {
                 "host all all 127.0.0.1/32 trust".into(),
                 "host all all ::1/128 trust".into(),
             ],
+            conf: Vec::new(),
         }
+    }
+
+    /// Like [`PgOptions::tls`] but with `ssl = off`: the server answers `N` to SSLRequest.
+    pub fn no_tls(name: &'static str) -> Self {
+        PgOptions { ssl: false, ..PgOptions::tls(name) }
     }
 }
 
@@ -122,6 +130,10 @@ impl PgServer {
             conf.push_str("ssl = off\n");
             None
         };
+        for line in &opts.conf {
+            conf.push_str(line);
+            conf.push('\n');
+        }
         append(&data.join("postgresql.conf"), &conf)?;
         fs::write(data.join("pg_hba.conf"), opts.hba.join("\n") + "\n")?;
 

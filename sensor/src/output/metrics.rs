@@ -83,11 +83,14 @@ fn sessions_vec() -> prometheus::Result<IntCounterVec> {
     )
 }
 
-fn events_lost() -> prometheus::Result<IntCounter> {
-    IntCounter::new(
-        format!("{PREFIX}_events_lost_total"),
-        "Session events the kernel could not deliver (ring buffer full); their verdicts are \
-         still counted in sessions_total.",
+fn events_lost() -> prometheus::Result<IntCounterVec> {
+    IntCounterVec::new(
+        Opts::new(
+            format!("{PREFIX}_events_lost_total"),
+            "Events the kernel could not deliver (ring buffer full), by kind (session, auth); \
+             verdicts and password counts stay exact in their own counters.",
+        ),
+        &["kind"],
     )
 }
 
@@ -116,7 +119,8 @@ impl KernelCollector {
             }
         }
         let lost = events_lost()?;
-        lost.inc_by(stats.stat(Stat::EventsLost));
+        lost.with_label_values(&["session"]).inc_by(stats.stat(Stat::EventsLost));
+        lost.with_label_values(&["auth"]).inc_by(stats.stat(Stat::AuthEventsLost));
         let mut families = sessions.collect();
         families.extend(lost.collect());
         Ok(families)

@@ -1,0 +1,54 @@
+//! A man in the middle, as an attacker on the path would run it: it answers `N` to the
+//! client's SSLRequest (claiming the server has no TLS) and relays everything else to the
+//! real server, which the client then talks to in plaintext through it.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    thread,
+};
+
+use anyhow::Context;
+
+pub struct Mitm {
+    pub addr: SocketAddr,
+}
+
+impl Mitm {
+    /// Listen on `listen`, relay to `upstream`. Runs until the test process exits.
+    pub fn start(listen: &str, upstream: SocketAddr) -> anyhow::Result<Mitm> {
+        let listener = TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
+        let addr = listener.local_addr()?;
+        thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                thread::spawn(move || {
+                    let _ = relay(client, upstream);
+                });
+            }
+        });
+        Ok(Mitm { addr })
+    }
+}
+
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+
+fn relay(mut client: TcpStream, upstream: SocketAddr) -> std::io::Result<()> {
+    let mut first = [0u8; 8];
+    client.read_exact(&mut first)?;
+    let mut server = TcpStream::connect(upstream)?;
+    if first == SSL_REQUEST {
+        client.write_all(b"N")?; // "no TLS here": the downgrade
+    } else {
+        server.write_all(&first)?;
+    }
+    let mut client_reader = client.try_clone()?;
+    let mut server_writer = server.try_clone()?;
+    let upstream_leg = thread::spawn(move || {
+        let _ = std::io::copy(&mut client_reader, &mut server_writer);
+        let _ = server_writer.shutdown(std::net::Shutdown::Write);
+    });
+    let _ = std::io::copy(&mut server, &mut client);
+    let _ = client.shutdown(std::net::Shutdown::Write);
+    let _ = upstream_leg.join();
+    Ok(())
+}
