@@ -64,12 +64,13 @@ pub fn on_egress(ctx: &SkBuffContext) {
     }
 }
 
-/// Byte 0 is proven when the socket has had nothing acknowledged and this segment starts at
-/// its oldest unacknowledged byte. Also learns the server's byte 0 if nothing came yet.
+/// Byte 0 is proven when the socket has had no data acknowledged and this segment starts at
+/// its oldest unacknowledged byte. `bytes_acked` counts the SYN's sequence number too, so
+/// "no data" is at most 1. Also learns the server's byte 0 if nothing came from it yet.
 #[inline(always)]
 fn prove_start(ctx: &SkBuffContext, tcp: &TcpHeader, state: &mut ConnState) -> bool {
     let Some(sock) = packet::tcp_sock(ctx) else { return false };
-    if sock.bytes_acked != 0 || tcp.seq != sock.snd_una {
+    if sock.bytes_acked > 1 || tcp.seq != sock.snd_una {
         return false;
     }
     state.client_base = tcp.seq;

@@ -48,6 +48,9 @@ fn drain(ring: &mut RingBuf<MapData>, out: &mut Vec<KernelEvent>) -> u64 {
 }
 
 /// What the kernel sends.
+// Events live briefly in a reused batch Vec; boxing the large variant would allocate once
+// per session instead.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Copy)]
 pub enum KernelEvent {
     Session(SessionEvent),
