@@ -5,7 +5,7 @@
 //! Protocol facts: PostgreSQL "Frontend/Backend Protocol", "Message Formats". All integers are
 //! big-endian; the client's first message has no type byte (Int32 length, Int32 code).
 
-use crate::limits::PREFIX_LEN;
+use crate::limits::{CAPTURE_LEN, PREFIX_LEN};
 use crate::verdict::{UnknownReason, Verdict};
 
 pub const SSL_REQUEST_CODE: u32 = 80877103;
@@ -144,6 +144,25 @@ pub fn classify_first(prefix: &[u8; PREFIX_LEN], avail: usize) -> FirstMessage {
         _ => FirstMessage::Unknown,
     }
 }
+
+/// How many bytes of a client message are kept as evidence: the whole message up to
+/// `CAPTURE_LEN` once its length is known (`msg_len`, 0 while unknown), else only the
+/// classifier's prefix. Never more than the message itself, so nothing the client sends
+/// after it (a password) is ever copied.
+#[inline(always)]
+pub const fn capture_limit(msg_len: u32) -> u32 {
+    if msg_len == 0 {
+        PREFIX_LEN as u32
+    } else if msg_len > CAPTURE_LEN as u32 {
+        CAPTURE_LEN as u32
+    } else {
+        msg_len
+    }
+}
+
+/// A CancelRequest's bytes after its 8-byte header are the backend's secret cancel key:
+/// evidence stops here.
+pub const CANCEL_EVIDENCE_LEN: u32 = 8;
 
 /// Copy the first bytes of `bytes` into a zero-padded prefix array for [`classify_first`].
 pub fn prefix_of(bytes: &[u8]) -> [u8; PREFIX_LEN] {

@@ -9,7 +9,7 @@ use sensor_common::{
         EVENT_SESSION,
     },
     limits::{Stat, CAPTURE_LEN, PREFIX_LEN},
-    pgwire::{classify_first, FirstMessage},
+    pgwire::{capture_limit, classify_first, FirstMessage, CANCEL_EVIDENCE_LEN},
     tracker::{effect, AuthMethod},
     verdict::{Role, UnknownReason, Verdict},
 };
@@ -76,14 +76,7 @@ impl Flow<'_> {
 
     #[inline(always)]
     fn capture_limit(&self) -> u32 {
-        let len = self.state.msg_len;
-        if len == 0 {
-            PREFIX_LEN as u32
-        } else if len > CAPTURE_LEN as u32 {
-            CAPTURE_LEN as u32
-        } else {
-            len
-        }
+        capture_limit(self.state.msg_len)
     }
 
     #[inline(always)]
@@ -281,9 +274,13 @@ impl Flow<'_> {
             } else if verdict == Verdict::Cancel as u8 {
                 // A CancelRequest carries the backend's secret cancel key after byte 8:
                 // copy its header only.
-                core::ptr::copy_nonoverlapping((*capture).bytes.as_ptr(), dst, 8);
-                if captured_len > 8 {
-                    captured_len = 8;
+                core::ptr::copy_nonoverlapping(
+                    (*capture).bytes.as_ptr(),
+                    dst,
+                    CANCEL_EVIDENCE_LEN as usize,
+                );
+                if captured_len > CANCEL_EVIDENCE_LEN {
+                    captured_len = CANCEL_EVIDENCE_LEN;
                 }
             } else {
                 core::ptr::copy_nonoverlapping((*capture).bytes.as_ptr(), dst, CAPTURE_LEN);

@@ -5,7 +5,8 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    config::{validate_ring_buffer_bytes, RunConfig},
+    analyze::{self, AnalyzeConfig},
+    config::{parse_findings_target, validate_ports, validate_ring_buffer_bytes, RunConfig},
     error::Failure,
     preflight, run,
 };
@@ -28,6 +29,21 @@ pub enum Command {
     Run(RunArgs),
     /// Check each kernel and privilege requirement and say what is missing.
     Check,
+    /// Classify the sessions in a pcap/pcapng capture, offline (no privileges needed).
+    Analyze(AnalyzeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AnalyzeArgs {
+    /// The capture to read (pcap or pcapng; Ethernet, raw IP, Linux cooked, loopback).
+    #[arg(long, value_name = "FILE")]
+    pub pcap: PathBuf,
+    /// TCP ports that carry pgwire (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "26257", value_name = "PORT[,PORT...]")]
+    pub ports: Vec<u16>,
+    /// Where to write findings (JSON lines); `-` is stdout.
+    #[arg(long, default_value = "-", value_name = "PATH|-")]
+    pub findings: String,
 }
 
 #[derive(Debug, Args)]
@@ -61,6 +77,7 @@ pub fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Run(args) => RunConfig::try_from(args).and_then(run::run),
         Command::Check => return preflight::print_report(),
+        Command::Analyze(args) => analyze_config(args).and_then(analyze::run),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -94,4 +111,13 @@ impl TryFrom<RunArgs> for RunConfig {
         config.auth_wait = std::time::Duration::from_millis(args.auth_wait_ms);
         Ok(config)
     }
+}
+
+fn analyze_config(args: AnalyzeArgs) -> Result<AnalyzeConfig, Failure> {
+    // The same validation as `run`'s flags of the same names.
+    Ok(AnalyzeConfig {
+        pcap: args.pcap,
+        ports: validate_ports(args.ports).map_err(Failure::config)?,
+        findings: parse_findings_target(&args.findings).map_err(Failure::config)?,
+    })
 }

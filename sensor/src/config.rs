@@ -41,7 +41,7 @@ impl RunConfig {
     }
 }
 
-fn validate_ports(mut ports: Vec<u16>) -> anyhow::Result<Vec<u16>> {
+pub fn validate_ports(mut ports: Vec<u16>) -> anyhow::Result<Vec<u16>> {
     ensure!(!ports.is_empty(), "--ports: give at least one port, e.g. --ports 26257");
     if ports.contains(&0) {
         bail!("--ports: 0 is not a TCP port a database listens on; use 1-65535");
@@ -64,7 +64,7 @@ pub fn validate_ring_buffer_bytes(bytes: u32) -> anyhow::Result<u32> {
     Ok(bytes)
 }
 
-fn parse_findings_target(value: &str) -> anyhow::Result<FindingsTarget> {
+pub fn parse_findings_target(value: &str) -> anyhow::Result<FindingsTarget> {
     match value {
         "" => bail!("--findings: give a file path, or - for stdout"),
         "-" => Ok(FindingsTarget::Stdout),

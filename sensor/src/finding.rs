@@ -25,8 +25,10 @@ pub struct Finding {
     /// How the server authenticated a plaintext or downgraded session.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth: Option<Auth>,
-    /// Kernel socket cookie: joins this finding with later ones about the same socket.
-    pub socket_cookie: u64,
+    /// Kernel socket cookie: joins this finding with later ones about the same socket
+    /// (absent from `sensor analyze`, which sees no sockets).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket_cookie: Option<u64>,
     /// TCP Fast Open carried the first bytes in the SYN.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub fast_open: bool,

@@ -4,6 +4,7 @@
 //! buffer -> `session` turns each event into a `finding::Finding` with the shared classifier
 //! -> `output` writes findings and serves metrics (kernel counters read at scrape time).
 
+pub mod analyze;
 pub mod bpf;
 pub mod cgroup;
 pub mod cli;

@@ -103,7 +103,7 @@ mod tests {
             negotiation: None,
             startup: None,
             auth: None,
-            socket_cookie: cookie,
+            socket_cookie: Some(cookie),
             fast_open: false,
             opened_before_start: false,
         }
@@ -137,7 +137,7 @@ mod tests {
         p.hold(2, finding(2), t0 + Duration::from_millis(50));
         assert!(p.expired(t0 + Duration::from_millis(99)).is_empty());
         let first = p.expired(t0 + Duration::from_millis(100));
-        assert_eq!(first.iter().map(|f| f.socket_cookie).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(first.iter().map(|f| f.socket_cookie.unwrap()).collect::<Vec<_>>(), vec![1]);
         assert!(first[0].auth.is_none());
         assert_eq!(p.expired(t0 + Duration::from_secs(1)).len(), 1);
         assert!(p.is_empty());
@@ -151,7 +151,7 @@ mod tests {
             assert!(p.hold(cookie, finding(cookie), now).is_none());
         }
         let evicted = p.hold(u64::MAX, finding(u64::MAX), now).unwrap();
-        assert_eq!(evicted.socket_cookie, 0, "the oldest goes out first");
+        assert_eq!(evicted.socket_cookie, Some(0), "the oldest goes out first");
         assert_eq!(p.len(), MAX_WAITING);
         assert_eq!(p.drain().len(), MAX_WAITING);
     }

@@ -26,6 +26,11 @@ pub fn kernel_verdict(ev: &SessionEvent) -> (Verdict, UnknownReason) {
 /// Build the finding for a session event. Its `auth` is filled in later by
 /// [`apply_auth`] when the event says an auth event follows.
 pub fn finding_from_event(ev: &SessionEvent) -> Finding {
+    finding_from_event_at(ev, clock::to_system_time(ev.seen_ns))
+}
+
+/// [`finding_from_event`] with the time given (a capture's packet time, for `analyze`).
+pub fn finding_from_event_at(ev: &SessionEvent, ts: std::time::SystemTime) -> Finding {
     let (verdict, reason) = kernel_verdict(ev);
     // The captured bytes are the message that decided the verdict; for plaintext and
     // downgraded sessions that is the StartupMessage.
@@ -44,7 +49,7 @@ pub fn finding_from_event(ev: &SessionEvent) -> Finding {
     let role = Role::from_u8(ev.role).unwrap_or(Role::Client);
 
     Finding {
-        ts: humantime::format_rfc3339_micros(clock::to_system_time(ev.seen_ns)).to_string(),
+        ts: humantime::format_rfc3339_micros(ts).to_string(),
         verdict: verdict.name(),
         severity: verdict.severity().name(),
         role: role.name(),
@@ -55,7 +60,7 @@ pub fn finding_from_event(ev: &SessionEvent) -> Finding {
         negotiation: negotiation_of(ev.requests, ev.answers),
         startup,
         auth: None,
-        socket_cookie: ev.cookie,
+        socket_cookie: (ev.cookie != 0).then_some(ev.cookie),
         fast_open: ev.flags & event_flags::FAST_OPEN != 0,
         opened_before_start: ev.flags & event_flags::ADOPTED != 0,
     }

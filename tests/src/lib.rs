@@ -5,6 +5,7 @@
 //! tests pick their own findings out by pid and serialise with [`serial`] (they share
 //! 127.0.0.1:26257).
 
+pub mod capture;
 pub mod certs;
 pub mod clients;
 pub mod memscan;
