@@ -55,6 +55,10 @@ pub struct ConnState {
     /// Server stream offset of the next server message (answers are one byte each).
     pub server_offset: u32,
     pub flags: u32,
+    /// One run of bytes received ahead of a hole (lost, then retransmitted, segments),
+    /// as offsets from `msg_start`; empty when `ooo_end == 0`.
+    pub ooo_start: u32,
+    pub ooo_end: u32,
     pub _pad: u32,
     pub tracker: Tracker,
 }
@@ -71,6 +75,8 @@ impl ConnState {
             msg_len: 0,
             server_offset: 0,
             flags,
+            ooo_start: 0,
+            ooo_end: 0,
             _pad: 0,
             tracker: Tracker::NEW,
         }
@@ -181,7 +187,7 @@ pub struct Capture {
 }
 
 const _: () = assert!(core::mem::size_of::<ProcRecord>() == 48);
-const _: () = assert!(core::mem::size_of::<ConnState>() == 48 + 8 * 4 + 8);
+const _: () = assert!(core::mem::size_of::<ConnState>() == 48 + 10 * 4 + 8);
 const _: () = assert!(
     core::mem::size_of::<SessionEvent>() == 24 + 48 + 32 + 4 + 4 + 4 + 4 + 4 + 4 + CAPTURE_LEN
 );

@@ -55,19 +55,17 @@ impl Flow<'_> {
         }
     }
 
-    /// Append the segment's part of the current message to the capture (never past the
-    /// message's own end), then let the tracker decide.
+    /// Store the segment's part of the current message in the capture, then let the
+    /// tracker decide. The capture may hold bytes past the message's end (a pipelining
+    /// client); only `captured_len` bytes, never past the message, ever leave the kernel.
     #[inline(always)]
     fn assemble(&mut self, rel: u32, payload_offset: u32, len: u32) {
         let Some(capture) = self.capture() else {
             return self.finish_unknown(UnknownReason::CaptureEvicted, Stat::CapturesEvicted);
         };
-        // First only the classifier's prefix (the message length is not known yet), then,
-        // once classified, the rest of the message.
-        self.append(capture, rel, payload_offset, len);
+        self.store(capture, rel, payload_offset, len);
         if self.state.tracker.wants_client_message() {
             self.classify(capture);
-            self.append(capture, rel, payload_offset, len);
         }
         if self.state.flags & conn_flags::EVENT_PENDING != 0 && self.capture_complete() {
             self.flush_session(capture);
@@ -84,31 +82,74 @@ impl Flow<'_> {
         self.state.have >= self.capture_limit()
     }
 
+    /// Put the segment's bytes where they belong in the capture: appended when they
+    /// continue it (retransmitted bytes skipped), or kept as the one run ahead of a hole
+    /// when a segment was lost, to be joined when the hole is filled.
     #[inline(always)]
-    fn append(&mut self, capture: *mut Capture, rel: u32, payload_offset: u32, len: u32) {
+    fn store(&mut self, capture: *mut Capture, rel: u32, payload_offset: u32, len: u32) {
+        let cap = CAPTURE_LEN as u32;
+        // Where the segment starts relative to the message; a segment may begin before it
+        // (a retransmission spanning the previous message).
+        let mut offset = payload_offset;
+        let mut len = len;
+        let mut pos = rel.wrapping_sub(self.state.msg_start);
+        if pos > u32::MAX / 2 {
+            let before = pos.wrapping_neg();
+            if before >= len {
+                return;
+            }
+            offset += before;
+            len -= before;
+            pos = 0;
+        }
         let have = self.state.have;
-        let limit = self.capture_limit();
-        let target = self.state.msg_start.wrapping_add(have);
-        let skip = target.wrapping_sub(rel);
-        // Retransmitted bytes we already have, or a gap ahead of them: nothing to add.
-        if have >= limit || skip >= len {
+        if pos > have {
+            // Ahead of a hole: keep it if it forms (or extends) the single run we track.
+            let end = pos.saturating_add(len);
+            let (run_start, run_end) = (self.state.ooo_start, self.state.ooo_end);
+            let joins = run_end == 0 || (pos <= run_end && end >= run_start);
+            if pos >= cap || !joins {
+                return;
+            }
+            let n = if len > cap - pos { cap - pos } else { len };
+            if self.copy_in(capture, pos, offset, n) {
+                self.state.ooo_start =
+                    if run_end == 0 || pos < run_start { pos } else { run_start };
+                let new_end = pos + n;
+                self.state.ooo_end = if new_end > run_end { new_end } else { run_end };
+            }
             return;
         }
+        let skip = have - pos;
+        if have >= cap || skip >= len {
+            return; // everything here is already captured
+        }
         let mut n = len - skip;
-        if n > limit - have {
-            n = limit - have;
+        if n > cap - have {
+            n = cap - have;
         }
-        // SAFETY: `have < CAPTURE_LEN`, so the masked offset plus at most CAPTURE_LEN bytes
-        // stays inside the 2 * CAPTURE_LEN buffer.
-        let dst = unsafe { (*capture).bytes.as_mut_ptr().add((have as usize) & (CAPTURE_LEN - 1)) };
-        if packet::load_masked::<{ CAPTURE_LEN as u32 - 1 }>(
-            self.ctx,
-            payload_offset + skip,
-            dst,
-            n,
-        ) {
-            self.state.have = have + n;
+        if self.copy_in(capture, have, offset + skip, n) {
+            let mut have = have + n;
+            // The hole is filled: the run ahead of it joins the capture.
+            if self.state.ooo_end != 0 && have >= self.state.ooo_start {
+                if self.state.ooo_end > have {
+                    have = self.state.ooo_end;
+                }
+                self.state.ooo_start = 0;
+                self.state.ooo_end = 0;
+            }
+            self.state.have = have;
         }
+    }
+
+    /// Copy `n` payload bytes from `offset` to capture position `at` (< CAPTURE_LEN).
+    #[inline(always)]
+    fn copy_in(&self, capture: *mut Capture, at: u32, offset: u32, n: u32) -> bool {
+        // SAFETY: the masked position is below CAPTURE_LEN and at most CAPTURE_LEN bytes are
+        // copied, inside the 2 * CAPTURE_LEN buffer.
+        let at = packet::opaque(at) & (CAPTURE_LEN as u32 - 1);
+        let dst = unsafe { (*capture).bytes.as_mut_ptr().add(at as usize) };
+        packet::load_masked::<{ CAPTURE_LEN as u32 - 1 }>(self.ctx, offset, dst, n)
     }
 
     #[inline(always)]
@@ -136,6 +177,8 @@ impl Flow<'_> {
             self.state.msg_start = self.state.msg_start.wrapping_add(8);
             self.state.have = 0;
             self.state.msg_len = 0;
+            self.state.ooo_start = 0;
+            self.state.ooo_end = 0;
         }
         self.apply(e);
     }
@@ -246,6 +289,9 @@ impl Flow<'_> {
             flags |= event_flags::AUTH_FOLLOWS;
         }
         let mut captured_len = if self.state.have < limit { self.state.have } else { limit };
+        if captured_len > CAPTURE_LEN as u32 {
+            captured_len = CAPTURE_LEN as u32;
+        }
         if self.state.msg_len > captured_len {
             flags |= event_flags::TRUNCATED;
         }
@@ -268,22 +314,13 @@ impl Flow<'_> {
             (*ev)._pad = [0; 2];
             (*ev).message_len = self.state.msg_len;
             (*ev)._pad2 = 0;
-            let dst = (*ev).captured.as_mut_ptr();
             if capture.is_null() {
                 captured_len = 0;
-            } else if verdict == Verdict::Cancel as u8 {
-                // A CancelRequest carries the backend's secret cancel key after byte 8:
-                // copy its header only.
-                core::ptr::copy_nonoverlapping(
-                    (*capture).bytes.as_ptr(),
-                    dst,
-                    CANCEL_EVIDENCE_LEN as usize,
-                );
-                if captured_len > CANCEL_EVIDENCE_LEN {
+            } else {
+                if verdict == Verdict::Cancel as u8 && captured_len > CANCEL_EVIDENCE_LEN {
                     captured_len = CANCEL_EVIDENCE_LEN;
                 }
-            } else {
-                core::ptr::copy_nonoverlapping((*capture).bytes.as_ptr(), dst, CAPTURE_LEN);
+                copy_exact((*capture).bytes.as_ptr(), (*ev).captured.as_mut_ptr(), captured_len);
             }
             (*ev).captured_len = captured_len;
             (*ev).flags = flags;
@@ -320,5 +357,28 @@ impl Flow<'_> {
         }
         entry.submit(0);
         counters::stat(Stat::EventsSent);
+    }
+}
+
+/// Copy exactly `len` (<= CAPTURE_LEN) bytes, in 8-byte words with the last one masked, so
+/// no byte past `len` (a pipelined message, the cancel key) reaches the ring buffer. Both
+/// buffers are 8-byte aligned and CAPTURE_LEN long.
+#[inline(always)]
+unsafe fn copy_exact(src: *const u8, dst: *mut u8, len: u32) {
+    let mut at = 0u32;
+    while at < CAPTURE_LEN as u32 {
+        if at >= len {
+            break;
+        }
+        // SAFETY: at < CAPTURE_LEN and both buffers hold CAPTURE_LEN bytes, 8-aligned.
+        unsafe {
+            let mut word = core::ptr::read(src.add(at as usize).cast::<u64>());
+            let left = len - at;
+            if left < 8 {
+                word &= (1u64 << (left * 8)) - 1;
+            }
+            core::ptr::write(dst.add(at as usize).cast::<u64>(), word);
+        }
+        at += 8;
     }
 }

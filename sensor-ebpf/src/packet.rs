@@ -155,12 +155,19 @@ pub fn load_masked<const MASK: u32>(
     if len == 0 {
         return false;
     }
-    // The volatile read hides `len`'s known range from LLVM, which would otherwise drop the
-    // mask as redundant; the verifier then sees the masked value, provably in 1 ..= MASK + 1.
-    // SAFETY: reading a local.
-    let len = unsafe { core::ptr::read_volatile(&len) };
-    let n = (len.wrapping_sub(1) & MASK) + 1;
+    // `opaque` keeps LLVM from dropping the mask as redundant; the verifier then sees the
+    // masked value, provably in 1 ..= MASK + 1.
+    let n = (opaque(len).wrapping_sub(1) & MASK) + 1;
     // SAFETY: `dst` has room for MASK + 1 bytes and n <= MASK + 1.
     let ret = unsafe { bpf_skb_load_bytes(ctx.as_ptr(), offset, dst.cast(), n) };
     ret == 0
+}
+
+/// The value, with everything the compiler knows about its range forgotten (a volatile
+/// read). Masks applied after it survive optimisation, so the verifier can see the bound
+/// even where the code already checked it in a way the verifier cannot follow.
+#[inline(always)]
+pub fn opaque(value: u32) -> u32 {
+    // SAFETY: reading a local.
+    unsafe { core::ptr::read_volatile(&value) }
 }

@@ -11,6 +11,7 @@ pub mod clients;
 pub mod memscan;
 pub mod metrics;
 pub mod mitm;
+pub mod netem;
 pub mod pg;
 pub mod raw;
 pub mod sensor;

@@ -304,3 +304,92 @@ fn a_full_ring_buffer_loses_evidence_but_never_counts() -> anyhow::Result<()> {
     drop(pg);
     Ok(())
 }
+
+#[test]
+fn retransmitted_segments_are_counted_once_and_reassembled() -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd;
+    use tests::netem::{total_retransmits, FlowLoss};
+    let _serial = serial();
+    let pg = dual_stack_server("adv-loss")?;
+    let sensor = Sensor::start(&[])?;
+    let before = sensor.metrics()?;
+    let msg = startup_message(&[
+        ("user", "postgres"),
+        ("database", "postgres"),
+        ("application_name", "lossy-link"),
+    ]);
+
+    // Retry until the kernel really retransmitted something (loss is random).
+    let mut sessions = 0.0;
+    let mut retransmitted = false;
+    for attempt in 0..6 {
+        let socket = std::net::TcpListener::bind("127.0.0.1:0")?; // reserve a port
+        let port = socket.local_addr()?.port();
+        drop(socket);
+        let _loss = FlowLoss::start(port, DB_PORT, 35)?;
+        let s = socket2_connect(port)?;
+        let mut s = s;
+        send_in_pieces(&mut s, &msg, 7)?;
+        assert_eq!(first_reply(&mut s), Some(b'R'), "the server got the whole startup");
+        let retransmits = total_retransmits(s.as_raw_fd());
+        drop(s);
+        sessions += 1.0;
+        let f = finding_of_port(&sensor, port)?;
+        assert_eq!(f["verdict"], "plaintext", "attempt {attempt}");
+        thread::sleep(Duration::from_millis(200));
+        assert_eq!(findings_of_port(&sensor, port).len(), 1, "one finding per connection");
+        eprintln!("attempt {attempt}: {retransmits} retransmissions");
+        if retransmits > 0 {
+            assert_eq!(f["startup"]["application_name"], "lossy-link", "{f}");
+            retransmitted = true;
+            break;
+        }
+    }
+    let after = sensor.metrics()?;
+    assert_eq!(
+        after.sessions("plaintext", "client") - before.sessions("plaintext", "client"),
+        sessions
+    );
+    assert!(retransmitted, "no attempt lost a packet: the test proved nothing");
+    drop(pg);
+    Ok(())
+}
+
+/// Connect from a chosen local port (so the loss filter can match it), Nagle off.
+fn socket2_connect(local_port: u16) -> anyhow::Result<TcpStream> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket calls on a fresh fd handed to TcpStream.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        anyhow::ensure!(fd >= 0, "socket failed");
+        let s = TcpStream::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const libc::c_int).cast(),
+            4,
+        );
+        let local = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: local_port.to_be(),
+            sin_addr: libc::in_addr { s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be() },
+            sin_zero: [0; 8],
+        };
+        anyhow::ensure!(
+            libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), 16) == 0,
+            "bind: {}",
+            std::io::Error::last_os_error()
+        );
+        let remote = libc::sockaddr_in { sin_port: DB_PORT.to_be(), ..local };
+        anyhow::ensure!(
+            libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), 16) == 0,
+            "connect: {}",
+            std::io::Error::last_os_error()
+        );
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        Ok(s)
+    }
+}
