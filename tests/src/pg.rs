@@ -29,6 +29,10 @@ pub struct PgOptions {
     pub hba: Vec<String>,
     /// Extra postgresql.conf lines.
     pub conf: Vec<String>,
+    /// Extra environment for the server process (e.g. KRB5_CONFIG).
+    pub env: Vec<(String, String)>,
+    /// Files to copy into the data directory, owned by postgres, mode 0600 (e.g. a keytab).
+    pub files: Vec<PathBuf>,
 }
 
 impl PgOptions {
@@ -45,6 +49,8 @@ impl PgOptions {
                 "host all all ::1/128 trust".into(),
             ],
             conf: Vec::new(),
+            env: Vec::new(),
+            files: Vec::new(),
         }
     }
 
@@ -130,6 +136,12 @@ impl PgServer {
             conf.push_str("ssl = off\n");
             None
         };
+        for file in &opts.files {
+            let target = data.join(file.file_name().context("a file name")?);
+            fs::copy(file, &target)?;
+            chown(&target, uid, gid)?;
+            fs::set_permissions(&target, fs::Permissions::from_mode(0o600))?;
+        }
         for line in &opts.conf {
             conf.push_str(line);
             conf.push('\n');
@@ -140,6 +152,7 @@ impl PgServer {
         let log = fs::File::create(dir.join("postgres.log"))?;
         let child = Command::new(bin.join("postgres"))
             .args(["-D", data.to_str().unwrap()])
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .uid(uid)
             .gid(gid)
             .stdin(Stdio::null())

@@ -160,3 +160,54 @@ fn man_in_the_middle_answering_n_downgrades_a_prefer_client() -> anyhow::Result<
     assert!(sensor.findings_of(direct.pid)?.is_empty(), "the direct session used TLS");
     Ok(())
 }
+
+#[test]
+fn kerberos_gss_encrypted_session_is_counted_gssenc_without_a_finding() -> anyhow::Result<()> {
+    use std::process::{Command, Stdio};
+    use tests::kerberos::{Realm, CLIENT};
+    let _serial = serial();
+    let realm = Realm::start()?;
+    let mut opts = PgOptions::tls("e2e-gss");
+    // pg_hba matches the client's source address: 127.0.0.1 on loopback.
+    opts.hba = vec![
+        "local all all trust".into(),
+        "hostgssenc all all 127.0.0.1/32 gss include_realm=0".into(),
+        "host all all 127.0.0.1/32 trust".into(),
+    ];
+    opts.conf = vec!["krb_server_keyfile = 'postgres.keytab'".into()];
+    opts.files = vec![realm.keytab.clone()];
+    opts.env = vec![("KRB5_CONFIG".into(), realm.krb5_conf.display().to_string())];
+    let pg = PgServer::start(opts)?;
+    pg.admin_sql(&format!("CREATE ROLE {CLIENT} LOGIN"))?;
+    let sensor = Sensor::start(&[])?;
+    let before = sensor.metrics()?;
+
+    let child = Command::new("psql")
+        .arg(format!(
+            "host=localhost hostaddr=127.0.0.1 port={} user={CLIENT} dbname=postgres \
+             gssencmode=require sslmode=disable",
+            pg.port
+        ))
+        .args([
+            "-X",
+            "-At",
+            "-c",
+            "select encrypted from pg_stat_gssapi where pid = pg_backend_pid()",
+        ])
+        .env("KRB5_CONFIG", &realm.krb5_conf)
+        .env("KRB5CCNAME", realm.ccache_name())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let pid = child.id();
+    let out = child.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "GSS session failed: {stderr}\n{}", pg.log());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "t", "the server says GSS-encrypted");
+
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let after = sensor.metrics()?;
+    assert_eq!(after.sessions("gssenc", "client") - before.sessions("gssenc", "client"), 1.0);
+    assert!(sensor.findings_of(pid)?.is_empty(), "an encrypted session gets no finding");
+    Ok(())
+}
