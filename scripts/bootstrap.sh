@@ -46,7 +46,7 @@ if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
 fi
 
 if [ "$want_test_deps" = 1 ]; then
-  pkgs=(postgresql-15 postgresql-client-15 openssl util-linux procps iproute2 tcpdump nftables krb5-kdc krb5-admin-server krb5-user)
+  pkgs=(postgresql-15 postgresql-client-15 openssl util-linux procps iproute2 tcpdump nftables krb5-kdc krb5-admin-server krb5-user bpftool prometheus prometheus-alertmanager)
   missing=()
   for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

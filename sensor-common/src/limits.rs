@@ -19,6 +19,7 @@ pub mod program_names {
 }
 
 /// One byte per TCP port: a direct array index is the cheapest "is this port watched?" test.
+/// The value is the port's slot in the configured list plus one (0: not watched).
 pub const WATCHED_PORTS_ENTRIES: u32 = 65536;
 /// At most this many watched ports may be configured.
 pub const MAX_WATCHED_PORTS: usize = 64;
@@ -70,6 +71,6 @@ impl Stat {
     pub const COUNT: u32 = 12;
 }
 
-/// Size of the per-CPU session counter array: one slot per (role, verdict).
+/// Size of the per-CPU session counter array: one counter per (watched port, role, verdict).
 pub const SESSION_COUNTERS_ENTRIES: u32 =
-    (crate::verdict::Role::COUNT * crate::verdict::Verdict::COUNT) as u32;
+    (MAX_WATCHED_PORTS * crate::verdict::Role::COUNT * crate::verdict::Verdict::COUNT) as u32;

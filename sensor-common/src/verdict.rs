@@ -131,9 +131,10 @@ impl Role {
     }
 }
 
-/// Index of the kernel's per-CPU session counter for `(role, verdict)`.
-pub const fn session_counter_index(role: Role, verdict: Verdict) -> u32 {
-    (role as u32) * (Verdict::COUNT as u32) + verdict as u32
+/// Index of the kernel's per-CPU session counter for the watched port in `slot` (its
+/// position in the configured port list), `role` and `verdict`.
+pub const fn session_counter_index(slot: u32, role: Role, verdict: Verdict) -> u32 {
+    (slot * Role::COUNT as u32 + role as u32) * (Verdict::COUNT as u32) + verdict as u32
 }
 
 /// Why a session was classified `unknown`; carried in the event so findings can say.

@@ -22,6 +22,6 @@ pub fn stat(which: Stat) {
 }
 
 #[inline(always)]
-pub fn session(role: Role, verdict: Verdict) {
-    bump(&SESSION_COUNTERS, session_counter_index(role, verdict));
+pub fn session(slot: u32, role: Role, verdict: Verdict) {
+    bump(&SESSION_COUNTERS, session_counter_index(slot, role, verdict));
 }

@@ -209,7 +209,12 @@ impl Flow<'_> {
     pub fn apply(&mut self, effects: u8) {
         if effects & effect::VERDICT != 0 {
             if let Some(verdict) = self.state.tracker.verdict() {
-                counters::session(Role::Client, verdict);
+                let server_port = match self.direction {
+                    Direction::ClientToServer => self.ports.dst,
+                    Direction::ServerToClient => self.ports.src,
+                };
+                let slot = maps::port_slot(server_port).unwrap_or(0);
+                counters::session(slot, Role::Client, verdict);
                 // Encrypted sessions are counted only: no evidence to ship.
                 if !verdict.is_encrypted() {
                     self.state.flags |= conn_flags::EVENT_PENDING;

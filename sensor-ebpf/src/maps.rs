@@ -12,7 +12,8 @@ use sensor_common::{
     },
 };
 
-/// Indexed by TCP port (host order); non-zero means watched. Written by userspace.
+/// Indexed by TCP port (host order): 0 unwatched, else the port's slot + 1. Written by
+/// userspace.
 #[map]
 pub static WATCHED_PORTS: Array<u8> = Array::with_max_entries(WATCHED_PORTS_ENTRIES, 0);
 
@@ -45,5 +46,14 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT, 
 
 #[inline(always)]
 pub fn is_watched(port: u16) -> bool {
-    matches!(WATCHED_PORTS.get(port as u32), Some(&flag) if flag != 0)
+    port_slot(port).is_some()
+}
+
+/// The port's position in the configured list, if it is watched.
+#[inline(always)]
+pub fn port_slot(port: u16) -> Option<u32> {
+    match WATCHED_PORTS.get(port as u32) {
+        Some(&slot_plus_one) if slot_plus_one != 0 => Some(slot_plus_one as u32 - 1),
+        _ => None,
+    }
 }

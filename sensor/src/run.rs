@@ -26,7 +26,7 @@ use crate::{
     output::{
         findings::FindingsWriter,
         http::{self, HttpState},
-        metrics::Metrics,
+        metrics::{KernelSources, Metrics},
     },
     pipeline::Pipeline,
     preflight,
@@ -63,9 +63,13 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
     let counters = Arc::new(attached.take_counters()?);
     let mut events =
         EventStream::new(attached.take_events()?).context("cannot poll the ring buffer")?;
+    let attachment = attached.check.take().map(Arc::new);
+    let sources =
+        KernelSources { counters, ports: config.ports.clone(), attachment: attachment.clone() };
     let state = Arc::new(HttpState {
-        metrics: Metrics::new(counters).context("cannot set up metrics")?,
+        metrics: Metrics::new(sources).context("cannot set up metrics")?,
         attached: true.into(),
+        attachment,
     });
     let server = tokio::spawn(http::serve(listener, state.clone()));
     let mut pipeline = Pipeline::new(&config, findings, state.clone());

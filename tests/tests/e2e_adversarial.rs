@@ -278,7 +278,7 @@ fn a_full_ring_buffer_loses_evidence_but_never_counts() -> anyhow::Result<()> {
     // One page: a handful of events fit.
     let sensor = Sensor::start(&["--ring-buffer-bytes", "4096"])?;
     let before = sensor.metrics()?;
-    let lost_before = before.get("pgwire_sensor_events_lost_total{kind=\"session\"}");
+    let lost_before = before.sum("pgwire_sensor_events_lost_total", &[("kind", "session")]);
 
     // Freeze the agent so nothing drains while the sessions happen.
     unsafe { libc::kill(sensor.pid() as i32, libc::SIGSTOP) };
@@ -296,7 +296,7 @@ fn a_full_ring_buffer_loses_evidence_but_never_counts() -> anyhow::Result<()> {
 
     let after = sensor.metrics()?;
     let counted = after.sessions("plaintext", "client") - before.sessions("plaintext", "client");
-    let lost = after.get("pgwire_sensor_events_lost_total{kind=\"session\"}") - lost_before;
+    let lost = after.sum("pgwire_sensor_events_lost_total", &[("kind", "session")]) - lost_before;
     let reported = ports.iter().filter(|p| !findings_of_port(&sensor, **p).is_empty()).count();
     assert_eq!(counted, SESSIONS as f64, "every session counted despite the full ring");
     assert!(lost > 0.0, "the ring must have overflowed for this test to mean anything");

@@ -22,15 +22,17 @@ pub struct KernelCounters {
 /// One reading of every counter, each summed over the CPUs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KernelStats {
-    /// Indexed by `session_counter_index(role, verdict)`.
+    /// Indexed by `session_counter_index(slot, role, verdict)`.
     pub sessions: Vec<u64>,
     /// Indexed by `Stat`.
     pub stats: Vec<u64>,
 }
 
 impl KernelStats {
-    pub fn sessions(&self, role: Role, verdict: Verdict) -> u64 {
-        self.sessions.get(session_counter_index(role, verdict) as usize).copied().unwrap_or(0)
+    /// Sessions of the watched port in `slot` (its position in the port list).
+    pub fn sessions(&self, slot: usize, role: Role, verdict: Verdict) -> u64 {
+        let index = session_counter_index(slot as u32, role, verdict) as usize;
+        self.sessions.get(index).copied().unwrap_or(0)
     }
 
     pub fn stat(&self, which: Stat) -> u64 {

@@ -2,6 +2,7 @@
 //! detaching (by dropping: cgroup attachments are bpf_links owned by this process's fds, so
 //! they go away when the process exits, even on SIGKILL).
 
+mod attachment;
 mod counters;
 
 use std::{fs::File, path::Path};
@@ -14,6 +15,8 @@ use aya::{
 };
 use sensor_common::limits::{map_names, program_names};
 
+use attachment::attach_type;
+pub use attachment::AttachmentCheck;
 pub use counters::{KernelCounters, KernelStats};
 
 /// The kernel object built by `build.rs` from `sensor-ebpf`.
@@ -23,6 +26,8 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 pub struct Attached {
     ebpf: Ebpf,
     pub programs: usize,
+    /// Asks the kernel whether each program is still attached.
+    pub check: Option<AttachmentCheck>,
 }
 
 impl Attached {
@@ -49,26 +54,37 @@ impl Attached {
         let cgroup = File::open(cgroup_dir)
             .with_context(|| format!("cannot open cgroup directory {}", cgroup_dir.display()))?;
         let mut programs = 0;
+        let mut expected = Vec::new();
 
-        for (name, direction) in [
-            (program_names::INGRESS, CgroupSkbAttachType::Ingress),
-            (program_names::EGRESS, CgroupSkbAttachType::Egress),
+        for (name, direction, kernel_type) in [
+            (
+                program_names::INGRESS,
+                CgroupSkbAttachType::Ingress,
+                attach_type::CGROUP_INET_INGRESS,
+            ),
+            (program_names::EGRESS, CgroupSkbAttachType::Egress, attach_type::CGROUP_INET_EGRESS),
         ] {
             let skb: &mut CgroupSkb = program(&mut ebpf, name)?;
             skb.load().with_context(|| format!("the kernel verifier rejected {name}"))?;
             skb.attach(&cgroup, direction, CgroupAttachMode::Single)
                 .with_context(|| attach_error(name, cgroup_dir))?;
+            expected.push((kernel_type, skb.info()?.id()));
             programs += 1;
         }
 
-        for name in [program_names::CONNECT4, program_names::CONNECT6] {
+        for (name, kernel_type) in [
+            (program_names::CONNECT4, attach_type::CGROUP_INET4_CONNECT),
+            (program_names::CONNECT6, attach_type::CGROUP_INET6_CONNECT),
+        ] {
             let hook: &mut CgroupSockAddr = program(&mut ebpf, name)?;
             hook.load().with_context(|| format!("the kernel verifier rejected {name}"))?;
             hook.attach(&cgroup, CgroupAttachMode::Single)
                 .with_context(|| attach_error(name, cgroup_dir))?;
+            expected.push((kernel_type, hook.info()?.id()));
             programs += 1;
         }
-        Ok(Attached { ebpf, programs })
+        let check = Some(AttachmentCheck::new(cgroup, expected));
+        Ok(Attached { ebpf, programs, check })
     }
 
     /// The ring buffer the programs send events through (taken once).
@@ -109,9 +125,10 @@ fn write_watched_ports(ebpf: &mut Ebpf, ports: &[u16]) -> anyhow::Result<()> {
         .map_mut(map_names::WATCHED_PORTS)
         .ok_or_else(|| anyhow!("map {} missing", map_names::WATCHED_PORTS))?;
     let mut watched: Array<&mut MapData, u8> = Array::try_from(map)?;
-    for &port in ports {
+    for (slot, &port) in ports.iter().enumerate() {
+        let slot_plus_one = u8::try_from(slot + 1).context("too many watched ports")?;
         watched
-            .set(u32::from(port), 1u8, 0)
+            .set(u32::from(port), slot_plus_one, 0)
             .with_context(|| format!("cannot mark port {port} as watched"))?;
     }
     Ok(())

@@ -16,11 +16,22 @@ use axum::{
 use tokio::net::TcpListener;
 
 use super::metrics::Metrics;
+use crate::bpf::AttachmentCheck;
 
 pub struct HttpState {
     pub metrics: Metrics,
     /// True from attach until detach.
     pub attached: AtomicBool,
+    /// Asks the kernel whether the programs are still attached.
+    pub attachment: Option<Arc<AttachmentCheck>>,
+}
+
+impl HttpState {
+    /// Attached, and the kernel still lists every program at its attach point.
+    pub fn healthy(&self) -> bool {
+        self.attached.load(Ordering::Relaxed)
+            && self.attachment.as_ref().is_none_or(|check| check.healthy())
+    }
 }
 
 pub async fn serve(listener: TcpListener, state: Arc<HttpState>) -> std::io::Result<()> {
@@ -45,9 +56,9 @@ async fn metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
 }
 
 async fn healthz(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
-    if state.attached.load(Ordering::Relaxed) {
+    if state.healthy() {
         (StatusCode::OK, "ok: programs attached\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not attached\n")
+        (StatusCode::SERVICE_UNAVAILABLE, "not attached: the sensor sees nothing\n")
     }
 }

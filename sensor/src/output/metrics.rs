@@ -1,56 +1,106 @@
-//! Prometheus metrics. Session counts come straight from the kernel's counters at scrape
-//! time, so they are exact even when events were lost; labels are bounded enums only.
+//! Prometheus metrics, named as the Prometheus guidelines ask: one `pgwire_sensor_` prefix,
+//! base units, `_total` only on counters, and only bounded enums as labels (verdict, role,
+//! watched port, severity, kind, method). Pids, addresses and users go in findings instead.
+//!
+//! Kernel counts are read from the kernel's per-CPU maps at scrape time, so they are exact
+//! even when events were lost.
 
-use std::sync::Arc;
+use std::{
+    sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
+};
 
 use prometheus::{
     core::{Collector, Desc},
     proto::MetricFamily,
-    Encoder, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use sensor_common::{
     limits::Stat,
     verdict::{Role, Severity, Verdict},
 };
 
-use crate::bpf::KernelCounters;
+use crate::bpf::{AttachmentCheck, KernelCounters};
 
 const PREFIX: &str = "pgwire_sensor";
+
+/// What the kernel-side collector reads.
+pub struct KernelSources {
+    pub counters: Arc<KernelCounters>,
+    /// The watched ports in slot order.
+    pub ports: Vec<u16>,
+    pub attachment: Option<Arc<AttachmentCheck>>,
+}
 
 pub struct Metrics {
     registry: Registry,
     findings: IntCounterVec,
     pub findings_write_errors: IntCounter,
+    pub alerts_sent: IntCounter,
+    /// By reason: `rejected` (Alertmanager said no), `unreachable`, `queue_full`.
+    pub alerts_failed: IntCounterVec,
+}
+
+fn name(suffix: &str) -> String {
+    format!("{PREFIX}_{suffix}")
 }
 
 impl Metrics {
-    pub fn new(kernel: Arc<KernelCounters>) -> anyhow::Result<Self> {
+    pub fn new(kernel: KernelSources) -> anyhow::Result<Self> {
         let registry = Registry::new();
 
         let build_info = IntGaugeVec::new(
-            Opts::new(format!("{PREFIX}_build_info"), "Build of the running sensor (always 1)."),
+            Opts::new(name("build_info"), "Build of the running sensor (always 1)."),
             &["version"],
         )?;
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         registry.register(Box::new(build_info))?;
 
+        let start_time = Gauge::new(
+            name("start_time_seconds"),
+            "When the sensor started, in seconds since the Unix epoch.",
+        )?;
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        start_time.set(now.as_secs_f64());
+        registry.register(Box::new(start_time))?;
+
         let findings = IntCounterVec::new(
-            Opts::new(format!("{PREFIX}_findings_total"), "Finding lines written, by severity."),
+            Opts::new(name("findings_total"), "Finding lines written, by severity."),
             &["severity"],
         )?;
-        for severity in [Severity::Low, Severity::Medium, Severity::High, Severity::Critical] {
+        for severity in
+            [Severity::Info, Severity::Low, Severity::Medium, Severity::High, Severity::Critical]
+        {
             findings.with_label_values(&[severity.name()]);
         }
         registry.register(Box::new(findings.clone()))?;
 
         let findings_write_errors = IntCounter::new(
-            format!("{PREFIX}_findings_write_errors_total"),
+            name("findings_write_errors_total"),
             "Finding lines that could not be written (disk full, file removed...).",
         )?;
         registry.register(Box::new(findings_write_errors.clone()))?;
 
+        let alerts_sent = IntCounter::new(
+            name("alerts_sent_total"),
+            "Findings pushed to Alertmanager and accepted by it.",
+        )?;
+        registry.register(Box::new(alerts_sent.clone()))?;
+        let alerts_failed = IntCounterVec::new(
+            Opts::new(
+                name("alerts_failed_total"),
+                "Findings that did not reach Alertmanager, by reason (rejected, unreachable, \
+                 queue_full).",
+            ),
+            &["reason"],
+        )?;
+        for reason in ["rejected", "unreachable", "queue_full"] {
+            alerts_failed.with_label_values(&[reason]);
+        }
+        registry.register(Box::new(alerts_failed.clone()))?;
+
         registry.register(Box::new(KernelCollector::new(kernel)?))?;
-        Ok(Metrics { registry, findings, findings_write_errors })
+        Ok(Metrics { registry, findings, findings_write_errors, alerts_sent, alerts_failed })
     }
 
     pub fn finding_written(&self, severity: &str) {
@@ -67,63 +117,154 @@ impl Metrics {
     }
 }
 
-/// Reads the kernel counters on every scrape.
+/// Plain kernel counters: (metric suffix, help, counter).
+const KERNEL_COUNTERS: &[(&str, &str, Stat)] = &[
+    (
+        "kernel_packets_inspected_total",
+        "Packets to or from a watched port the kernel programs looked at.",
+        Stat::PacketsInspected,
+    ),
+    (
+        "kernel_packets_untracked_total",
+        "Packets to a watched port on connections not tracked (opened before start, or \
+         already judged).",
+        Stat::PacketsUntracked,
+    ),
+    (
+        "kernel_connections_tracked_total",
+        "Connections to a watched port recorded at connect().",
+        Stat::ConnectionsTracked,
+    ),
+    (
+        "kernel_connections_adopted_total",
+        "Connections opened before start whose first byte was proven and judged.",
+        Stat::ConnectionsAdopted,
+    ),
+    (
+        "kernel_connection_track_failures_total",
+        "Connections that could not be recorded at connect().",
+        Stat::TrackFailed,
+    ),
+    (
+        "kernel_captures_evicted_total",
+        "Sessions whose capture buffer was evicted under load (reported unknown).",
+        Stat::CapturesEvicted,
+    ),
+    ("kernel_events_sent_total", "Events the kernel sent to the agent.", Stat::EventsSent),
+    (
+        "auth_outcomes_total",
+        "Authentication exchanges followed on plaintext or downgraded sessions.",
+        Stat::AuthSeen,
+    ),
+];
+
+/// Reads the kernel counters and the attachment state on every scrape.
 struct KernelCollector {
-    kernel: Arc<KernelCounters>,
+    kernel: KernelSources,
     descs: Vec<Desc>,
 }
 
-fn sessions_vec() -> prometheus::Result<IntCounterVec> {
-    IntCounterVec::new(
-        Opts::new(
-            format!("{PREFIX}_sessions_total"),
-            "Sessions to watched ports by verdict and role, counted in the kernel.",
-        ),
-        &["verdict", "role"],
-    )
+struct Families {
+    sessions: IntCounterVec,
+    lost: IntCounterVec,
+    passwords: IntCounterVec,
+    plain: Vec<(IntCounter, Stat)>,
+    attached: IntGauge,
+    expected: IntGauge,
 }
 
-fn events_lost() -> prometheus::Result<IntCounterVec> {
-    IntCounterVec::new(
-        Opts::new(
-            format!("{PREFIX}_events_lost_total"),
-            "Events the kernel could not deliver (ring buffer full), by kind (session, auth); \
-             verdicts and password counts stay exact in their own counters.",
-        ),
-        &["kind"],
-    )
+impl Families {
+    fn new() -> prometheus::Result<Self> {
+        Ok(Families {
+            sessions: IntCounterVec::new(
+                Opts::new(
+                    name("sessions_total"),
+                    "Sessions to watched ports by verdict, role and port, counted in the kernel \
+                     when decided.",
+                ),
+                &["verdict", "role", "port"],
+            )?,
+            lost: IntCounterVec::new(
+                Opts::new(
+                    name("events_lost_total"),
+                    "Events the kernel could not deliver (ring buffer full), by kind (session, \
+                     auth); verdict and password counts stay exact.",
+                ),
+                &["kind"],
+            )?,
+            passwords: IntCounterVec::new(
+                Opts::new(
+                    name("passwords_exposed_total"),
+                    "Password messages sent on plaintext or downgraded sessions, by method \
+                     (cleartext: the password itself; md5: a replayable hash).",
+                ),
+                &["method"],
+            )?,
+            plain: KERNEL_COUNTERS
+                .iter()
+                .map(|(suffix, help, stat)| Ok((IntCounter::new(name(suffix), *help)?, *stat)))
+                .collect::<prometheus::Result<_>>()?,
+            attached: IntGauge::new(
+                name("programs_attached"),
+                "Kernel programs of this sensor the kernel lists as attached right now.",
+            )?,
+            expected: IntGauge::new(
+                name("programs_expected"),
+                "Kernel programs this sensor attaches (programs_attached should equal it).",
+            )?,
+        })
+    }
+
+    fn collectors(&self) -> Vec<&dyn Collector> {
+        let mut all: Vec<&dyn Collector> =
+            vec![&self.sessions, &self.lost, &self.passwords, &self.attached, &self.expected];
+        all.extend(self.plain.iter().map(|(c, _)| c as &dyn Collector));
+        all
+    }
 }
 
 impl KernelCollector {
-    fn new(kernel: Arc<KernelCounters>) -> prometheus::Result<Self> {
-        let mut descs = Vec::new();
-        descs.extend(sessions_vec()?.desc().into_iter().cloned());
-        descs.extend(events_lost()?.desc().into_iter().cloned());
+    fn new(kernel: KernelSources) -> prometheus::Result<Self> {
+        let families = Families::new()?;
+        let descs = families
+            .collectors()
+            .into_iter()
+            .flat_map(|c| c.desc().into_iter().cloned().collect::<Vec<_>>())
+            .collect();
         Ok(KernelCollector { kernel, descs })
     }
 
     fn families(&self) -> prometheus::Result<Vec<MetricFamily>> {
-        let stats = match self.kernel.read() {
-            Ok(stats) => stats,
-            Err(err) => {
-                tracing::error!(err = format!("{err:#}"), "reading kernel counters failed");
-                return Ok(Vec::new());
+        let f = Families::new()?;
+        match self.kernel.counters.read() {
+            Ok(stats) => {
+                for (slot, port) in self.kernel.ports.iter().enumerate() {
+                    let port = port.to_string();
+                    for role in Role::ALL {
+                        for verdict in Verdict::ALL {
+                            f.sessions
+                                .with_label_values(&[verdict.name(), role.name(), &port])
+                                .inc_by(stats.sessions(slot, role, verdict));
+                        }
+                    }
+                }
+                f.lost.with_label_values(&["session"]).inc_by(stats.stat(Stat::EventsLost));
+                f.lost.with_label_values(&["auth"]).inc_by(stats.stat(Stat::AuthEventsLost));
+                f.passwords
+                    .with_label_values(&["cleartext"])
+                    .inc_by(stats.stat(Stat::PasswordsCleartext));
+                f.passwords.with_label_values(&["md5"]).inc_by(stats.stat(Stat::PasswordsMd5));
+                for (counter, stat) in &f.plain {
+                    counter.inc_by(stats.stat(*stat));
+                }
             }
-        };
-        let sessions = sessions_vec()?;
-        for role in Role::ALL {
-            for verdict in Verdict::ALL {
-                sessions
-                    .with_label_values(&[verdict.name(), role.name()])
-                    .inc_by(stats.sessions(role, verdict));
-            }
+            Err(err) => tracing::error!(err = format!("{err:#}"), "reading kernel counters failed"),
         }
-        let lost = events_lost()?;
-        lost.with_label_values(&["session"]).inc_by(stats.stat(Stat::EventsLost));
-        lost.with_label_values(&["auth"]).inc_by(stats.stat(Stat::AuthEventsLost));
-        let mut families = sessions.collect();
-        families.extend(lost.collect());
-        Ok(families)
+        if let Some(check) = &self.kernel.attachment {
+            f.expected.set(check.expected() as i64);
+            f.attached.set(check.attached().map(|n| n as i64).unwrap_or(0));
+        }
+        Ok(f.collectors().into_iter().flat_map(|c| c.collect()).collect())
     }
 }
 
