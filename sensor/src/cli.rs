@@ -6,7 +6,10 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{
     analyze::{self, AnalyzeConfig},
-    config::{parse_findings_target, validate_ports, validate_ring_buffer_bytes, RunConfig},
+    config::{
+        parse_findings_target, validate_ports, validate_ring_buffer_bytes, AlertmanagerConfig,
+        RunConfig,
+    },
     error::Failure,
     preflight, run,
 };
@@ -68,6 +71,13 @@ pub struct RunArgs {
     /// How long a plaintext session's finding waits for its authentication outcome.
     #[arg(long, default_value = "1000", value_name = "MS")]
     pub auth_wait_ms: u64,
+    /// Push each finding to this Alertmanager (v2 API) as an alert, e.g.
+    /// http://127.0.0.1:9093.
+    #[arg(long, value_name = "URL")]
+    pub alertmanager_url: Option<String>,
+    /// Push only findings at least this severe (low, medium, high, critical).
+    #[arg(long, default_value = "low", value_name = "SEVERITY")]
+    pub alertmanager_min_severity: String,
 }
 
 /// Parse the command line, run, and turn the outcome into an exit code.
@@ -109,6 +119,13 @@ impl TryFrom<RunArgs> for RunConfig {
         config.ring_buffer_bytes =
             validate_ring_buffer_bytes(args.ring_buffer_bytes).map_err(Failure::config)?;
         config.auth_wait = std::time::Duration::from_millis(args.auth_wait_ms);
+        config.alertmanager = match args.alertmanager_url {
+            None => None,
+            Some(url) => Some(
+                AlertmanagerConfig::new(&url, &args.alertmanager_min_severity)
+                    .map_err(Failure::config)?,
+            ),
+        };
         Ok(config)
     }
 }

@@ -4,7 +4,10 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::{bail, ensure};
-use sensor_common::limits::{EVENTS_RING_BYTES, MAX_WATCHED_PORTS};
+use sensor_common::{
+    limits::{EVENTS_RING_BYTES, MAX_WATCHED_PORTS},
+    verdict::Severity,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FindingsTarget {
@@ -21,6 +24,48 @@ pub struct RunConfig {
     pub ring_buffer_bytes: u32,
     /// How long a plaintext session's finding waits for its authentication outcome.
     pub auth_wait: Duration,
+    pub alertmanager: Option<AlertmanagerConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AlertmanagerConfig {
+    /// Base URL, e.g. http://127.0.0.1:9093 (the v2 API path is added).
+    pub url: String,
+    /// Findings below this severity are not pushed.
+    pub min_severity: Severity,
+}
+
+impl AlertmanagerConfig {
+    pub fn new(url: &str, min_severity: &str) -> anyhow::Result<Self> {
+        ensure!(
+            (url.starts_with("http://") || url.starts_with("https://"))
+                && url.len() > "https://".len(),
+            "--alertmanager-url: {url:?} is not an http(s) URL, e.g. http://127.0.0.1:9093"
+        );
+        ensure!(
+            !url.starts_with("https://"),
+            "--alertmanager-url: https is not supported yet; reach Alertmanager over http on \
+             loopback or through a local proxy"
+        );
+        let min_severity = parse_severity(min_severity).ok_or_else(|| {
+            anyhow::anyhow!(
+                "--alertmanager-min-severity: {min_severity:?} is not one of low, medium, high, \
+                 critical"
+            )
+        })?;
+        Ok(AlertmanagerConfig { url: url.to_string(), min_severity })
+    }
+}
+
+fn parse_severity(name: &str) -> Option<Severity> {
+    [Severity::Low, Severity::Medium, Severity::High, Severity::Critical]
+        .into_iter()
+        .find(|s| s.name() == name)
+}
+
+/// The severity with this name (as findings spell it).
+pub fn severity_named(name: &str) -> Severity {
+    parse_severity(name).unwrap_or(Severity::Info)
 }
 
 impl RunConfig {
@@ -37,6 +82,7 @@ impl RunConfig {
             findings: parse_findings_target(findings)?,
             ring_buffer_bytes: EVENTS_RING_BYTES,
             auth_wait: Duration::from_secs(1),
+            alertmanager: None,
         })
     }
 }
@@ -91,6 +137,17 @@ mod tests {
     fn too_many_ports_are_refused() {
         let many: Vec<u16> = (1..=(MAX_WATCHED_PORTS as u16 + 1)).collect();
         assert!(validate_ports(many).is_err());
+    }
+
+    #[test]
+    fn alertmanager_settings() {
+        let am = AlertmanagerConfig::new("http://127.0.0.1:9093", "high").unwrap();
+        assert_eq!(am.min_severity, Severity::High);
+        assert!(AlertmanagerConfig::new("127.0.0.1:9093", "low").is_err());
+        let err = AlertmanagerConfig::new("http://am:9093", "loud").unwrap_err().to_string();
+        assert!(err.contains("--alertmanager-min-severity"), "{err}");
+        assert_eq!(severity_named("critical"), Severity::Critical);
+        assert_eq!(severity_named("info"), Severity::Info);
     }
 
     #[test]

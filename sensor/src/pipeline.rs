@@ -2,14 +2,21 @@
 
 use std::{sync::Arc, time::Instant};
 
-use sensor_common::{tracker::AuthMethod, verdict::Verdict};
+use sensor_common::{
+    tracker::AuthMethod,
+    verdict::{Severity, Verdict},
+};
 use tracing::error;
 
 use crate::{
-    config::RunConfig,
+    config::{severity_named, RunConfig},
     events::KernelEvent,
     finding::Finding,
-    output::{findings::FindingsWriter, http::HttpState},
+    output::{
+        alertmanager::{alert_from_finding, AlertPusher},
+        findings::FindingsWriter,
+        http::HttpState,
+    },
     pending::PendingAuth,
     session,
 };
@@ -18,11 +25,34 @@ pub struct Pipeline {
     findings: FindingsWriter,
     pending: PendingAuth,
     state: Arc<HttpState>,
+    alerts: Option<Alerts>,
+}
+
+/// Where and what to push to Alertmanager.
+struct Alerts {
+    pusher: AlertPusher,
+    min_severity: Severity,
+    instance: String,
+    generator_url: String,
 }
 
 impl Pipeline {
-    pub fn new(config: &RunConfig, findings: FindingsWriter, state: Arc<HttpState>) -> Self {
-        Pipeline { findings, pending: PendingAuth::new(config.auth_wait), state }
+    /// Must run inside the tokio runtime (the Alertmanager worker is spawned on it).
+    pub fn new(
+        config: &RunConfig,
+        findings: FindingsWriter,
+        state: Arc<HttpState>,
+    ) -> anyhow::Result<Self> {
+        let alerts = match &config.alertmanager {
+            None => None,
+            Some(am) => Some(Alerts {
+                pusher: AlertPusher::spawn(&am.url, state.clone())?,
+                min_severity: am.min_severity,
+                instance: hostname(),
+                generator_url: format!("http://{}/", config.metrics_addr),
+            }),
+        };
+        Ok(Pipeline { findings, pending: PendingAuth::new(config.auth_wait), state, alerts })
     }
 
     pub fn handle(&mut self, event: KernelEvent, now: Instant) {
@@ -74,5 +104,20 @@ impl Pipeline {
                 error!(%err, "cannot write finding");
             }
         }
+        if let Some(alerts) = &self.alerts {
+            if severity_named(finding.severity) >= alerts.min_severity {
+                alerts.pusher.push(alert_from_finding(
+                    finding,
+                    &alerts.instance,
+                    &alerts.generator_url,
+                ));
+            }
+        }
     }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
 }

@@ -72,7 +72,8 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
         attachment,
     });
     let server = tokio::spawn(http::serve(listener, state.clone()));
-    let mut pipeline = Pipeline::new(&config, findings, state.clone());
+    let mut pipeline =
+        Pipeline::new(&config, findings, state.clone()).context("cannot set up alerting")?;
     info!(
         programs = attached.programs,
         cgroup = %cgroup_dir.display(),

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod mitm;
 pub mod netem;
 pub mod pg;
+pub mod promstack;
 pub mod raw;
 pub mod sensor;
 pub mod util;

@@ -99,6 +99,23 @@ fn test() -> anyhow::Result<()> {
             .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
             .args(["--", "-D", "warnings"]),
     )?;
+    // The shipped Prometheus and Alertmanager configuration, checked by their own tools.
+    let deploy = root_dir().join("deploy");
+    status(Command::new("promtool").current_dir(deploy.join("prometheus")).args([
+        "check",
+        "config",
+        "prometheus.yml",
+    ]))?;
+    status(Command::new("promtool").current_dir(deploy.join("prometheus")).args([
+        "test",
+        "rules",
+        "alerts_test.yml",
+    ]))?;
+    status(
+        Command::new("amtool")
+            .args(["check-config"])
+            .arg(deploy.join("alertmanager/alertmanager.yml")),
+    )?;
     status(cargo().args(["build", "--package", "sensor"]))?;
     // Default members only: the kernel crate cannot build for the host.
     status(cargo().args(["test", "--", "--nocapture"]))?;

@@ -1,5 +1,6 @@
 //! Where findings and counts go: JSON lines, Prometheus metrics over HTTP.
 
+pub mod alertmanager;
 pub mod findings;
 pub mod http;
 pub mod metrics;

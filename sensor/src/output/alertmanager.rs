@@ -1,0 +1,276 @@
+//! Push each finding to Alertmanager's v2 API as an alert, right away.
+//!
+//! The event pipeline only `try_send`s into a bounded queue: a slow or dead Alertmanager
+//! never blocks or slows it (a full queue counts `alerts_failed_total{reason="queue_full"}`).
+//! A worker task posts batches with retries and exponential backoff.
+//!
+//! Labels group well and stay bounded (alertname, severity, verdict, dst_port, instance);
+//! a `finding` label keeps each session its own alert; the detail metrics must not carry
+//! (process, user, database, addresses) goes in annotations.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use super::http::HttpState;
+use crate::finding::Finding;
+
+/// Alerts waiting to be sent at most; past it new ones are dropped and counted.
+pub const QUEUE_LEN: usize = 1024;
+/// Alerts per POST at most.
+const BATCH: usize = 64;
+const ATTEMPTS: u32 = 4;
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pushed alerts resolve by themselves after this (a session is an event, not a state).
+pub const ALERT_LIFETIME: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Alert {
+    pub labels: BTreeMap<&'static str, String>,
+    pub annotations: BTreeMap<&'static str, String>,
+    #[serde(rename = "startsAt")]
+    pub starts_at: String,
+    #[serde(rename = "endsAt")]
+    pub ends_at: String,
+    #[serde(rename = "generatorURL")]
+    pub generator_url: String,
+}
+
+/// The alert name for a finding: what an on-call engineer should read first.
+pub fn alertname(finding: &Finding) -> &'static str {
+    if finding.severity == "critical" {
+        return "PgwireCredentialsExposed";
+    }
+    match finding.verdict {
+        "plaintext" => "PgwirePlaintextSession",
+        "downgraded" => "PgwireDowngradedSession",
+        "refused" => "PgwireTlsRefused",
+        "cancel" => "PgwireCancelInPlaintext",
+        "rpc_plaintext" => "PgwireRpcPlaintext",
+        _ => "PgwireUnknownSession",
+    }
+}
+
+pub fn alert_from_finding(finding: &Finding, instance: &str, generator_url: &str) -> Alert {
+    let mut labels = BTreeMap::new();
+    labels.insert("alertname", alertname(finding).to_string());
+    labels.insert("severity", finding.severity.to_string());
+    labels.insert("verdict", finding.verdict.to_string());
+    labels.insert("dst_port", finding.dst.port.to_string());
+    labels.insert("instance", instance.to_string());
+    labels.insert("finding", finding_id(finding));
+
+    let mut a = BTreeMap::new();
+    let who = match &finding.process {
+        Some(p) => format!("{} (pid {}, uid {})", p.comm, p.pid, p.uid),
+        None => "a process the sensor did not see connect".to_string(),
+    };
+    let (db_user, database) = match &finding.startup {
+        Some(s) => (
+            s.user.clone().unwrap_or_else(|| "?".into()),
+            s.database.clone().unwrap_or_else(|| "?".into()),
+        ),
+        None => ("?".into(), "?".into()),
+    };
+    a.insert(
+        "summary",
+        format!(
+            "{} session from {} to {}:{} on {instance}",
+            finding.verdict, who, finding.dst.ip, finding.dst.port
+        ),
+    );
+    a.insert(
+        "description",
+        format!(
+            "{who} opened a {} database session ({} severity) as user {db_user:?} to database \
+             {database:?}, from {}:{} to {}:{}.{}",
+            finding.verdict,
+            finding.severity,
+            finding.src.ip,
+            finding.src.port,
+            finding.dst.ip,
+            finding.dst.port,
+            match &finding.auth {
+                Some(auth) if auth.password_sent => {
+                    format!(" A {} password message was sent in clear.", auth.method)
+                }
+                _ => String::new(),
+            }
+        ),
+    );
+    if let Some(p) = &finding.process {
+        a.insert("process", p.comm.clone());
+        a.insert("pid", p.pid.to_string());
+        a.insert("uid", p.uid.to_string());
+    }
+    a.insert("db_user", db_user);
+    a.insert("database", database);
+    a.insert("src", format!("{}:{}", finding.src.ip, finding.src.port));
+    a.insert("dst", format!("{}:{}", finding.dst.ip, finding.dst.port));
+    if let Some(auth) = &finding.auth {
+        a.insert("auth_method", auth.method.to_string());
+        a.insert("password_sent", auth.password_sent.to_string());
+    }
+    a.insert("finding", serde_json::to_string(finding).unwrap_or_default());
+
+    let ends_at = humantime::parse_rfc3339(&finding.ts)
+        .map(|t| humantime::format_rfc3339_micros(t + ALERT_LIFETIME).to_string())
+        .unwrap_or_default();
+    Alert {
+        labels,
+        annotations: a,
+        starts_at: finding.ts.clone(),
+        ends_at,
+        generator_url: generator_url.to_string(),
+    }
+}
+
+/// Distinct per session, stable for the same finding.
+fn finding_id(finding: &Finding) -> String {
+    match finding.socket_cookie {
+        Some(cookie) => format!("{}-{cookie}", finding.ts),
+        None => format!("{}-{}-{}", finding.ts, finding.src.ip, finding.src.port),
+    }
+}
+
+/// The pipeline's handle: hands alerts to the worker without waiting.
+pub struct AlertPusher {
+    queue: mpsc::Sender<Alert>,
+    state: Arc<HttpState>,
+}
+
+impl AlertPusher {
+    /// Start the worker posting to `base_url` (e.g. http://127.0.0.1:9093).
+    pub fn spawn(base_url: &str, state: Arc<HttpState>) -> anyhow::Result<AlertPusher> {
+        let url = format!("{}/api/v2/alerts", base_url.trim_end_matches('/'));
+        let client = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build()?;
+        let (queue, rx) = mpsc::channel(QUEUE_LEN);
+        tokio::spawn(worker(client, url, rx, state.clone()));
+        Ok(AlertPusher { queue, state })
+    }
+
+    pub fn push(&self, alert: Alert) {
+        if self.queue.try_send(alert).is_err() {
+            self.state.metrics.alerts_failed.with_label_values(&["queue_full"]).inc();
+        }
+    }
+}
+
+async fn worker(
+    client: reqwest::Client,
+    url: String,
+    mut rx: mpsc::Receiver<Alert>,
+    state: Arc<HttpState>,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        match post_with_retries(&client, &url, &batch).await {
+            Ok(()) => state.metrics.alerts_sent.inc_by(batch.len() as u64),
+            Err(reason) => {
+                state.metrics.alerts_failed.with_label_values(&[reason]).inc_by(batch.len() as u64)
+            }
+        }
+        batch.clear();
+    }
+}
+
+/// Post one batch; on failure retry with exponential backoff. Returns the failure reason.
+async fn post_with_retries(
+    client: &reqwest::Client,
+    url: &str,
+    batch: &[Alert],
+) -> Result<(), &'static str> {
+    let mut backoff = FIRST_BACKOFF;
+    let mut reason = "unreachable";
+    for attempt in 1..=ATTEMPTS {
+        match client.post(url).json(batch).send().await {
+            Ok(resp) if resp.status().is_success() => return Ok(()),
+            // A 4xx will not get better by retrying.
+            Ok(resp) if resp.status().is_client_error() => {
+                warn!(status = %resp.status(), "Alertmanager rejected alerts");
+                return Err("rejected");
+            }
+            Ok(resp) => {
+                warn!(status = %resp.status(), attempt, "Alertmanager failed; retrying");
+                reason = "rejected";
+            }
+            Err(err) => {
+                warn!(%err, attempt, "Alertmanager unreachable; retrying");
+                reason = "unreachable";
+            }
+        }
+        if attempt < ATTEMPTS {
+            tokio::time::sleep(backoff).await;
+            backoff *= 2;
+        }
+    }
+    Err(reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::finding::{Auth, Endpoint, Process, Startup};
+
+    fn finding(verdict: &'static str, severity: &'static str) -> Finding {
+        Finding {
+            ts: "2026-11-28T12:00:00.000000Z".into(),
+            verdict,
+            severity,
+            role: "client",
+            reason: None,
+            src: Endpoint { ip: "10.1.2.3".into(), port: 40000 },
+            dst: Endpoint { ip: "10.9.9.9".into(), port: 26257 },
+            process: Some(Process {
+                pid: 42,
+                tid: 42,
+                comm: "python3".into(),
+                uid: 1000,
+                gid: 1000,
+                cgroup_id: 1,
+            }),
+            negotiation: None,
+            startup: Some(Startup {
+                protocol: "3.0".into(),
+                user: Some("app".into()),
+                database: Some("orders".into()),
+                application_name: None,
+                truncated: false,
+            }),
+            auth: Some(Auth { method: "cleartext", password_sent: true }),
+            socket_cookie: Some(7),
+            fast_open: false,
+            opened_before_start: false,
+        }
+    }
+
+    #[test]
+    fn labels_are_bounded_and_detail_goes_in_annotations() {
+        let a = alert_from_finding(&finding("plaintext", "critical"), "app1", "http://x/");
+        assert_eq!(a.labels["alertname"], "PgwireCredentialsExposed");
+        assert_eq!(a.labels["severity"], "critical");
+        assert_eq!(a.labels["verdict"], "plaintext");
+        assert_eq!(a.labels["dst_port"], "26257");
+        for key in a.labels.keys() {
+            assert!(!["pid", "process", "db_user", "src", "dst"].contains(key), "{key}");
+        }
+        assert_eq!(a.annotations["process"], "python3");
+        assert_eq!(a.annotations["pid"], "42");
+        assert_eq!(a.annotations["db_user"], "app");
+        assert_eq!(a.annotations["database"], "orders");
+        assert!(a.annotations["description"].contains("cleartext password"));
+        assert_eq!(a.ends_at, "2026-11-28T13:00:00.000000Z");
+        let json = serde_json::to_value(&a).unwrap();
+        assert!(json.get("startsAt").is_some() && json.get("generatorURL").is_some());
+    }
+
+    #[test]
+    fn alertnames_by_verdict() {
+        assert_eq!(alertname(&finding("downgraded", "high")), "PgwireDowngradedSession");
+        assert_eq!(alertname(&finding("refused", "medium")), "PgwireTlsRefused");
+        assert_eq!(alertname(&finding("plaintext", "high")), "PgwirePlaintextSession");
+    }
+}

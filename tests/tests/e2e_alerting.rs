@@ -1,0 +1,164 @@
+//! Issue 5 end to end: real Prometheus scraping the sensor and evaluating
+//! deploy/prometheus/alerts.yml, real Alertmanager (deploy/alertmanager/alertmanager.yml)
+//! receiving the sensor's pushed alerts and delivering to a webhook. A plaintext session by
+//! a real psql must (a) fire the Prometheus alert and (b) reach the webhook with its
+//! process and user.
+
+use std::time::{Duration, Instant};
+
+use tests::{
+    clients::psql,
+    metrics::http_get,
+    pg::{PgOptions, PgServer},
+    promstack::{Alertmanager, Prometheus, Webhook},
+    sensor::Sensor,
+    serial,
+    util::wait_for,
+};
+
+#[test]
+fn a_plaintext_session_fires_the_rule_and_reaches_on_call_through_alertmanager(
+) -> anyhow::Result<()> {
+    let _serial = serial();
+    let pg = PgServer::start(PgOptions::tls("e2e-alerting"))?;
+    pg.admin_sql("CREATE ROLE billing LOGIN")?;
+    let webhook = Webhook::start()?;
+    let alertmanager = Alertmanager::start(&webhook)?;
+    let am_url = format!("http://{}", alertmanager.addr);
+    let sensor = Sensor::start(&["--alertmanager-url", &am_url])?;
+    let prometheus = Prometheus::start(sensor.metrics_addr, alertmanager.addr)?;
+    wait_for("Prometheus to scrape the sensor", Duration::from_secs(30), || {
+        let up = prometheus.api("/api/v1/query?query=up%7Bjob%3D%22pgwire-sensor%22%7D").ok()?;
+        (up["data"]["result"][0]["value"][1] == "1").then_some(())
+    })?;
+    // Let Prometheus see the counter at zero first, so increase() has a baseline.
+    std::thread::sleep(Duration::from_secs(2));
+
+    let started = Instant::now();
+    let client =
+        psql(&pg, "sslmode=disable gssencmode=disable", "billing", "postgres")?.expect_success()?;
+
+    // (b) The sensor's own alert, delivered by Alertmanager to the webhook.
+    let delivered = wait_for("the sensor's alert at the webhook", Duration::from_secs(30), || {
+        webhook.alerts().into_iter().find(|a| {
+            a["labels"]["alertname"] == "PgwirePlaintextSession"
+                && a["annotations"]["pid"].as_str() == Some(client.pid.to_string().as_str())
+        })
+    })?;
+    let push_latency = started.elapsed();
+    assert_eq!(delivered["labels"]["severity"], "high");
+    assert_eq!(delivered["labels"]["verdict"], "plaintext");
+    assert_eq!(delivered["labels"]["dst_port"], "26257");
+    assert_eq!(delivered["annotations"]["process"], "psql");
+    assert_eq!(delivered["annotations"]["db_user"], "billing");
+    assert_eq!(delivered["annotations"]["database"], "postgres");
+    assert!(delivered["annotations"]["summary"].as_str().unwrap().contains("psql"));
+    assert!(delivered["labels"].get("pid").is_none(), "no pid label");
+
+    // (a) The Prometheus rule from alerts.yml, from the kernel-counted metric.
+    let fired = wait_for("PgwirePlaintextSession to fire", Duration::from_secs(60), || {
+        prometheus.firing("PgwirePlaintextSession").ok().filter(|a| !a.is_empty())
+    })
+    .map_err(|e| e.context(prometheus.log()))?;
+    let rule_latency = started.elapsed();
+    assert_eq!(fired[0]["labels"]["port"], "26257");
+    assert_eq!(fired[0]["labels"]["severity"], "high");
+
+    // And Alertmanager delivers the rule's alert too.
+    wait_for("the rule's alert at the webhook", Duration::from_secs(30), || {
+        webhook.alerts().into_iter().find(|a| {
+            a["labels"]["alertname"] == "PgwirePlaintextSession" && a["labels"]["port"] == "26257"
+        })
+    })?;
+    let rule_delivery_latency = started.elapsed();
+
+    let metrics = sensor.metrics()?;
+    assert!(metrics.get("pgwire_sensor_alerts_sent_total") >= 1.0);
+    assert_eq!(metrics.get("pgwire_sensor_alerts_failed_total"), 0.0);
+    eprintln!(
+        "measured: sensor push delivered by Alertmanager in {:.2} s; Prometheus rule firing \
+         in {:.2} s, delivered in {:.2} s (1 s scrape/evaluation intervals, 1 s group_wait)",
+        push_latency.as_secs_f64(),
+        rule_latency.as_secs_f64(),
+        rule_delivery_latency.as_secs_f64()
+    );
+    Ok(())
+}
+
+#[test]
+fn an_unreachable_alertmanager_never_blocks_findings_and_is_counted() -> anyhow::Result<()> {
+    let _serial = serial();
+    let pg = PgServer::start(PgOptions::tls("e2e-alerting-down"))?;
+    // Nothing listens there.
+    let dead = format!("http://127.0.0.1:{}", tests::util::free_port());
+    let sensor = Sensor::start(&["--alertmanager-url", &dead])?;
+    let mut pids = Vec::new();
+    for _ in 0..3 {
+        pids.push(psql(&pg, "sslmode=disable gssencmode=disable", "postgres", "postgres")?.pid);
+    }
+    for pid in pids {
+        sensor.wait_findings_of(pid, 1)?; // findings flow at once, whatever Alertmanager does
+    }
+    wait_for("alert failures to be counted", Duration::from_secs(20), || {
+        let m = sensor.metrics().ok()?;
+        (m.sum("pgwire_sensor_alerts_failed_total", &[("reason", "unreachable")]) >= 3.0)
+            .then_some(())
+    })?;
+    assert_eq!(sensor.metrics()?.get("pgwire_sensor_alerts_sent_total"), 0.0);
+    Ok(())
+}
+
+#[test]
+fn metrics_follow_the_naming_rules_and_health_follows_the_kernel() -> anyhow::Result<()> {
+    let _serial = serial();
+    let sensor = Sensor::start(&["--ports", "26257,5432"])?;
+    let (code, page) = http_get(sensor.metrics_addr, "/")?;
+    assert_eq!(code, 200);
+    assert!(page.contains("href=\"/metrics\"") && page.contains("href=\"/healthz\""));
+    let (_, text) = http_get(sensor.metrics_addr, "/metrics")?;
+    for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
+        let mut parts = line.split_whitespace().skip(2);
+        let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
+        assert!(name.starts_with("pgwire_sensor_"), "{name}");
+        assert_eq!(name.ends_with("_total"), kind == "counter", "{line}");
+    }
+    let samples = sensor.metrics()?;
+    for s in &samples.0 {
+        for label in s.labels.keys() {
+            assert!(
+                ["verdict", "role", "port", "severity", "kind", "method", "reason", "version"]
+                    .contains(&label.as_str()),
+                "unbounded label {label} on {}",
+                s.name
+            );
+        }
+    }
+    for port in ["26257", "5432"] {
+        assert!(samples.0.iter().any(|s| s.name == "pgwire_sensor_sessions_total"
+            && s.labels.get("port").map(String::as_str) == Some(port)));
+    }
+    assert!(samples.get("pgwire_sensor_start_time_seconds") > 1.7e9);
+    assert_eq!(samples.get("pgwire_sensor_programs_expected"), 4.0);
+    assert_eq!(samples.get("pgwire_sensor_programs_attached"), 4.0);
+    assert_eq!(http_get(sensor.metrics_addr, "/healthz")?.0, 200);
+
+    // Detach one of the sensor's programs behind its back, as an attacker or a careless
+    // operator would: health and the metric must say so.
+    // The sensor's own links: its fds' fdinfo names each bpf_link's id.
+    let mut link_ids = Vec::new();
+    for fd in std::fs::read_dir(format!("/proc/{}/fdinfo", sensor.pid()))? {
+        let info = std::fs::read_to_string(fd?.path()).unwrap_or_default();
+        if let Some(id) = info.lines().find_map(|l| l.strip_prefix("link_id:")) {
+            link_ids.push(id.trim().to_string());
+        }
+    }
+    assert_eq!(link_ids.len(), 4, "one bpf_link per attached program");
+    let ours = serde_json::json!({ "id": link_ids[0].parse::<u64>()? });
+    let status = std::process::Command::new("bpftool")
+        .args(["link", "detach", "id", &ours["id"].to_string()])
+        .status()?;
+    assert!(status.success());
+    assert_eq!(http_get(sensor.metrics_addr, "/healthz")?.0, 503);
+    assert_eq!(sensor.metrics()?.get("pgwire_sensor_programs_attached"), 3.0);
+    Ok(())
+}
