@@ -8,7 +8,7 @@
 //! - [`limits`]: map names, sizes and counter indices both sides must agree on.
 #![no_std]
 
-#[cfg(test)]
+#[cfg(any(test, feature = "test-util"))]
 extern crate std;
 
 pub mod event;
@@ -19,3 +19,6 @@ pub mod verdict;
 
 #[cfg(feature = "user")]
 mod user;
+
+#[cfg(any(test, feature = "test-util"))]
+pub mod test_util;

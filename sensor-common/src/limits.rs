@@ -65,10 +65,12 @@ pub enum Stat {
     AuthSeen = 10,
     /// Auth events the ring buffer had no room for (the password counters still moved).
     AuthEventsLost = 11,
+    /// Connections forgotten because nothing more was to be learned (or they closed).
+    ConnectionsForgotten = 12,
 }
 
 impl Stat {
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 13;
 }
 
 /// Size of the per-CPU session counter array: one counter per (watched port, role, verdict).

@@ -18,8 +18,7 @@ use crate::{
 
 #[inline(always)]
 pub fn on_egress(ctx: &SkBuffContext) {
-    let Some(l4) = packet::locate_tcp(ctx) else { return };
-    let Some(ports) = packet::ports(ctx, l4) else { return };
+    let Some((l4, ports)) = packet::tcp_ports(ctx) else { return };
     if !maps::is_watched(ports.dst) {
         return;
     }

@@ -235,7 +235,9 @@ impl Flow<'_> {
         }
         if effects & effect::DONE != 0 {
             let _ = maps::CAPTURES.remove(self.cookie);
-            let _ = maps::CONNECTIONS.remove(self.cookie);
+            if maps::CONNECTIONS.remove(self.cookie).is_ok() {
+                counters::stat(Stat::ConnectionsForgotten);
+            }
         }
     }
 

@@ -73,6 +73,14 @@ pub fn ports(ctx: &SkBuffContext, l4: L4) -> Option<Ports> {
     })
 }
 
+/// Where the TCP header is and its ports, for TCP over IPv4/IPv6; the first thing every
+/// packet hook does, before any map lookup.
+#[inline(always)]
+pub fn tcp_ports(ctx: &SkBuffContext) -> Option<(L4, Ports)> {
+    let l4 = locate_tcp(ctx)?;
+    Some((l4, ports(ctx, l4)?))
+}
+
 #[inline(always)]
 pub fn tcp_header(ctx: &SkBuffContext, l4: L4) -> Option<TcpHeader> {
     let seq = u32::from_be(load(ctx, l4.offset + 4)?);

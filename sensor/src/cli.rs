@@ -7,8 +7,8 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     analyze::{self, AnalyzeConfig},
     config::{
-        parse_findings_target, validate_ports, validate_ring_buffer_bytes, AlertmanagerConfig,
-        RunConfig,
+        parse_findings_target, validate_max_connections, validate_ports,
+        validate_ring_buffer_bytes, AlertmanagerConfig, RunConfig,
     },
     error::Failure,
     preflight, run,
@@ -71,6 +71,10 @@ pub struct RunArgs {
     /// How long a plaintext session's finding waits for its authentication outcome.
     #[arg(long, default_value = "1000", value_name = "MS")]
     pub auth_wait_ms: u64,
+    /// Connections the kernel follows at once (an LRU map: past it, the oldest not yet
+    /// judged are evicted and counted). 64 to 1048576.
+    #[arg(long, default_value_t = sensor_common::limits::CONNECTIONS_MAX, value_name = "N")]
+    pub max_connections: u32,
     /// Push each finding to this Alertmanager (v2 API) as an alert, e.g.
     /// http://127.0.0.1:9093.
     #[arg(long, value_name = "URL")]
@@ -119,6 +123,8 @@ impl TryFrom<RunArgs> for RunConfig {
         config.ring_buffer_bytes =
             validate_ring_buffer_bytes(args.ring_buffer_bytes).map_err(Failure::config)?;
         config.auth_wait = std::time::Duration::from_millis(args.auth_wait_ms);
+        config.max_connections =
+            validate_max_connections(args.max_connections).map_err(Failure::config)?;
         config.alertmanager = match args.alertmanager_url {
             None => None,
             Some(url) => Some(

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::{bail, ensure};
 use sensor_common::{
-    limits::{EVENTS_RING_BYTES, MAX_WATCHED_PORTS},
+    limits::{CONNECTIONS_MAX, EVENTS_RING_BYTES, MAX_WATCHED_PORTS},
     verdict::Severity,
 };
 
@@ -25,6 +25,8 @@ pub struct RunConfig {
     /// How long a plaintext session's finding waits for its authentication outcome.
     pub auth_wait: Duration,
     pub alertmanager: Option<AlertmanagerConfig>,
+    /// Entries of the kernel's connection map.
+    pub max_connections: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -83,6 +85,7 @@ impl RunConfig {
             ring_buffer_bytes: EVENTS_RING_BYTES,
             auth_wait: Duration::from_secs(1),
             alertmanager: None,
+            max_connections: CONNECTIONS_MAX,
         })
     }
 }
@@ -100,6 +103,11 @@ pub fn validate_ports(mut ports: Vec<u16>) -> anyhow::Result<Vec<u16>> {
     ports.sort_unstable();
     ports.dedup();
     Ok(ports)
+}
+
+pub fn validate_max_connections(n: u32) -> anyhow::Result<u32> {
+    ensure!((64..=1 << 20).contains(&n), "--max-connections: {n} is outside 64 to 1048576");
+    Ok(n)
 }
 
 pub fn validate_ring_buffer_bytes(bytes: u32) -> anyhow::Result<u32> {

@@ -18,7 +18,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    bpf::Attached,
+    bpf::{Attached, MapSizes},
     cgroup,
     config::RunConfig,
     error::Failure,
@@ -58,8 +58,11 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
         ))
     })?;
 
-    let mut attached =
-        Attached::load_and_attach(&config.ports, &cgroup_dir, config.ring_buffer_bytes)?;
+    let sizes = MapSizes {
+        ring_buffer_bytes: config.ring_buffer_bytes,
+        max_connections: config.max_connections,
+    };
+    let mut attached = Attached::load_and_attach(&config.ports, &cgroup_dir, sizes)?;
     let counters = Arc::new(attached.take_counters()?);
     let mut events =
         EventStream::new(attached.take_events()?).context("cannot poll the ring buffer")?;

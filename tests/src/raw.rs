@@ -12,20 +12,7 @@ use std::{
 
 use anyhow::{bail, Context};
 
-/// A StartupMessage (protocol 3.0) with the given parameters.
-pub fn startup_message(params: &[(&str, &str)]) -> Vec<u8> {
-    let mut body = vec![0, 3, 0, 0];
-    for (k, v) in params {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut msg = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    msg.extend_from_slice(&body);
-    msg
-}
+pub use sensor_common::test_util::startup_message;
 
 pub const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
 

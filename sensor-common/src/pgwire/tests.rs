@@ -3,19 +3,7 @@ use proptest::prelude::*;
 use std::{vec, vec::Vec};
 
 fn startup(params: &[(&str, &str)], minor: u16) -> Vec<u8> {
-    let mut body = Vec::new();
-    body.extend_from_slice(&[0, 3]);
-    body.extend_from_slice(&minor.to_be_bytes());
-    for (k, v) in params {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut msg = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    msg.extend_from_slice(&body);
-    msg
+    crate::test_util::startup_message_v(params, minor)
 }
 
 const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];

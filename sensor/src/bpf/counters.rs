@@ -5,10 +5,11 @@ use std::sync::Mutex;
 
 use anyhow::{anyhow, Context};
 use aya::{
-    maps::{MapData, PerCpuArray},
+    maps::{HashMap, MapData, PerCpuArray},
     Ebpf,
 };
 use sensor_common::{
+    event::ConnState,
     limits::{map_names, Stat},
     verdict::{session_counter_index, Role, Verdict},
 };
@@ -17,6 +18,8 @@ use sensor_common::{
 pub struct KernelCounters {
     sessions: Mutex<PerCpuArray<MapData, u64>>,
     stats: Mutex<PerCpuArray<MapData, u64>>,
+    /// The per-connection state map, only ever counted (never read or written here).
+    connections: Mutex<HashMap<MapData, u64, ConnState>>,
 }
 
 /// One reading of every counter, each summed over the CPUs.
@@ -46,10 +49,25 @@ impl KernelCounters {
             let map = ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing"))?;
             PerCpuArray::try_from(map).with_context(|| format!("{name} is not a per-CPU array"))
         };
+        let sessions = take(map_names::SESSION_COUNTERS)?;
+        let stats = take(map_names::STATS)?;
+        let connections = ebpf
+            .take_map(map_names::CONNECTIONS)
+            .ok_or_else(|| anyhow!("map {} missing", map_names::CONNECTIONS))?;
         Ok(KernelCounters {
-            sessions: Mutex::new(take(map_names::SESSION_COUNTERS)?),
-            stats: Mutex::new(take(map_names::STATS)?),
+            sessions: Mutex::new(sessions),
+            stats: Mutex::new(stats),
+            connections: Mutex::new(
+                HashMap::try_from(connections).context("CONNECTIONS is not a hash map")?,
+            ),
         })
+    }
+
+    /// Connections the kernel is tracking right now (walks the map's keys: at most
+    /// CONNECTIONS_MAX syscalls, done at scrape time only).
+    pub fn live_connections(&self) -> anyhow::Result<u64> {
+        let map = self.connections.lock().map_err(|_| anyhow!("connections lock poisoned"))?;
+        Ok(map.keys().filter(Result::is_ok).count() as u64)
     }
 
     pub fn read(&self) -> anyhow::Result<KernelStats> {

@@ -22,6 +22,13 @@ pub use counters::{KernelCounters, KernelStats};
 /// The kernel object built by `build.rs` from `sensor-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor"));
 
+/// Map sizes chosen at load time.
+#[derive(Debug, Clone, Copy)]
+pub struct MapSizes {
+    pub ring_buffer_bytes: u32,
+    pub max_connections: u32,
+}
+
 /// The loaded and attached programs. Dropping it detaches everything.
 pub struct Attached {
     ebpf: Ebpf,
@@ -38,10 +45,11 @@ impl Attached {
     pub fn load_and_attach(
         ports: &[u16],
         cgroup_dir: &Path,
-        ring_buffer_bytes: u32,
+        sizes: MapSizes,
     ) -> anyhow::Result<Attached> {
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries(map_names::EVENTS, ring_buffer_bytes)
+            .map_max_entries(map_names::EVENTS, sizes.ring_buffer_bytes)
+            .map_max_entries(map_names::CONNECTIONS, sizes.max_connections)
             .load(EBPF_OBJECT)
             .map_err(|err| {
                 anyhow!(err).context(

@@ -6,7 +6,10 @@
 //! even when events were lost.
 
 use std::{
-    sync::Arc,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -162,6 +165,9 @@ const KERNEL_COUNTERS: &[(&str, &str, Stat)] = &[
 struct KernelCollector {
     kernel: KernelSources,
     descs: Vec<Desc>,
+    /// The eviction count is derived from three readings taken at slightly different
+    /// moments; keeping the highest value seen keeps the counter monotonic.
+    evicted_high: AtomicU64,
 }
 
 struct Families {
@@ -171,6 +177,8 @@ struct Families {
     plain: Vec<(IntCounter, Stat)>,
     attached: IntGauge,
     expected: IntGauge,
+    live: IntGauge,
+    evicted: IntCounter,
 }
 
 impl Families {
@@ -212,12 +220,28 @@ impl Families {
                 name("programs_expected"),
                 "Kernel programs this sensor attaches (programs_attached should equal it).",
             )?,
+            live: IntGauge::new(
+                name("kernel_connections_live"),
+                "Connections the kernel is following right now (bounded map).",
+            )?,
+            evicted: IntCounter::new(
+                name("kernel_connections_evicted_total"),
+                "Connection records pushed out of the bounded map before their session start \
+                 was judged (derived: recorded - forgotten - live).",
+            )?,
         })
     }
 
     fn collectors(&self) -> Vec<&dyn Collector> {
-        let mut all: Vec<&dyn Collector> =
-            vec![&self.sessions, &self.lost, &self.passwords, &self.attached, &self.expected];
+        let mut all: Vec<&dyn Collector> = vec![
+            &self.sessions,
+            &self.lost,
+            &self.passwords,
+            &self.attached,
+            &self.expected,
+            &self.live,
+            &self.evicted,
+        ];
         all.extend(self.plain.iter().map(|(c, _)| c as &dyn Collector));
         all
     }
@@ -231,7 +255,7 @@ impl KernelCollector {
             .into_iter()
             .flat_map(|c| c.desc().into_iter().cloned().collect::<Vec<_>>())
             .collect();
-        Ok(KernelCollector { kernel, descs })
+        Ok(KernelCollector { kernel, descs, evicted_high: AtomicU64::new(0) })
     }
 
     fn families(&self) -> prometheus::Result<Vec<MetricFamily>> {
@@ -256,6 +280,16 @@ impl KernelCollector {
                 f.passwords.with_label_values(&["md5"]).inc_by(stats.stat(Stat::PasswordsMd5));
                 for (counter, stat) in &f.plain {
                     counter.inc_by(stats.stat(*stat));
+                }
+                if let Ok(live) = self.kernel.counters.live_connections() {
+                    f.live.set(live as i64);
+                    let recorded =
+                        stats.stat(Stat::ConnectionsTracked) + stats.stat(Stat::ConnectionsAdopted);
+                    let derived = recorded
+                        .saturating_sub(stats.stat(Stat::ConnectionsForgotten))
+                        .saturating_sub(live);
+                    let high = self.evicted_high.fetch_max(derived, Ordering::Relaxed);
+                    f.evicted.inc_by(high.max(derived));
                 }
             }
             Err(err) => tracing::error!(err = format!("{err:#}"), "reading kernel counters failed"),

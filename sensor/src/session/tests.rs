@@ -4,19 +4,7 @@ use sensor_common::{
     limits::CAPTURE_LEN,
 };
 
-fn startup_message(params: &[(&str, &str)]) -> Vec<u8> {
-    let mut body = vec![0, 3, 0, 0];
-    for (k, v) in params {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut msg = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    msg.extend_from_slice(&body);
-    msg
-}
+use sensor_common::test_util::startup_message;
 
 fn event(verdict: Verdict, captured: &[u8]) -> SessionEvent {
     let mut comm = [0u8; 16];
