@@ -60,7 +60,9 @@ pub struct Endpoint {
     pub port: u16,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+/// The process that opened the session: what the kernel recorded at connect() (pid, tid,
+/// comm, uid, gid, cgroup id), and what procfs added while the process still ran.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
 pub struct Process {
     /// Userspace pid (the kernel's tgid).
     pub pid: u32,
@@ -71,6 +73,28 @@ pub struct Process {
     pub gid: u32,
     /// cgroup v2 id (inode of the cgroup directory).
     pub cgroup_id: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    /// The command line, secrets redacted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ppid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_comm: Option<String>,
+    /// cgroup v2 path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub systemd_unit: Option<String>,
+    /// The process was gone (or its pid reused) when the finding was written: only the
+    /// kernel's connect-time record is reported.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub exited: bool,
 }
 
 /// What a plaintext StartupMessage said. Only these keys are copied out; other parameters

@@ -10,6 +10,7 @@ use tracing::error;
 
 use crate::{
     config::{severity_named, RunConfig},
+    enrich::Enricher,
     events::KernelEvent,
     finding::Finding,
     output::{
@@ -23,6 +24,7 @@ use crate::{
 
 pub struct Pipeline {
     findings: FindingsWriter,
+    enricher: Enricher,
     pending: PendingAuth,
     state: Arc<HttpState>,
     alerts: Option<Alerts>,
@@ -52,7 +54,13 @@ impl Pipeline {
                 generator_url: format!("http://{}/", config.metrics_addr),
             }),
         };
-        Ok(Pipeline { findings, pending: PendingAuth::new(config.auth_wait), state, alerts })
+        Ok(Pipeline {
+            findings,
+            enricher: Enricher::new(),
+            pending: PendingAuth::new(config.auth_wait),
+            state,
+            alerts,
+        })
     }
 
     pub fn handle(&mut self, event: KernelEvent, now: Instant) {
@@ -62,7 +70,12 @@ impl Pipeline {
                 if verdict.is_encrypted() {
                     return; // counted in the kernel; no evidence to report
                 }
-                let finding = session::finding_from_event(&ev);
+                let mut finding = session::finding_from_event(&ev);
+                // Now, while the process most likely still runs: not when the finding is
+                // written, which may wait for the auth outcome.
+                if let Some(process) = &mut finding.process {
+                    self.enricher.enrich(process);
+                }
                 if session::auth_follows(&ev) {
                     if let Some(oldest) = self.pending.hold(ev.cookie, finding, now) {
                         self.write(&oldest);

@@ -45,6 +45,7 @@ pub fn finding_from_event_at(ev: &SessionEvent, ts: std::time::SystemTime) -> Fi
         uid: ev.proc_.uid(),
         gid: ev.proc_.gid(),
         cgroup_id: ev.proc_.cgroup_id,
+        ..Process::default()
     });
     let role = Role::from_u8(ev.role).unwrap_or(Role::Client);
 

@@ -50,6 +50,8 @@ fn a_plaintext_session_fires_the_rule_and_reaches_on_call_through_alertmanager(
     assert_eq!(delivered["labels"]["verdict"], "plaintext");
     assert_eq!(delivered["labels"]["dst_port"], "26257");
     assert_eq!(delivered["annotations"]["process"], "psql");
+    assert!(delivered["annotations"]["exe"].as_str().unwrap().ends_with("/psql"));
+    assert_eq!(delivered["annotations"]["user"], "root");
     assert_eq!(delivered["annotations"]["db_user"], "billing");
     assert_eq!(delivered["annotations"]["database"], "postgres");
     assert!(delivered["annotations"]["summary"].as_str().unwrap().contains("psql"));

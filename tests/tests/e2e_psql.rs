@@ -74,3 +74,52 @@ fn psql_plaintext_session_is_reported_and_tls_session_only_counted() -> anyhow::
     assert!(status.success(), "SIGTERM must give a clean exit, got {status}");
     Ok(())
 }
+
+#[test]
+fn findings_carry_process_context_with_secrets_redacted_from_the_command_line() -> anyhow::Result<()>
+{
+    use std::process::{Command, Stdio};
+    const SECRET: &str = "Cmdl1ne-S3cret-e8d1";
+    let _serial = serial();
+    let mut opts = PgOptions::tls("e2e-process");
+    opts.hba = vec![
+        "local all all trust".into(),
+        "host all cmd_user 127.0.0.1/32 password".into(),
+        "host all all 127.0.0.1/32 trust".into(),
+    ];
+    let pg = PgServer::start(opts)?;
+    pg.admin_sql(&format!("CREATE ROLE cmd_user LOGIN PASSWORD '{SECRET}'"))?;
+    let sensor = Sensor::start(&[])?;
+
+    // The password on the command line, as careless scripts do.
+    let uri = format!(
+        "postgresql://cmd_user:{SECRET}@127.0.0.1:26257/postgres?sslmode=disable&gssencmode=disable"
+    );
+    let child = Command::new("psql")
+        .args([uri.as_str(), "-X", "-At", "-c", "select 1"])
+        .env("PGPASSFILE", "/dev/null")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let pid = child.id();
+    let out = child.wait_with_output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let f = &sensor.wait_findings_of(pid, 1)?[0];
+    let p = &f["process"];
+    assert_eq!(p["comm"], "psql");
+    assert_eq!(p["user"], "root");
+    assert!(p["exe"].as_str().unwrap().ends_with("/psql"), "{p}");
+    assert_eq!(p["ppid"], std::process::id(), "the test runner started psql");
+    assert!(p["parent_comm"].as_str().is_some_and(|c| !c.is_empty()));
+    assert!(p["cgroup"].as_str().unwrap().starts_with('/'));
+    let cmdline = p["cmdline"].as_str().unwrap();
+    assert!(cmdline.contains("postgresql://cmd_user:***@127.0.0.1:26257/postgres"), "{cmdline}");
+    assert_eq!(f["severity"], "critical", "the URI's password also crossed the wire in clear");
+
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let findings_text = std::fs::read_to_string(&sensor.findings_path)?;
+    assert!(!findings_text.contains(SECRET), "the password leaked into a finding");
+    assert!(!sensor.stderr().contains(SECRET), "the password leaked into the log");
+    Ok(())
+}

@@ -105,6 +105,17 @@ pub fn alert_from_finding(finding: &Finding, instance: &str, generator_url: &str
         a.insert("process", p.comm.clone());
         a.insert("pid", p.pid.to_string());
         a.insert("uid", p.uid.to_string());
+        for (key, value) in [
+            ("exe", &p.exe),
+            ("cmdline", &p.cmdline),
+            ("user", &p.user),
+            ("container_id", &p.container_id),
+            ("systemd_unit", &p.systemd_unit),
+        ] {
+            if let Some(v) = value {
+                a.insert(key, v.clone());
+            }
+        }
     }
     a.insert("db_user", db_user);
     a.insert("database", database);
@@ -231,6 +242,8 @@ mod tests {
                 uid: 1000,
                 gid: 1000,
                 cgroup_id: 1,
+                exe: Some("/usr/bin/python3.11".into()),
+                ..Process::default()
             }),
             negotiation: None,
             startup: Some(Startup {
@@ -258,6 +271,7 @@ mod tests {
             assert!(!["pid", "process", "db_user", "src", "dst"].contains(key), "{key}");
         }
         assert_eq!(a.annotations["process"], "python3");
+        assert_eq!(a.annotations["exe"], "/usr/bin/python3.11");
         assert_eq!(a.annotations["pid"], "42");
         assert_eq!(a.annotations["db_user"], "app");
         assert_eq!(a.annotations["database"], "orders");

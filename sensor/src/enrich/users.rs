@@ -1,0 +1,40 @@
+//! uid -> user name, from /etc/passwd read once (the host's view; a container's users may
+//! differ, which is why the uid is always reported too).
+
+use std::collections::HashMap;
+
+pub struct UserNames(HashMap<u32, String>);
+
+impl UserNames {
+    pub fn load() -> Self {
+        UserNames(parse(&std::fs::read_to_string("/etc/passwd").unwrap_or_default()))
+    }
+
+    pub fn name(&self, uid: u32) -> Option<String> {
+        self.0.get(&uid).cloned()
+    }
+}
+
+fn parse(passwd: &str) -> HashMap<u32, String> {
+    passwd
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?;
+            let uid = f.nth(1)?.parse().ok()?;
+            Some((uid, name.to_string()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_passwd_lines() {
+        let m =
+            super::parse("root:x:0:0:root:/root:/bin/bash\nbroken\napp:x:1000:1000::/h:/bin/sh\n");
+        assert_eq!(m.get(&0).map(String::as_str), Some("root"));
+        assert_eq!(m.get(&1000).map(String::as_str), Some("app"));
+        assert_eq!(m.len(), 2);
+    }
+}
