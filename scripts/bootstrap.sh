@@ -46,7 +46,9 @@ if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
 fi
 
 if [ "$want_test_deps" = 1 ]; then
-  pkgs=(postgresql-15 postgresql-client-15 openssl util-linux procps iproute2 tcpdump nftables krb5-kdc krb5-admin-server krb5-user bpftool prometheus prometheus-alertmanager)
+  pkgs=(postgresql-15 postgresql-client-15 openssl util-linux procps iproute2 tcpdump nftables
+        krb5-kdc krb5-admin-server krb5-user bpftool prometheus prometheus-alertmanager
+        libpostgresql-jdbc-java)
   missing=()
   for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -59,6 +61,24 @@ if [ "$want_test_deps" = 1 ]; then
   fi
   # Debian's postgresql package starts a cluster on 5432 via its init scripts on some hosts;
   # the tests start their own servers on 127.0.0.x:26257 and need nothing from it.
+
+  # The client-matrix drivers: Python ones in a venv of the project's, node-postgres under
+  # tests/clients/node. Each install is skipped when its inputs have not changed.
+  clients="$(cd "$(dirname "$0")/.." && pwd)/tests/clients"
+  venv="$clients/.venv"
+  stamp="$venv/.requirements.sha"
+  want=$(sha256sum "$clients/requirements.txt" | cut -d' ' -f1)
+  if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    log "installing Python drivers into $venv"
+    command -v python3 >/dev/null || { log "python3 is missing"; exit 1; }
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q -r "$clients/requirements.txt"
+    echo "$want" > "$stamp"
+  fi
+  if [ ! -d "$clients/node/node_modules/pg" ]; then
+    log "installing node-postgres into $clients/node"
+    (cd "$clients/node" && npm ci --no-audit --no-fund --silent)
+  fi
 fi
 
 log "done in $(( $(date +%s) - start )) s"

@@ -1,15 +1,16 @@
 //! Command-line interface. Flag names are a public interface: keep them stable.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
     analyze::{self, AnalyzeConfig},
     config::{
-        parse_findings_target, validate_max_connections, validate_ports,
+        parse_findings_target, parse_metrics_addr, validate_max_connections, validate_ports,
         validate_ring_buffer_bytes, AlertmanagerConfig, RunConfig,
     },
+    config_file::{self, FileSettings},
     error::Failure,
     preflight, run,
 };
@@ -51,37 +52,42 @@ pub struct AnalyzeArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// TCP ports that carry pgwire (comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "26257", value_name = "PORT[,PORT...]")]
-    pub ports: Vec<u16>,
+    /// Settings file (YAML or TOML) with the same keys as these flags (dashes as
+    /// underscores); flags given here win over it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// TCP ports that carry pgwire (comma-separated) [default: 26257].
+    #[arg(long, value_delimiter = ',', value_name = "PORT[,PORT...]")]
+    pub ports: Option<Vec<u16>>,
     /// cgroup v2 directory to attach at [default: the cgroup2 root from /proc/self/mountinfo].
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
-    /// Where to serve /metrics and /healthz. Loopback by default: metrics reveal which
-    /// sessions are exposed.
-    #[arg(long, default_value = "127.0.0.1:9477", value_name = "ADDR:PORT")]
-    pub metrics_addr: SocketAddr,
-    /// Where to append findings (JSON lines); `-` is stdout.
-    #[arg(long, default_value = "-", value_name = "PATH|-")]
-    pub findings: String,
-    /// Size of the kernel-to-agent ring buffer in bytes (a power of two, >= 4096). Counts
-    /// stay exact when it overflows; only evidence is lost (and reported).
-    #[arg(long, default_value_t = sensor_common::limits::EVENTS_RING_BYTES, value_name = "BYTES")]
-    pub ring_buffer_bytes: u32,
-    /// How long a plaintext session's finding waits for its authentication outcome.
-    #[arg(long, default_value = "1000", value_name = "MS")]
-    pub auth_wait_ms: u64,
+    /// Where to serve /metrics and /healthz [default: 127.0.0.1:9477]. Loopback by default:
+    /// metrics reveal which sessions are exposed.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_addr: Option<String>,
+    /// Where to append findings (JSON lines); `-` is stdout [default: -].
+    #[arg(long, value_name = "PATH|-")]
+    pub findings: Option<String>,
+    /// Size of the kernel-to-agent ring buffer in bytes, a power of two >= 4096
+    /// [default: 1048576]. Counts stay exact when it overflows; only evidence is lost.
+    #[arg(long, value_name = "BYTES")]
+    pub ring_buffer_bytes: Option<u32>,
+    /// How long a plaintext session's finding waits for its authentication outcome
+    /// [default: 1000].
+    #[arg(long, value_name = "MS")]
+    pub auth_wait_ms: Option<u64>,
     /// Connections the kernel follows at once (an LRU map: past it, the oldest not yet
-    /// judged are evicted and counted). 64 to 1048576.
-    #[arg(long, default_value_t = sensor_common::limits::CONNECTIONS_MAX, value_name = "N")]
-    pub max_connections: u32,
+    /// judged are evicted and counted), 64 to 1048576 [default: 16384].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<u32>,
     /// Push each finding to this Alertmanager (v2 API) as an alert, e.g.
     /// http://127.0.0.1:9093.
     #[arg(long, value_name = "URL")]
     pub alertmanager_url: Option<String>,
-    /// Push only findings at least this severe (low, medium, high, critical).
-    #[arg(long, default_value = "low", value_name = "SEVERITY")]
-    pub alertmanager_min_severity: String,
+    /// Push only findings at least this severe: low, medium, high, critical [default: low].
+    #[arg(long, value_name = "SEVERITY")]
+    pub alertmanager_min_severity: Option<String>,
 }
 
 /// Parse the command line, run, and turn the outcome into an exit code.
@@ -117,22 +123,82 @@ fn init_logging() {
 impl TryFrom<RunArgs> for RunConfig {
     type Error = Failure;
 
+    /// Flags over the config file over defaults; each value validated where it came from,
+    /// so an error names the flag or the file key.
     fn try_from(args: RunArgs) -> Result<Self, Failure> {
-        let mut config = RunConfig::new(args.ports, args.cgroup, args.metrics_addr, &args.findings)
-            .map_err(Failure::config)?;
-        config.ring_buffer_bytes =
-            validate_ring_buffer_bytes(args.ring_buffer_bytes).map_err(Failure::config)?;
-        config.auth_wait = std::time::Duration::from_millis(args.auth_wait_ms);
-        config.max_connections =
-            validate_max_connections(args.max_connections).map_err(Failure::config)?;
-        config.alertmanager = match args.alertmanager_url {
-            None => None,
-            Some(url) => Some(
-                AlertmanagerConfig::new(&url, &args.alertmanager_min_severity)
-                    .map_err(Failure::config)?,
-            ),
+        let file = match &args.config {
+            Some(path) => config_file::load(path).map_err(Failure::config)?,
+            None => FileSettings::default(),
         };
-        Ok(config)
+        let config_path = args.config.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+        let in_file = |key: &'static str| {
+            let path = config_path.clone();
+            move |err: anyhow::Error| err.context(format!("key `{key}` in --config {path}"))
+        };
+        macro_rules! pick {
+            ($flag:expr, $file:expr, $key:literal, $check:expr) => {
+                match ($flag, $file) {
+                    (Some(v), _) => Some($check(v).map_err(Failure::config)?),
+                    (None, Some(v)) => {
+                        Some($check(v).map_err(in_file($key)).map_err(Failure::config)?)
+                    }
+                    (None, None) => None,
+                }
+            };
+        }
+        let defaults = RunConfig::default();
+        Ok(RunConfig {
+            ports: pick!(args.ports, file.ports, "ports", validate_ports).unwrap_or(defaults.ports),
+            cgroup: pick!(args.cgroup, file.cgroup, "cgroup", anyhow::Ok),
+            metrics_addr: pick!(
+                args.metrics_addr.as_deref(),
+                file.metrics_addr.as_deref(),
+                "metrics_addr",
+                parse_metrics_addr
+            )
+            .unwrap_or(defaults.metrics_addr),
+            findings: pick!(
+                args.findings.as_deref(),
+                file.findings.as_deref(),
+                "findings",
+                parse_findings_target
+            )
+            .unwrap_or(defaults.findings),
+            ring_buffer_bytes: pick!(
+                args.ring_buffer_bytes,
+                file.ring_buffer_bytes,
+                "ring_buffer_bytes",
+                validate_ring_buffer_bytes
+            )
+            .unwrap_or(defaults.ring_buffer_bytes),
+            auth_wait: pick!(
+                args.auth_wait_ms,
+                file.auth_wait_ms,
+                "auth_wait_ms",
+                |ms| anyhow::Ok(std::time::Duration::from_millis(ms))
+            )
+            .unwrap_or(defaults.auth_wait),
+            max_connections: pick!(
+                args.max_connections,
+                file.max_connections,
+                "max_connections",
+                validate_max_connections
+            )
+            .unwrap_or(defaults.max_connections),
+            alertmanager: {
+                let severity = args
+                    .alertmanager_min_severity
+                    .clone()
+                    .or(file.alertmanager_min_severity.clone())
+                    .unwrap_or_else(|| "low".into());
+                pick!(
+                    args.alertmanager_url,
+                    file.alertmanager_url,
+                    "alertmanager_url",
+                    |url: String| { AlertmanagerConfig::new(&url, &severity) }
+                )
+            },
+        })
     }
 }
 

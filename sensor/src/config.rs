@@ -70,24 +70,30 @@ pub fn severity_named(name: &str) -> Severity {
     parse_severity(name).unwrap_or(Severity::Info)
 }
 
-impl RunConfig {
-    pub fn new(
-        ports: Vec<u16>,
-        cgroup: Option<PathBuf>,
-        metrics_addr: SocketAddr,
-        findings: &str,
-    ) -> anyhow::Result<Self> {
-        Ok(RunConfig {
-            ports: validate_ports(ports)?,
-            cgroup,
-            metrics_addr,
-            findings: parse_findings_target(findings)?,
+impl Default for RunConfig {
+    /// The defaults of `sensor run` with no flags.
+    fn default() -> Self {
+        RunConfig {
+            ports: vec![DEFAULT_PORT],
+            cgroup: None,
+            metrics_addr: SocketAddr::from(([127, 0, 0, 1], DEFAULT_METRICS_PORT)),
+            findings: FindingsTarget::Stdout,
             ring_buffer_bytes: EVENTS_RING_BYTES,
             auth_wait: Duration::from_secs(1),
             alertmanager: None,
             max_connections: CONNECTIONS_MAX,
-        })
+        }
     }
+}
+
+/// CockroachDB's SQL port.
+pub const DEFAULT_PORT: u16 = 26257;
+pub const DEFAULT_METRICS_PORT: u16 = 9477;
+
+pub fn parse_metrics_addr(value: &str) -> anyhow::Result<SocketAddr> {
+    value.parse().map_err(|_| {
+        anyhow::anyhow!("--metrics-addr: {value:?} is not an address:port, e.g. 127.0.0.1:9477")
+    })
 }
 
 pub fn validate_ports(mut ports: Vec<u16>) -> anyhow::Result<Vec<u16>> {

@@ -10,6 +10,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod config_file;
 pub mod enrich;
 pub mod error;
 pub mod events;

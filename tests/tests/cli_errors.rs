@@ -73,3 +73,43 @@ fn check_passes_as_root_and_version_prints() {
     let out = Command::new(sensor_binary().unwrap()).arg("--version").output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("sensor 0.1.0"));
 }
+
+#[test]
+fn config_file_errors_name_the_key_and_exit_2() {
+    let dir = tests::util::scratch_dir("config-errors");
+    for (name, text, needle) in [
+        ("typo.yaml", "portz: [26257]\n", "portz"),
+        ("range.toml", "ports = [0]\n", "ports"),
+        ("addr.yaml", "metrics_addr: nowhere\n", "metrics_addr"),
+        ("type.toml", "max_connections = \"lots\"\n", "max_connections"),
+        ("settings.ini", "ports=1\n", ".toml"),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        let (code, stderr) = run(&["run", "--config", path.to_str().unwrap()]);
+        assert_eq!(code, Some(2), "{name}: {stderr}");
+        assert!(stderr.contains(needle), "{name} should name {needle}: {stderr}");
+    }
+}
+
+#[test]
+fn config_file_settings_apply_and_flags_win() -> anyhow::Result<()> {
+    let _serial = tests::serial();
+    let dir = tests::util::scratch_dir("config-apply");
+    let path = dir.join("sensor.yaml");
+    std::fs::write(
+        &path,
+        "ports: [26257, 5432]\nmax_connections: 128\nmetrics_addr: 127.0.0.1:1\n",
+    )?;
+    // The flag's metrics address wins over the file's (port 1 would fail to bind).
+    let sensor = tests::sensor::Sensor::start(&["--config", path.to_str().unwrap()])?;
+    let samples = sensor.metrics()?;
+    for port in ["26257", "5432"] {
+        assert!(
+            samples.0.iter().any(|s| s.name == "pgwire_sensor_sessions_total"
+                && s.labels.get("port").map(String::as_str) == Some(port)),
+            "port {port} from the file is watched"
+        );
+    }
+    Ok(())
+}
