@@ -68,3 +68,67 @@ impl ClientRun {
         Ok(self)
     }
 }
+
+/// tests/clients: the driver scripts, the Python venv and node-postgres.
+pub fn clients_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients")
+}
+
+/// What a driver script reported: its own pid, and whether its query worked.
+#[derive(Debug)]
+pub struct DriverRun {
+    pub pid: u32,
+    pub ok: bool,
+    pub error: Option<String>,
+}
+
+/// Run a driver script that prints one JSON line `{"pid", "ok", "error"}`.
+pub fn run_driver(cmd: &mut Command) -> anyhow::Result<DriverRun> {
+    let shown = format!("{cmd:?}");
+    let out = cmd.output().with_context(|| format!("running {shown}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(line).with_context(|| {
+        format!("{shown} printed no result: {stdout}\n{}", String::from_utf8_lossy(&out.stderr))
+    })?;
+    Ok(DriverRun {
+        pid: v["pid"].as_u64().context("pid")? as u32,
+        ok: v["ok"].as_bool().unwrap_or(false),
+        error: v["error"].as_str().map(str::to_string),
+    })
+}
+
+/// A Python driver (psycopg2, psycopg3, asyncpg, pg8000) from the project's venv.
+pub fn python_driver(driver: &str, mode: &str, pg: &PgServer) -> anyhow::Result<DriverRun> {
+    let dir = clients_dir();
+    let ca = pg.certs.as_ref().map(|c| c.ca_cert.display().to_string()).unwrap_or_default();
+    run_driver(
+        Command::new(dir.join(".venv/bin/python"))
+            .arg(dir.join("py_driver.py"))
+            .args([driver, mode, &pg.host, &pg.port.to_string(), &ca])
+            .env_remove("PGSSLMODE"),
+    )
+}
+
+/// node-postgres (`pg`), `mode` disable or require.
+pub fn node_driver(mode: &str, pg: &PgServer) -> anyhow::Result<DriverRun> {
+    let dir = clients_dir().join("node");
+    let ca = pg.certs.as_ref().map(|c| c.ca_cert.display().to_string()).unwrap_or_default();
+    run_driver(Command::new("node").current_dir(&dir).arg("driver.js").args([
+        mode,
+        &pg.host,
+        &pg.port.to_string(),
+        &ca,
+    ]))
+}
+
+/// pgjdbc (Debian's libpostgresql-jdbc-java) with a JDBC URL's query string.
+pub fn jdbc_driver(params: &str, pg: &PgServer) -> anyhow::Result<DriverRun> {
+    let url = format!("jdbc:postgresql://{}:{}/postgres?{params}", pg.host, pg.port);
+    run_driver(
+        Command::new("java")
+            .args(["-cp", "/usr/share/java/postgresql.jar"])
+            .arg(clients_dir().join("JdbcDriver.java"))
+            .arg(url),
+    )
+}
