@@ -95,6 +95,8 @@ pub mod conn_flags {
     pub const EVENT_PENDING: u32 = 16;
     /// Picked up after start from the socket's own counters (no connect record).
     pub const ADOPTED: u32 = 32;
+    /// This socket is the server's end of the session (an accepted connection).
+    pub const ROLE_SERVER: u32 = 256;
 }
 
 /// `SessionEvent::flags` (a superset of the connection flags).

@@ -3,6 +3,7 @@
 /// Map names, as the kernel object declares them and userspace looks them up.
 pub mod map_names {
     pub const WATCHED_PORTS: &str = "WATCHED_PORTS";
+    pub const CONFIG: &str = "CONFIG";
     pub const CONNECTIONS: &str = "CONNECTIONS";
     pub const CAPTURES: &str = "CAPTURES";
     pub const EVENTS: &str = "EVENTS";
@@ -21,6 +22,11 @@ pub mod program_names {
 /// One byte per TCP port: a direct array index is the cheapest "is this port watched?" test.
 /// The value is the port's slot in the configured list plus one (0: not watched).
 pub const WATCHED_PORTS_ENTRIES: u32 = 65536;
+/// Slots of the CONFIG array map.
+pub const CONFIG_ENTRIES: u32 = 4;
+/// CONFIG slot holding the enabled roles: bit `1 << Role as u32` per role.
+pub const CONFIG_ROLES: u32 = 0;
+
 /// At most this many watched ports may be configured.
 pub const MAX_WATCHED_PORTS: usize = 64;
 /// Connections between connect() and their first bytes. LRU: a flood evicts the oldest.

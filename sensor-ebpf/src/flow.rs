@@ -31,6 +31,8 @@ pub struct Flow<'a> {
     pub l4: L4,
     pub ports: packet::Ports,
     pub direction: Direction,
+    /// Which end of the session this socket is.
+    pub role: Role,
     pub cookie: u64,
     pub state: &'a mut ConnState,
 }
@@ -214,7 +216,7 @@ impl Flow<'_> {
                     Direction::ServerToClient => self.ports.src,
                 };
                 let slot = maps::port_slot(server_port).unwrap_or(0);
-                counters::session(slot, Role::Client, verdict);
+                counters::session(slot, self.role, verdict);
                 // Encrypted sessions are counted only: no evidence to ship.
                 if !verdict.is_encrypted() {
                     self.state.flags |= conn_flags::EVENT_PENDING;
@@ -313,7 +315,7 @@ impl Flow<'_> {
             (*ev).src_port = src_port;
             (*ev).dst_port = dst_port;
             (*ev).ip_version = self.l4.ip_version;
-            (*ev).role = Role::Client as u8;
+            (*ev).role = self.role as u8;
             (*ev).verdict = verdict;
             (*ev).reason = t.reason;
             (*ev).requests = t.requests;

@@ -6,11 +6,11 @@
 
 mod connect;
 mod counters;
-mod egress;
 mod flow;
-mod ingress;
 mod maps;
 mod packet;
+mod proof;
+mod segment;
 
 use aya_ebpf::{
     macros::{cgroup_skb, cgroup_sock_addr},
@@ -36,13 +36,13 @@ pub fn sensor_connect6(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_skb(egress)]
 pub fn sensor_egress(ctx: SkBuffContext) -> i32 {
-    egress::on_egress(&ctx);
+    segment::on_segment(&ctx, segment::Hook::Egress);
     SKB_PASS
 }
 
 #[cgroup_skb(ingress)]
 pub fn sensor_ingress(ctx: SkBuffContext) -> i32 {
-    ingress::on_ingress(&ctx);
+    segment::on_segment(&ctx, segment::Hook::Ingress);
     SKB_PASS
 }
 

@@ -7,15 +7,20 @@ use aya_ebpf::{
 use sensor_common::{
     event::{Capture, ConnState},
     limits::{
-        Stat, CAPTURES_MAX, CONNECTIONS_MAX, EVENTS_RING_BYTES, SESSION_COUNTERS_ENTRIES,
-        WATCHED_PORTS_ENTRIES,
+        Stat, CAPTURES_MAX, CONFIG_ENTRIES, CONFIG_ROLES, CONNECTIONS_MAX, EVENTS_RING_BYTES,
+        SESSION_COUNTERS_ENTRIES, WATCHED_PORTS_ENTRIES,
     },
+    verdict::Role,
 };
 
 /// Indexed by TCP port (host order): 0 unwatched, else the port's slot + 1. Written by
 /// userspace.
 #[map]
 pub static WATCHED_PORTS: Array<u8> = Array::with_max_entries(WATCHED_PORTS_ENTRIES, 0);
+
+/// Settings written by userspace: index 0 holds the enabled roles (`ROLE_*_ENABLED`).
+#[map]
+pub static CONFIG: Array<u32> = Array::with_max_entries(CONFIG_ENTRIES, 0);
 
 /// Socket cookie -> state, from connect() until nothing more is to be learned.
 #[map]
@@ -56,4 +61,11 @@ pub fn port_slot(port: u16) -> Option<u32> {
         Some(&slot_plus_one) if slot_plus_one != 0 => Some(slot_plus_one as u32 - 1),
         _ => None,
     }
+}
+
+/// Whether the sensor watches this end of sessions (userspace sets it at start).
+#[inline(always)]
+pub fn role_enabled(role: Role) -> bool {
+    let bit = 1u32 << (role as u32);
+    matches!(CONFIG.get(CONFIG_ROLES), Some(&roles) if roles & bit != 0)
 }

@@ -7,8 +7,8 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     analyze::{self, AnalyzeConfig},
     config::{
-        parse_findings_target, parse_metrics_addr, validate_max_connections, validate_ports,
-        validate_ring_buffer_bytes, AlertmanagerConfig, RunConfig,
+        parse_findings_target, parse_metrics_addr, parse_roles, validate_max_connections,
+        validate_ports, validate_ring_buffer_bytes, AlertmanagerConfig, RunConfig,
     },
     config_file::{self, FileSettings},
     error::Failure,
@@ -88,6 +88,11 @@ pub struct RunArgs {
     /// Push only findings at least this severe: low, medium, high, critical [default: low].
     #[arg(long, value_name = "SEVERITY")]
     pub alertmanager_min_severity: Option<String>,
+    /// Which ends of sessions to watch: `client` (local processes connecting to a watched
+    /// port), `server` (sessions a local server accepts on a watched port), or both
+    /// [default: client].
+    #[arg(long, value_delimiter = ',', value_name = "ROLE[,ROLE]")]
+    pub roles: Option<Vec<String>>,
 }
 
 /// Parse the command line, run, and turn the outcome into an exit code.
@@ -185,6 +190,7 @@ impl TryFrom<RunArgs> for RunConfig {
                 validate_max_connections
             )
             .unwrap_or(defaults.max_connections),
+            roles: pick!(args.roles, file.roles, "roles", parse_roles).unwrap_or(defaults.roles),
             alertmanager: {
                 let severity = args
                     .alertmanager_min_severity

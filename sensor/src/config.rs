@@ -6,7 +6,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::{bail, ensure};
 use sensor_common::{
     limits::{CONNECTIONS_MAX, EVENTS_RING_BYTES, MAX_WATCHED_PORTS},
-    verdict::Severity,
+    verdict::{Role, Severity},
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +27,9 @@ pub struct RunConfig {
     pub alertmanager: Option<AlertmanagerConfig>,
     /// Entries of the kernel's connection map.
     pub max_connections: u32,
+    /// Which ends of sessions to watch: client (local processes connecting out) and/or
+    /// server (sessions accepted by a local server on a watched port).
+    pub roles: Vec<Role>,
 }
 
 #[derive(Debug, Clone)]
@@ -82,6 +85,7 @@ impl Default for RunConfig {
             auth_wait: Duration::from_secs(1),
             alertmanager: None,
             max_connections: CONNECTIONS_MAX,
+            roles: vec![Role::Client],
         }
     }
 }
@@ -109,6 +113,26 @@ pub fn validate_ports(mut ports: Vec<u16>) -> anyhow::Result<Vec<u16>> {
     ports.sort_unstable();
     ports.dedup();
     Ok(ports)
+}
+
+pub fn parse_roles(names: Vec<String>) -> anyhow::Result<Vec<Role>> {
+    let mut roles = Vec::new();
+    for name in &names {
+        let role = Role::ALL
+            .into_iter()
+            .find(|r| r.name() == name.trim())
+            .ok_or_else(|| anyhow::anyhow!("--roles: {name:?} is not client or server"))?;
+        if !roles.contains(&role) {
+            roles.push(role);
+        }
+    }
+    ensure!(!roles.is_empty(), "--roles: give client, server, or both");
+    Ok(roles)
+}
+
+/// The kernel's role bitmask.
+pub fn role_bits(roles: &[Role]) -> u32 {
+    roles.iter().fold(0, |bits, r| bits | 1 << (*r as u32))
 }
 
 pub fn validate_max_connections(n: u32) -> anyhow::Result<u32> {
@@ -162,6 +186,16 @@ mod tests {
         assert!(err.contains("--alertmanager-min-severity"), "{err}");
         assert_eq!(severity_named("critical"), Severity::Critical);
         assert_eq!(severity_named("info"), Severity::Info);
+    }
+
+    #[test]
+    fn roles() {
+        let both = parse_roles(vec!["client".into(), "server".into(), "client".into()]).unwrap();
+        assert_eq!(both, vec![Role::Client, Role::Server]);
+        assert_eq!(role_bits(&both), 3);
+        assert_eq!(role_bits(&[Role::Server]), 2);
+        assert!(parse_roles(vec!["proxy".into()]).unwrap_err().to_string().contains("--roles"));
+        assert!(parse_roles(vec![]).is_err());
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub struct FileSettings {
     pub max_connections: Option<u32>,
     pub alertmanager_url: Option<String>,
     pub alertmanager_min_severity: Option<String>,
+    pub roles: Option<Vec<String>>,
 }
 
 pub fn load(path: &Path) -> anyhow::Result<FileSettings> {

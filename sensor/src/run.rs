@@ -20,7 +20,7 @@ use tracing::{info, warn};
 use crate::{
     bpf::{Attached, MapSizes},
     cgroup,
-    config::RunConfig,
+    config::{role_bits, RunConfig},
     error::Failure,
     events::{EventStream, KernelEvent},
     output::{
@@ -61,6 +61,7 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
     let sizes = MapSizes {
         ring_buffer_bytes: config.ring_buffer_bytes,
         max_connections: config.max_connections,
+        roles: role_bits(&config.roles),
     };
     let mut attached = Attached::load_and_attach(&config.ports, &cgroup_dir, sizes)?;
     let counters = Arc::new(attached.take_counters()?);
@@ -81,6 +82,7 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
         programs = attached.programs,
         cgroup = %cgroup_dir.display(),
         ports = ?config.ports,
+        roles = ?config.roles,
         metrics = %config.metrics_addr,
         "attached; watching sessions"
     );

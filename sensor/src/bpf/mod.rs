@@ -13,7 +13,7 @@ use aya::{
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr},
     Ebpf, EbpfLoader,
 };
-use sensor_common::limits::{map_names, program_names};
+use sensor_common::limits::{map_names, program_names, CONFIG_ROLES};
 
 use attachment::attach_type;
 pub use attachment::AttachmentCheck;
@@ -22,11 +22,13 @@ pub use counters::{KernelCounters, KernelStats};
 /// The kernel object built by `build.rs` from `sensor-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor"));
 
-/// Map sizes chosen at load time.
+/// Map sizes and settings chosen at load time.
 #[derive(Debug, Clone, Copy)]
 pub struct MapSizes {
     pub ring_buffer_bytes: u32,
     pub max_connections: u32,
+    /// Bit `1 << Role as u32` for each end of sessions to watch.
+    pub roles: u32,
 }
 
 /// The loaded and attached programs. Dropping it detaches everything.
@@ -58,6 +60,7 @@ impl Attached {
                 )
             })?;
         write_watched_ports(&mut ebpf, ports)?;
+        write_config(&mut ebpf, sizes.roles)?;
 
         let cgroup = File::open(cgroup_dir)
             .with_context(|| format!("cannot open cgroup directory {}", cgroup_dir.display()))?;
@@ -126,6 +129,15 @@ fn attach_error(name: &str, cgroup_dir: &Path) -> String {
          directory)",
         cgroup_dir.display()
     )
+}
+
+fn write_config(ebpf: &mut Ebpf, roles: u32) -> anyhow::Result<()> {
+    let map = ebpf
+        .map_mut(map_names::CONFIG)
+        .ok_or_else(|| anyhow!("map {} missing", map_names::CONFIG))?;
+    let mut config: Array<&mut MapData, u32> = Array::try_from(map)?;
+    config.set(CONFIG_ROLES, roles, 0).context("cannot write the enabled roles")?;
+    Ok(())
 }
 
 fn write_watched_ports(ebpf: &mut Ebpf, ports: &[u16]) -> anyhow::Result<()> {

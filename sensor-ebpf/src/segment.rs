@@ -1,0 +1,161 @@
+//! Both cgroup_skb hooks land here. A watched session has two ends, and the sensor can sit
+//! at either: the client's socket (role client: its bytes go out, the server's come in) or
+//! the server's accepted socket (role server: the other way round). The port filter comes
+//! first (one array lookup); then the connection's state by socket cookie, or adoption of
+//! a connection whose first byte the socket itself proves; then the bytes go to the flow.
+
+use aya_ebpf::{helpers::generated::bpf_get_socket_cookie, programs::SkBuffContext, EbpfContext};
+use sensor_common::{
+    event::{conn_flags, ConnState, ProcRecord},
+    limits::Stat,
+    tracker::Phase,
+    verdict::{Role, UnknownReason},
+};
+
+use crate::{
+    counters,
+    flow::{Direction, Flow},
+    maps,
+    packet::{self, TcpHeader, TCP_FIN, TCP_RST, TCP_SYN},
+    proof,
+};
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    Egress,
+    Ingress,
+}
+
+#[inline(always)]
+pub fn on_segment(ctx: &SkBuffContext, hook: Hook) {
+    let Some((l4, ports)) = packet::tcp_ports(ctx) else { return };
+    let (role, direction) = match hook {
+        Hook::Egress if maps::is_watched(ports.dst) => (Role::Client, Direction::ClientToServer),
+        Hook::Ingress if maps::is_watched(ports.src) => (Role::Client, Direction::ServerToClient),
+        Hook::Ingress if maps::is_watched(ports.dst) => (Role::Server, Direction::ClientToServer),
+        Hook::Egress if maps::is_watched(ports.src) => (Role::Server, Direction::ServerToClient),
+        _ => return,
+    };
+    if !maps::role_enabled(role) {
+        return;
+    }
+    counters::stat(Stat::PacketsInspected);
+    let Some(tcp) = packet::tcp_header(ctx, l4) else { return };
+
+    // SAFETY: helper valid for cgroup_skb; the skb pointer is the program's context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let state = match maps::CONNECTIONS.get_ptr_mut(cookie) {
+        Some(state) => state,
+        // Only the client's bytes can start tracking a connection nobody recorded.
+        None if direction == Direction::ClientToServer => match adopt(ctx, cookie, &tcp, role) {
+            Some(state) => state,
+            None => {
+                counters::stat(Stat::PacketsUntracked);
+                return;
+            }
+        },
+        None => return,
+    };
+    // SAFETY: from a successful lookup; the socket's packets are serialised by its lock.
+    let state: &mut ConnState = unsafe { &mut *state };
+    let mut flow = Flow { ctx, l4, ports, direction, role, cookie, state };
+    match direction {
+        Direction::ClientToServer => client_segment(&mut flow, &tcp),
+        Direction::ServerToClient => server_segment(&mut flow, &tcp),
+    }
+    if tcp.flags & (TCP_FIN | TCP_RST) != 0 {
+        flow.closed();
+    }
+}
+
+/// The client's bytes: where byte 0 is, then the message assembly.
+#[inline(always)]
+fn client_segment(flow: &mut Flow, tcp: &TcpHeader) {
+    let syn = tcp.flags & TCP_SYN != 0;
+    if syn {
+        // Byte 0 of the stream follows the SYN's sequence number (also with Fast Open data).
+        flow.state.client_base = tcp.seq.wrapping_add(1);
+        flow.state.flags |= conn_flags::CLIENT_BASE;
+        if tcp.payload_len > 0 {
+            flow.state.flags |= conn_flags::FAST_OPEN;
+        }
+    }
+    if tcp.payload_len == 0 {
+        return;
+    }
+    if flow.state.flags & conn_flags::CLIENT_BASE == 0
+        && !proof::client_start(flow.ctx, tcp, flow.role, flow.state)
+    {
+        // The SYN went by unseen and the socket cannot prove this is byte 0: never guess.
+        flow.finish_unknown(UnknownReason::StartNotSeen, Stat::PacketsUntracked);
+        return;
+    }
+    let rel = if syn { 0 } else { tcp.seq.wrapping_sub(flow.state.client_base) };
+    flow.client_data(rel, tcp.payload_offset, tcp.payload_len);
+}
+
+/// The server's bytes: only its one-byte answer and its first authentication message.
+#[inline(always)]
+fn server_segment(flow: &mut Flow, tcp: &TcpHeader) {
+    if tcp.flags & TCP_SYN != 0 {
+        flow.state.server_base = tcp.seq.wrapping_add(1);
+        flow.state.flags |= conn_flags::SERVER_BASE;
+    } else if tcp.payload_len > 0
+        && flow.state.flags & conn_flags::SERVER_BASE == 0
+        && !proof::server_start(flow.ctx, tcp, flow.role, flow.state)
+    {
+        return;
+    }
+    if tcp.payload_len == 0 {
+        return;
+    }
+    let rel = tcp.seq.wrapping_sub(flow.state.server_base);
+    let at = flow.state.server_offset;
+    let skip = at.wrapping_sub(rel);
+    if skip >= tcp.payload_len {
+        return;
+    }
+    let offset = tcp.payload_offset + skip;
+    match flow.state.tracker.phase() {
+        Phase::AwaitAnswer => {
+            if let Some(answer) = packet::payload_byte(flow.ctx, offset) {
+                flow.state.server_offset = at + 1;
+                let e = flow.state.tracker.server_answer(answer);
+                flow.apply(e);
+            }
+        }
+        Phase::AwaitAuth => {
+            // Byte1 type, Int32 length, Int32 code (for 'R'): nine bytes when they are all
+            // in this segment, else the type alone.
+            let code = if tcp.payload_len - skip >= 9 {
+                packet::payload_array::<9>(flow.ctx, offset)
+                    .map(|m| u32::from_be_bytes([m[5], m[6], m[7], m[8]]))
+            } else {
+                None
+            };
+            if let Some(msg_type) = packet::payload_byte(flow.ctx, offset) {
+                let e = flow.state.tracker.server_auth(msg_type, code);
+                flow.apply(e);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A connection with no connect record: opened before the sensor started, its record
+/// evicted, or (role server) accepted from a remote client. Tracked only if this data
+/// segment provably starts the client's stream.
+#[inline(always)]
+fn adopt(ctx: &SkBuffContext, cookie: u64, tcp: &TcpHeader, role: Role) -> Option<*mut ConnState> {
+    if tcp.payload_len == 0 || tcp.flags & TCP_SYN != 0 {
+        return None;
+    }
+    let role_flag = if role == Role::Server { conn_flags::ROLE_SERVER } else { 0 };
+    let mut state = ConnState::new(ProcRecord::EMPTY, conn_flags::ADOPTED | role_flag);
+    if !proof::client_start(ctx, tcp, role, &mut state) {
+        return None;
+    }
+    maps::CONNECTIONS.insert(cookie, state, 0).ok()?;
+    counters::stat(Stat::ConnectionsAdopted);
+    maps::CONNECTIONS.get_ptr_mut(cookie)
+}
