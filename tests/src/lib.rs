@@ -8,6 +8,7 @@
 pub mod capture;
 pub mod certs;
 pub mod clients;
+pub mod hosts;
 pub mod kerberos;
 pub mod memscan;
 pub mod metrics;
