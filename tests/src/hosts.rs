@@ -91,7 +91,7 @@ impl Drop for ChildCgroup {
 pub fn cgroup2_root() -> anyhow::Result<std::path::PathBuf> {
     let info = std::fs::read_to_string("/proc/self/mountinfo")?;
     info.lines()
-        .filter_map(|l| l.split_once(" - ").map(|(a, b)| (a, b)))
+        .filter_map(|l| l.split_once(" - "))
         .find(|(a, b)| b.starts_with("cgroup2 ") && a.split_whitespace().nth(3) == Some("/"))
         .and_then(|(a, _)| a.split_whitespace().nth(4).map(std::path::PathBuf::from))
         .context("no cgroup2 mount")
