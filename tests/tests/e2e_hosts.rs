@@ -159,7 +159,7 @@ fn several_watched_ports() -> anyhow::Result<()> {
     let mut opts = PgOptions::tls("hosts-5432");
     opts.listen = vec!["127.0.0.5".into()];
     opts.port = 5432;
-    let postgres_port = PgServer::start(opts)?;
+    let _server_on_5432 = PgServer::start(opts)?;
     let sensor = Sensor::start(&["--ports", "26257,5432"])?;
     let before = sensor.metrics()?;
     let a = psql(&cockroach_port, "sslmode=disable gssencmode=disable", "postgres", "postgres")?
