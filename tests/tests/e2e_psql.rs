@@ -123,3 +123,23 @@ fn findings_carry_process_context_with_secrets_redacted_from_the_command_line() 
     assert!(!sensor.stderr().contains(SECRET), "the password leaked into the log");
     Ok(())
 }
+
+#[test]
+fn a_process_gone_before_its_finding_keeps_the_kernel_record() -> anyhow::Result<()> {
+    let _serial = serial();
+    let pg = PgServer::start(PgOptions::tls("e2e-exited"))?;
+    let sensor = Sensor::start(&[])?;
+    // Freeze the agent: psql connects, finishes and exits before the event is read.
+    unsafe { libc::kill(sensor.pid() as i32, libc::SIGSTOP) };
+    let run = psql(&pg, "sslmode=disable gssencmode=disable", "postgres", "postgres");
+    unsafe { libc::kill(sensor.pid() as i32, libc::SIGCONT) };
+    let gone = run?.expect_success()?;
+    let f = &sensor.wait_findings_of(gone.pid, 1)?[0];
+    let p = &f["process"];
+    assert_eq!(p["comm"], "psql", "from the kernel's connect-time record");
+    assert_eq!(p["uid"], 0);
+    assert_eq!(p["exited"], true);
+    assert!(p.get("exe").is_none() && p.get("cmdline").is_none(), "nothing guessed: {p}");
+    assert_eq!(f["verdict"], "plaintext");
+    Ok(())
+}
