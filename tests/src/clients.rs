@@ -39,17 +39,26 @@ pub fn psql_at(
     } else {
         cmd.env_remove("PGPASSWORD");
     }
+    run_client(
+        cmd.args([&conninfo, "-X", "-At", "-c"])
+            .arg("select ssl from pg_stat_ssl where pid = pg_backend_pid()")
+            // No ~/.pgpass, service files or environment defaults leak in from the host.
+            .env_remove("PGSSLMODE")
+            .env_remove("PGGSSENCMODE")
+            .env("PGPASSFILE", "/dev/null"),
+    )
+}
+
+/// Run a client to completion with its output captured, remembering its pid (the process
+/// the sensor must attribute the session to; wrappers like `ip netns exec` or `sh -c exec`
+/// keep the pid).
+pub fn run_client(cmd: &mut Command) -> anyhow::Result<ClientRun> {
+    let shown = format!("{cmd:?}");
     let child = cmd
-        .args([&conninfo, "-X", "-At", "-c"])
-        .arg("select ssl from pg_stat_ssl where pid = pg_backend_pid()")
-        // No ~/.pgpass, service files or environment defaults leak in from the host.
-        .env_remove("PGSSLMODE")
-        .env_remove("PGGSSENCMODE")
-        .env("PGPASSFILE", "/dev/null")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .context("running psql")?;
+        .with_context(|| format!("running {shown}"))?;
     let pid = child.id();
     let out = child.wait_with_output()?;
     Ok(ClientRun {

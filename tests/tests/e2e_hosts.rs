@@ -1,11 +1,9 @@
 //! Issue 4's deployment shapes: the database-host role, a client in its own network
 //! namespace, a client in a child cgroup, several watched ports.
 
-use std::process::Stdio;
-
 use serde_json::Value;
 use tests::{
-    clients::{psql, psql_at},
+    clients::{psql, psql_at, run_client},
     hosts::{cgroup2_root, ChildCgroup, NetNs, HOST_ADDR, NS_ADDR},
     pg::{PgOptions, PgServer},
     sensor::Sensor,
@@ -106,20 +104,18 @@ fn a_client_in_its_own_network_namespace_is_caught() -> anyhow::Result<()> {
     opts.hba = vec!["local all all trust".into(), format!("host all all {NS_ADDR}/32 trust")];
     let pg = PgServer::start(opts)?;
     let sensor = Sensor::start(&[])?;
-    let child = ns
-        .command("psql")
-        .arg(format!(
-            "host={HOST_ADDR} port={} user=postgres dbname=postgres sslmode=disable gssencmode=disable",
-            pg.port
-        ))
-        .args(["-X", "-At", "-c", "select 1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
     // `ip netns exec` execs psql: the pid is psql's.
-    let pid = child.id();
-    let out = child.wait_with_output()?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pid = run_client(
+        ns.command("psql")
+            .arg(format!(
+                "host={HOST_ADDR} port={} user=postgres dbname=postgres sslmode=disable \
+                 gssencmode=disable",
+                pg.port
+            ))
+            .args(["-X", "-At", "-c", "select 1"]),
+    )?
+    .expect_success()?
+    .pid;
     let f = &sensor.wait_findings_of(pid, 1)?[0];
     assert_eq!(f["verdict"], "plaintext");
     assert_eq!(f["process"]["comm"], "psql");
@@ -134,17 +130,14 @@ fn a_client_in_a_child_cgroup_is_caught_with_its_cgroup() -> anyhow::Result<()> 
     let pg = PgServer::start(PgOptions::tls("hosts-cgroup"))?;
     let cgroup = ChildCgroup::create(&cgroup2_root()?)?;
     let sensor = Sensor::start(&[])?;
-    let child = cgroup
-        .enter_then(&format!(
-            "psql 'host={} port={} user=postgres dbname=postgres sslmode=disable gssencmode=disable' -X -At -c 'select 1'",
-            pg.host, pg.port
-        ))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let pid = child.id(); // sh execs psql: same pid
-    let out = child.wait_with_output()?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // sh execs psql: same pid.
+    let pid = run_client(&mut cgroup.enter_then(&format!(
+        "psql 'host={} port={} user=postgres dbname=postgres sslmode=disable gssencmode=disable' \
+         -X -At -c 'select 1'",
+        pg.host, pg.port
+    )))?
+    .expect_success()?
+    .pid;
     let f = &sensor.wait_findings_of(pid, 1)?[0];
     assert_eq!(f["verdict"], "plaintext");
     assert_eq!(f["process"]["cgroup"], cgroup.relative.as_str());

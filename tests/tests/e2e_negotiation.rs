@@ -163,7 +163,7 @@ fn man_in_the_middle_answering_n_downgrades_a_prefer_client() -> anyhow::Result<
 
 #[test]
 fn kerberos_gss_encrypted_session_is_counted_gssenc_without_a_finding() -> anyhow::Result<()> {
-    use std::process::{Command, Stdio};
+    use std::process::Command;
     use tests::kerberos::{Realm, CLIENT};
     let _serial = serial();
     let realm = Realm::start()?;
@@ -182,28 +182,21 @@ fn kerberos_gss_encrypted_session_is_counted_gssenc_without_a_finding() -> anyho
     let sensor = Sensor::start(&[])?;
     let before = sensor.metrics()?;
 
-    let child = Command::new("psql")
-        .arg(format!(
-            "host=localhost hostaddr=127.0.0.1 port={} user={CLIENT} dbname=postgres \
-             gssencmode=require sslmode=disable",
-            pg.port
-        ))
-        .args([
-            "-X",
-            "-At",
-            "-c",
-            "select encrypted from pg_stat_gssapi where pid = pg_backend_pid()",
-        ])
-        .env("KRB5_CONFIG", &realm.krb5_conf)
-        .env("KRB5CCNAME", realm.ccache_name())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let pid = child.id();
-    let out = child.wait_with_output()?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "GSS session failed: {stderr}\n{}", pg.log());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "t", "the server says GSS-encrypted");
+    let run = tests::clients::run_client(
+        Command::new("psql")
+            .arg(format!(
+                "host=localhost hostaddr=127.0.0.1 port={} user={CLIENT} dbname=postgres \
+                 gssencmode=require sslmode=disable",
+                pg.port
+            ))
+            .args(["-X", "-At", "-c"])
+            .arg("select encrypted from pg_stat_gssapi where pid = pg_backend_pid()")
+            .env("KRB5_CONFIG", &realm.krb5_conf)
+            .env("KRB5CCNAME", realm.ccache_name()),
+    )?;
+    assert!(run.success, "GSS session failed: {}\n{}", run.stderr, pg.log());
+    assert_eq!(run.stdout, "t", "the server says GSS-encrypted");
+    let pid = run.pid;
 
     std::thread::sleep(std::time::Duration::from_millis(300));
     let after = sensor.metrics()?;

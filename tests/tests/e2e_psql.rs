@@ -78,7 +78,7 @@ fn psql_plaintext_session_is_reported_and_tls_session_only_counted() -> anyhow::
 #[test]
 fn findings_carry_process_context_with_secrets_redacted_from_the_command_line() -> anyhow::Result<()>
 {
-    use std::process::{Command, Stdio};
+    use std::process::Command;
     const SECRET: &str = "Cmdl1ne-S3cret-e8d1";
     let _serial = serial();
     let mut opts = PgOptions::tls("e2e-process");
@@ -95,15 +95,13 @@ fn findings_carry_process_context_with_secrets_redacted_from_the_command_line() 
     let uri = format!(
         "postgresql://cmd_user:{SECRET}@127.0.0.1:26257/postgres?sslmode=disable&gssencmode=disable"
     );
-    let child = Command::new("psql")
-        .args([uri.as_str(), "-X", "-At", "-c", "select 1"])
-        .env("PGPASSFILE", "/dev/null")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let pid = child.id();
-    let out = child.wait_with_output()?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pid = tests::clients::run_client(
+        Command::new("psql")
+            .args([uri.as_str(), "-X", "-At", "-c", "select 1"])
+            .env("PGPASSFILE", "/dev/null"),
+    )?
+    .expect_success()?
+    .pid;
 
     let f = &sensor.wait_findings_of(pid, 1)?[0];
     let p = &f["process"];
