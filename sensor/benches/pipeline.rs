@@ -1,0 +1,96 @@
+//! Microbenchmarks of what every session costs outside the kernel: classifying the first
+//! bytes, stepping the state machine, and turning an event into a JSON finding line.
+//! `cargo bench -p sensor` (no root, any machine).
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use sensor::session::finding_from_event;
+use sensor_common::{
+    event::{event_flags, ProcRecord, SessionEvent, AF_INET, EVENT_SESSION},
+    limits::CAPTURE_LEN,
+    pgwire::{classify_bytes, StartupParams},
+    test_util::startup_message,
+    tracker::Tracker,
+    verdict::{Role, Verdict},
+};
+
+fn startup() -> Vec<u8> {
+    startup_message(&[
+        ("user", "billing"),
+        ("database", "orders"),
+        ("application_name", "flask-orders"),
+        ("client_encoding", "UTF8"),
+    ])
+}
+
+fn classifier(c: &mut Criterion) {
+    let msg = startup();
+    let ssl = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+    let garbage = b"GET / HTTP/1.1\r\nHost: db\r\n\r\n";
+    let mut g = c.benchmark_group("classify_first");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("startup", |b| b.iter(|| classify_bytes(black_box(&msg))));
+    g.bench_function("ssl_request", |b| b.iter(|| classify_bytes(black_box(&ssl))));
+    g.bench_function("garbage", |b| b.iter(|| classify_bytes(black_box(garbage))));
+    g.finish();
+    c.bench_function("startup_params", |b| b.iter(|| StartupParams::new(black_box(&msg)).count()));
+    c.bench_function("tracker_downgrade_with_password", |b| {
+        b.iter(|| {
+            let mut t = Tracker::NEW;
+            t.client_message(classify_bytes(black_box(&ssl)));
+            t.server_answer(black_box(b'N'));
+            t.client_message(classify_bytes(black_box(&msg)));
+            t.server_auth(b'R', Some(3));
+            t.client_auth_reply(b'p');
+            t
+        })
+    });
+}
+
+fn event(msg: &[u8]) -> SessionEvent {
+    let mut comm = [0u8; 16];
+    comm[..6].copy_from_slice(b"python");
+    let mut ev = SessionEvent {
+        kind: EVENT_SESSION,
+        flags: event_flags::PROC_KNOWN,
+        cookie: 42,
+        seen_ns: 1,
+        proc_: ProcRecord {
+            pid_tgid: 7 << 32 | 7,
+            uid_gid: 1000,
+            cgroup_id: 1,
+            connect_ns: 0,
+            comm,
+        },
+        src_addr: [0; 16],
+        dst_addr: [0; 16],
+        src_port: 40000,
+        dst_port: 26257,
+        ip_version: AF_INET,
+        role: Role::Client as u8,
+        verdict: Verdict::Plaintext as u8,
+        reason: 0,
+        requests: 0,
+        answers: 0,
+        _pad: [0; 2],
+        message_len: msg.len() as u32,
+        captured_len: msg.len() as u32,
+        _pad2: 0,
+        captured: [0; CAPTURE_LEN],
+    };
+    ev.captured[..msg.len()].copy_from_slice(msg);
+    ev
+}
+
+fn finding_encoder(c: &mut Criterion) {
+    let ev = event(&startup());
+    c.bench_function("finding_from_event", |b| b.iter(|| finding_from_event(black_box(&ev))));
+    let finding = finding_from_event(&ev);
+    c.bench_function("finding_to_json_line", |b| {
+        b.iter(|| serde_json::to_vec(black_box(&finding)).map(|v| v.len()))
+    });
+}
+
+criterion_group!(benches, classifier, finding_encoder);
+criterion_main!(benches);
