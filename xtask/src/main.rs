@@ -3,7 +3,12 @@
 //! - `setup [--test-deps]`: idempotent bootstrap of a fresh machine (scripts/bootstrap.sh).
 //! - `run [SENSOR ARGS...]`: setup, release build, then `sensor run` with those arguments.
 //! - `test`: setup with test dependencies, fmt and clippy checks, build, then every test
-//!   (as root: the end-to-end tests load and attach real eBPF programs).
+//!   (as root: the end-to-end tests load and attach real eBPF programs), then a smoke run
+//!   of the benchmark.
+//! - `bench [--smoke] [--pairs N] [--seconds S] [--threads N]`: the sensor's cost, attached
+//!   versus detached (see bench/mod.rs).
+mod bench;
+
 use std::{
     env,
     os::unix::process::CommandExt,
@@ -24,8 +29,11 @@ fn main() -> ExitCode {
         "setup" => setup(rest.iter().any(|a| a == "--test-deps")),
         "run" => run_sensor(rest),
         "test" => test(),
+        "bench" => bench_cmd(rest),
         "help" | "--help" | "-h" => {
-            println!("usage: cargo xtask <setup [--test-deps] | run [ARGS...] | test>");
+            println!(
+                "usage: cargo xtask <setup [--test-deps] | run [ARGS...] | test | bench [--smoke]>"
+            );
             return ExitCode::SUCCESS;
         }
         other => {
@@ -119,7 +127,18 @@ fn test() -> anyhow::Result<()> {
     status(cargo().args(["build", "--package", "sensor"]))?;
     // Default members only: the kernel crate cannot build for the host.
     status(cargo().args(["test", "--", "--nocapture"]))?;
-    Ok(())
+    // The benchmark must keep running; no targets are asserted in this short form.
+    bench_cmd(&["--smoke".to_string()])
+}
+
+fn bench_cmd(args: &[String]) -> anyhow::Result<()> {
+    if effective_uid() != 0 {
+        bail!("the benchmark attaches eBPF programs: run as root");
+    }
+    let opts = bench::Options::parse(args, &root_dir())?;
+    setup(false)?;
+    status(cargo().args(["build", "--release", "--package", "sensor"]))?;
+    bench::run(&root_dir(), opts)
 }
 
 fn effective_uid() -> u32 {

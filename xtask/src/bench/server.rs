@@ -1,0 +1,74 @@
+//! A minimal pgwire server for benchmarks: answers SSLRequest with `N` or `S` (by port),
+//! reads the client's next message, answers AuthenticationOk and closes; a sink port reads
+//! everything (bulk throughput). Threads, std only: the cost measured must be the sensor's.
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    thread,
+};
+
+#[derive(Clone, Copy)]
+pub enum Answer {
+    /// "no TLS": the client goes on in plaintext (a downgrade).
+    No,
+    /// "TLS follows": the client sends a ClientHello; the server just reads and closes.
+    Yes,
+}
+
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+const AUTH_OK: [u8; 9] = [b'R', 0, 0, 0, 8, 0, 0, 0, 0];
+
+pub fn spawn_pgwire(addr: &str, answer: Answer) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(addr)?;
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            thread::spawn(move || {
+                let _ = serve(stream, answer);
+            });
+        }
+    });
+    Ok(())
+}
+
+fn read_message(s: &mut TcpStream, first8: &[u8; 8]) -> std::io::Result<()> {
+    let len = u32::from_be_bytes([first8[0], first8[1], first8[2], first8[3]]) as usize;
+    let mut rest = vec![0u8; len.saturating_sub(8).min(10_000)];
+    s.read_exact(&mut rest)
+}
+
+fn serve(mut s: TcpStream, answer: Answer) -> std::io::Result<()> {
+    s.set_nodelay(true)?;
+    let mut first = [0u8; 8];
+    s.read_exact(&mut first)?;
+    if first == SSL_REQUEST {
+        match answer {
+            Answer::Yes => {
+                s.write_all(b"S")?;
+                let mut hello = [0u8; 512];
+                let _ = s.read(&mut hello)?;
+                return Ok(());
+            }
+            Answer::No => {
+                s.write_all(b"N")?;
+                s.read_exact(&mut first)?;
+            }
+        }
+    }
+    read_message(&mut s, &first)?;
+    s.write_all(&AUTH_OK)?;
+    Ok(())
+}
+
+pub fn spawn_sink(addr: &str) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(addr)?;
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            thread::spawn(move || {
+                let mut s = stream;
+                let _ = std::io::copy(&mut s, &mut std::io::sink());
+            });
+        }
+    });
+    Ok(())
+}
