@@ -42,9 +42,9 @@ impl Flow<'_> {
     #[inline(always)]
     pub fn client_data(&mut self, rel: u32, payload_offset: u32, len: u32) {
         let pending = self.state.flags & conn_flags::EVENT_PENDING != 0;
-        if self.state.tracker.wants_client_message() || pending {
-            self.assemble(rel, payload_offset, len);
-        } else if self.state.tracker.phase == sensor_common::tracker::Phase::AwaitPassword as u8 {
+        // The reply to an authentication request is checked first, even while the startup
+        // evidence is incomplete (a hole never filled): the password must not be missed.
+        if self.state.tracker.phase == sensor_common::tracker::Phase::AwaitPassword as u8 {
             // Only the type byte of the client's reply is read: never the secret itself.
             let reply_at = self.state.msg_start.wrapping_add(self.state.msg_len);
             let skip = reply_at.wrapping_sub(rel);
@@ -54,6 +54,8 @@ impl Flow<'_> {
                     self.apply(e);
                 }
             }
+        } else if self.state.tracker.wants_client_message() || pending {
+            self.assemble(rel, payload_offset, len);
         }
     }
 
