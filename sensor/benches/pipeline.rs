@@ -7,12 +7,10 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use sensor::session::finding_from_event;
 use sensor_common::{
-    event::{event_flags, ProcRecord, SessionEvent, AF_INET, EVENT_SESSION},
-    limits::CAPTURE_LEN,
     pgwire::{classify_bytes, StartupParams},
-    test_util::startup_message,
+    test_util::{session_event, startup_message},
     tracker::Tracker,
-    verdict::{Role, Verdict},
+    verdict::Verdict,
 };
 
 fn startup() -> Vec<u8> {
@@ -48,43 +46,8 @@ fn classifier(c: &mut Criterion) {
     });
 }
 
-fn event(msg: &[u8]) -> SessionEvent {
-    let mut comm = [0u8; 16];
-    comm[..6].copy_from_slice(b"python");
-    let mut ev = SessionEvent {
-        kind: EVENT_SESSION,
-        flags: event_flags::PROC_KNOWN,
-        cookie: 42,
-        seen_ns: 1,
-        proc_: ProcRecord {
-            pid_tgid: 7 << 32 | 7,
-            uid_gid: 1000,
-            cgroup_id: 1,
-            connect_ns: 0,
-            comm,
-        },
-        src_addr: [0; 16],
-        dst_addr: [0; 16],
-        src_port: 40000,
-        dst_port: 26257,
-        ip_version: AF_INET,
-        role: Role::Client as u8,
-        verdict: Verdict::Plaintext as u8,
-        reason: 0,
-        requests: 0,
-        answers: 0,
-        _pad: [0; 2],
-        message_len: msg.len() as u32,
-        captured_len: msg.len() as u32,
-        _pad2: 0,
-        captured: [0; CAPTURE_LEN],
-    };
-    ev.captured[..msg.len()].copy_from_slice(msg);
-    ev
-}
-
 fn finding_encoder(c: &mut Criterion) {
-    let ev = event(&startup());
+    let ev = session_event(Verdict::Plaintext, &startup(), "python");
     c.bench_function("finding_from_event", |b| b.iter(|| finding_from_event(black_box(&ev))));
     let finding = finding_from_event(&ev);
     c.bench_function("finding_to_json_line", |b| {

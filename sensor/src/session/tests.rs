@@ -1,46 +1,11 @@
 use super::*;
-use sensor_common::{
-    event::{ProcRecord, AF_INET, AF_INET6},
-    limits::CAPTURE_LEN,
-};
+use sensor_common::event::AF_INET6;
 
 use sensor_common::test_util::startup_message;
 
 fn event(verdict: Verdict, captured: &[u8]) -> SessionEvent {
-    let mut comm = [0u8; 16];
-    comm[..4].copy_from_slice(b"psql");
-    let mut ev = SessionEvent {
-        kind: sensor_common::event::EVENT_SESSION,
-        cookie: 7,
-        seen_ns: crate::clock::monotonic_ns(),
-        proc_: ProcRecord {
-            pid_tgid: (4242u64 << 32) | 4243,
-            uid_gid: (100u64 << 32) | 1000,
-            cgroup_id: 99,
-            connect_ns: 0,
-            comm,
-        },
-        src_addr: [0; 16],
-        dst_addr: [0; 16],
-        src_port: 40000,
-        dst_port: 26257,
-        ip_version: AF_INET,
-        role: Role::Client as u8,
-        verdict: verdict as u8,
-        reason: 0,
-        flags: event_flags::PROC_KNOWN,
-        requests: 0,
-        answers: 0,
-        _pad: [0; 2],
-        message_len: captured.len() as u32,
-        captured_len: captured.len().min(CAPTURE_LEN) as u32,
-        _pad2: 0,
-        captured: [0; CAPTURE_LEN],
-    };
-    ev.src_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
-    ev.dst_addr[..4].copy_from_slice(&[127, 0, 0, 2]);
-    let n = captured.len().min(CAPTURE_LEN);
-    ev.captured[..n].copy_from_slice(&captured[..n]);
+    let mut ev = sensor_common::test_util::session_event(verdict, captured, "psql");
+    ev.seen_ns = crate::clock::monotonic_ns();
     ev
 }
 

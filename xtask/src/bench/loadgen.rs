@@ -42,17 +42,11 @@ impl Session {
 }
 
 pub fn startup_message() -> Vec<u8> {
-    let mut body = vec![0, 3, 0, 0];
-    for (k, v) in [("user", "bench"), ("database", "bench"), ("application_name", "loadgen")] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut msg = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    msg.extend_from_slice(&body);
-    msg
+    sensor_common::test_util::startup_message(&[
+        ("user", "bench"),
+        ("database", "bench"),
+        ("application_name", "loadgen"),
+    ])
 }
 
 const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];

@@ -73,6 +73,20 @@ struct Row {
 }
 
 impl Row {
+    fn new(workload: String, unit: &'static str) -> Row {
+        Row {
+            workload,
+            unit,
+            detached: vec![],
+            attached: vec![],
+            sent: 0,
+            counted: 0,
+            lost: 0,
+            cpu_ms_per_1000: None,
+            peak_rss_kib: None,
+        }
+    }
+
     fn ratios(&self) -> Vec<f64> {
         self.detached.iter().zip(&self.attached).map(|(a, b)| b / a).collect()
     }
@@ -100,17 +114,7 @@ pub fn run(root: &std::path::Path, opts: Options) -> anyhow::Result<()> {
     for kind in [Session::Plaintext, Session::Downgrade, Session::Tls] {
         let addr: SocketAddr =
             if kind == Session::Tls { TLS_SERVER } else { DOWNGRADE_SERVER }.parse()?;
-        let mut row = Row {
-            workload: format!("sessions/s {}", kind.name()),
-            unit: "sessions/s",
-            detached: vec![],
-            attached: vec![],
-            sent: 0,
-            counted: 0,
-            lost: 0,
-            cpu_ms_per_1000: None,
-            peak_rss_kib: None,
-        };
+        let mut row = Row::new(format!("sessions/s {}", kind.name()), "sessions/s");
         let mut cpu_total = 0.0;
         for _ in 0..opts.pairs {
             let a = loadgen::sessions(addr, kind, opts.threads, duration, u64::MAX);
@@ -138,17 +142,7 @@ pub fn run(root: &std::path::Path, opts: Options) -> anyhow::Result<()> {
         [("bulk unwatched port", SINK_UNWATCHED), ("bulk watched port", SINK_WATCHED)]
     {
         let addr: SocketAddr = sink.parse()?;
-        let mut row = Row {
-            workload: name.to_string(),
-            unit: "MB/s",
-            detached: vec![],
-            attached: vec![],
-            sent: 0,
-            counted: 0,
-            lost: 0,
-            cpu_ms_per_1000: None,
-            peak_rss_kib: None,
-        };
+        let mut row = Row::new(name.to_string(), "MB/s");
         for _ in 0..opts.pairs {
             row.detached.push(loadgen::bulk(addr, duration)? / 1e6);
             let sensor = sensor_proc::SensorProc::start(&sensor_bin, &[])?;
