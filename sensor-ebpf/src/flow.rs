@@ -72,7 +72,7 @@ impl Flow<'_> {
             self.classify(capture);
         }
         if self.state.flags & conn_flags::EVENT_PENDING != 0 && self.capture_complete() {
-            self.flush_session(capture);
+            self.emit_session(capture);
         }
     }
 
@@ -228,11 +228,10 @@ impl Flow<'_> {
         let pending = self.state.flags & conn_flags::EVENT_PENDING != 0;
         if pending && effects & (effect::AUTH | effect::DONE) != 0 {
             // The session must be reported before its authentication (or before it is
-            // forgotten), with whatever of its message was captured.
-            match self.capture() {
-                Some(capture) => self.flush_session(capture),
-                None => self.flush_session_without_capture(),
-            }
+            // forgotten), with whatever of its message was captured. Only looked up: a
+            // capture created now would be empty.
+            let capture = maps::CAPTURES.get_ptr_mut(self.cookie).unwrap_or(core::ptr::null_mut());
+            self.emit_session(capture);
         }
         if effects & effect::AUTH != 0 {
             self.report_auth();
@@ -261,16 +260,6 @@ impl Flow<'_> {
         #[allow(clippy::needless_borrows_for_generic_args)]
         maps::CAPTURES.insert(self.cookie, unsafe { &*zero }, 0).ok()?;
         maps::CAPTURES.get_ptr_mut(self.cookie)
-    }
-
-    #[inline(always)]
-    fn flush_session(&mut self, capture: *mut Capture) {
-        self.emit_session(capture);
-    }
-
-    #[inline(always)]
-    fn flush_session_without_capture(&mut self) {
-        self.emit_session(core::ptr::null_mut());
     }
 
     /// Not inlined (it is called from several places); takes a plain pointer (null: no

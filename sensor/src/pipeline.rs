@@ -2,10 +2,7 @@
 
 use std::{sync::Arc, time::Instant};
 
-use sensor_common::{
-    tracker::AuthMethod,
-    verdict::{Severity, Verdict},
-};
+use sensor_common::{tracker::AuthMethod, verdict::Severity};
 use tracing::error;
 
 use crate::{
@@ -66,7 +63,7 @@ impl Pipeline {
     pub fn handle(&mut self, event: KernelEvent, now: Instant) {
         match event {
             KernelEvent::Session(ev) => {
-                let verdict = Verdict::from_u8(ev.verdict).unwrap_or(Verdict::Unknown);
+                let (verdict, _) = session::kernel_verdict(&ev);
                 if verdict.is_encrypted() {
                     return; // counted in the kernel; no evidence to report
                 }
