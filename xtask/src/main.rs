@@ -97,7 +97,6 @@ fn test() -> anyhow::Result<()> {
     setup(true)?;
     status(cargo().args(["fmt", "--all", "--", "--check"]))?;
     status(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
-    // The kernel crate only builds for the BPF target, with the pinned nightly.
     // The kernel crate only builds for the BPF target, with the pinned nightly (through
     // rustup: $CARGO is the stable cargo itself and ignores `+nightly`).
     status(

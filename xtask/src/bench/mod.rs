@@ -1,25 +1,33 @@
 //! `cargo xtask bench`: the sensor's cost on the host, measured side by side. Each workload
 //! runs with the sensor detached (A) and attached (B), alternated `pairs` times; reported
 //! as per-pair B/A ratios and their median, plus what the attached runs cost the agent
-//! (CPU per 1000 sessions, peak RSS) and whether every session was counted. Results go to
-//! stdout as a table and to target/bench/results.json.
-//!
-//! Not yet measured here (issue 6 continues): finding latency, kernel run time per program
-//! from bpf_stats, the 100,000-session flood with a tiny ring buffer.
+//! (CPU per 1000 sessions, peak RSS) and whether every session was counted. Then, with the
+//! sensor attached: the kernel's own run time per program (bpf_stats) on each workload, the
+//! finding latency at a steady rate, and a flood into a tiny ring buffer whose counts must
+//! stay exact. Results go to stdout as tables and to target/bench/results.json.
 
+mod kstats;
+mod latency;
 mod loadgen;
+mod report;
 mod sensor_proc;
 mod server;
 
-use std::{fmt::Write as _, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::Path, path::PathBuf, time::Duration, time::Instant};
 
 use anyhow::Context;
 use loadgen::Session;
+use report::{Flood, Report, Row};
+use sensor_proc::SensorProc;
 
 pub struct Options {
     pub pairs: usize,
     pub seconds: f64,
     pub threads: usize,
+    /// Sessions in the flood.
+    pub flood: u64,
+    /// Steady rate of the finding-latency run, sessions per second.
+    pub latency_rate: f64,
     pub out: PathBuf,
 }
 
@@ -29,6 +37,8 @@ impl Options {
             pairs: 3,
             seconds: 5.0,
             threads: 4,
+            flood: 100_000,
+            latency_rate: 500.0,
             out: root.join("target/bench/results.json"),
         };
         let mut it = args.iter();
@@ -38,16 +48,23 @@ impl Options {
                 "--smoke" => {
                     o.pairs = 1;
                     o.seconds = 1.0;
+                    o.flood = 2_000;
                 }
                 "--pairs" => o.pairs = value()?.parse().context("--pairs")?,
                 "--seconds" => o.seconds = value()?.parse().context("--seconds")?,
                 "--threads" => o.threads = value()?.parse().context("--threads")?,
+                "--flood" => o.flood = value()?.parse().context("--flood")?,
+                "--latency-rate" => o.latency_rate = value()?.parse().context("--latency-rate")?,
                 other => anyhow::bail!(
-                    "bench: unknown option {other} (--smoke, --pairs N, --seconds S, --threads N)"
+                    "bench: unknown option {other} (--smoke, --pairs N, --seconds S, \
+                     --threads N, --flood SESSIONS, --latency-rate PER_SECOND)"
                 ),
             }
         }
-        anyhow::ensure!(o.pairs >= 1 && o.seconds > 0.0 && o.threads >= 1, "bench: bad options");
+        anyhow::ensure!(
+            o.pairs >= 1 && o.seconds > 0.0 && o.threads >= 1 && o.latency_rate > 0.0,
+            "bench: --pairs, --threads and --latency-rate must be positive"
+        );
         Ok(o)
     }
 }
@@ -59,157 +76,182 @@ const TLS_SERVER: &str = "127.0.0.2:26257";
 const SINK_WATCHED: &str = "127.0.0.3:26257";
 const SINK_UNWATCHED: &str = "127.0.0.3:26258";
 
-struct Row {
-    workload: String,
-    unit: &'static str,
-    detached: Vec<f64>,
-    attached: Vec<f64>,
-    /// Attached runs: sessions sent, sessions the kernel counted, events lost.
-    sent: u64,
-    counted: u64,
-    lost: u64,
-    cpu_ms_per_1000: Option<f64>,
-    peak_rss_kib: Option<u64>,
-}
+/// The smallest ring buffer the sensor accepts: the flood must overflow it.
+const FLOOD_RING_BYTES: u32 = 4096;
 
-impl Row {
-    fn new(workload: String, unit: &'static str) -> Row {
-        Row {
-            workload,
-            unit,
-            detached: vec![],
-            attached: vec![],
-            sent: 0,
-            counted: 0,
-            lost: 0,
-            cpu_ms_per_1000: None,
-            peak_rss_kib: None,
-        }
-    }
-
-    fn ratios(&self) -> Vec<f64> {
-        self.detached.iter().zip(&self.attached).map(|(a, b)| b / a).collect()
-    }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-pub fn run(root: &std::path::Path, opts: Options) -> anyhow::Result<()> {
+pub fn run(root: &Path, opts: Options) -> anyhow::Result<()> {
     let sensor_bin = root.join("target/release/sensor");
     server::spawn_pgwire(DOWNGRADE_SERVER, server::Answer::No)?;
     server::spawn_pgwire(TLS_SERVER, server::Answer::Yes)?;
     server::spawn_sink(SINK_WATCHED)?;
     server::spawn_sink(SINK_UNWATCHED)?;
     let duration = Duration::from_secs_f64(opts.seconds);
+
     let mut rows = Vec::new();
-
     for kind in [Session::Plaintext, Session::Downgrade, Session::Tls] {
-        let addr: SocketAddr =
-            if kind == Session::Tls { TLS_SERVER } else { DOWNGRADE_SERVER }.parse()?;
-        let mut row = Row::new(format!("sessions/s {}", kind.name()), "sessions/s");
-        let mut cpu_total = 0.0;
-        for _ in 0..opts.pairs {
-            let a = loadgen::sessions(addr, kind, opts.threads, duration, u64::MAX);
-            row.detached.push(a.per_second());
-            let sensor = sensor_proc::SensorProc::start(&sensor_bin, &[])?;
-            let before = sensor.sample()?;
-            let b = loadgen::sessions(addr, kind, opts.threads, duration, u64::MAX);
-            std::thread::sleep(Duration::from_millis(300));
-            let after = sensor.sample()?;
-            row.attached.push(b.per_second());
-            row.sent += b.sessions - b.errors;
-            row.counted += after.counted(kind.verdict()) - before.counted(kind.verdict());
-            row.lost += after.lost - before.lost;
-            cpu_total += after.cpu_seconds - before.cpu_seconds;
-            row.peak_rss_kib = row.peak_rss_kib.max(Some(after.peak_rss_kib));
-            sensor.stop()?;
-        }
-        if row.sent > 0 {
-            row.cpu_ms_per_1000 = Some(cpu_total * 1000.0 / row.sent as f64 * 1000.0);
-        }
-        rows.push(row);
+        rows.push(sessions_ab(&sensor_bin, kind, &opts, duration)?);
     }
-
     for (name, sink) in
         [("bulk unwatched port", SINK_UNWATCHED), ("bulk watched port", SINK_WATCHED)]
     {
-        let addr: SocketAddr = sink.parse()?;
-        let mut row = Row::new(name.to_string(), "MB/s");
-        for _ in 0..opts.pairs {
-            row.detached.push(loadgen::bulk(addr, duration)? / 1e6);
-            let sensor = sensor_proc::SensorProc::start(&sensor_bin, &[])?;
-            row.attached.push(loadgen::bulk(addr, duration)? / 1e6);
-            sensor.stop()?;
-        }
-        rows.push(row);
+        rows.push(bulk_ab(&sensor_bin, name, sink.parse()?, opts.pairs, duration)?);
     }
+    let kernel = kernel_costs(&sensor_bin, &opts, duration)?;
+    let latency = finding_latency(&sensor_bin, opts.latency_rate, duration)?;
+    let flood = flood(&sensor_bin, opts.flood, opts.threads)?;
+    let report =
+        Report { rows, latency: Some((opts.latency_rate, latency)), kernel, flood: Some(flood) };
 
-    print!("{}", table(&rows));
-    std::fs::create_dir_all(opts.out.parent().unwrap())?;
-    std::fs::write(&opts.out, json(&rows, &opts))?;
+    print!("{}", report.markdown());
+    std::fs::create_dir_all(opts.out.parent().context("--out has no parent")?)?;
+    std::fs::write(&opts.out, report.json(opts.pairs, opts.seconds, opts.threads))?;
     println!("results: {}", opts.out.display());
+    // Counting is correctness, not speed: a miss fails the run, whatever its length.
+    if let Some(row) = report.rows.iter().find(|r| r.counted != r.sent) {
+        anyhow::bail!(
+            "{}: the kernel counted {} of {} sessions",
+            row.workload,
+            row.counted,
+            row.sent
+        );
+    }
+    if let Some(f) = report.flood.as_ref().filter(|f| !f.exact()) {
+        anyhow::bail!(
+            "flood: {} sessions sent, {} counted, {} findings + {} lost session events",
+            f.sent,
+            f.counted,
+            f.findings,
+            f.lost_session
+        );
+    }
     Ok(())
 }
 
-fn table(rows: &[Row]) -> String {
-    let mut t = String::new();
-    let _ = writeln!(t, "| workload | detached (A) | attached (B) | B/A per pair | median B/A | counted/sent | lost | agent CPU ms/1000 sessions | agent peak RSS |");
-    let _ = writeln!(t, "|---|---|---|---|---|---|---|---|---|");
-    for r in rows {
-        let fmt = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ");
-        let ratios = r.ratios();
-        let _ = writeln!(
-            t,
-            "| {} | {} {} | {} | {} | {:.3} | {} | {} | {} | {} |",
-            r.workload,
-            fmt(&r.detached),
-            r.unit,
-            fmt(&r.attached),
-            ratios.iter().map(|x| format!("{x:.3}")).collect::<Vec<_>>().join(", "),
-            median(ratios.clone()),
-            if r.sent > 0 { format!("{}/{}", r.counted, r.sent) } else { "-".into() },
-            if r.sent > 0 { r.lost.to_string() } else { "-".into() },
-            r.cpu_ms_per_1000.map_or("-".into(), |v| format!("{v:.1}")),
-            r.peak_rss_kib.map_or("-".into(), |v| format!("{:.1} MiB", v as f64 / 1024.0)),
-        );
-    }
-    t
+fn session_addr(kind: Session) -> anyhow::Result<SocketAddr> {
+    Ok(if kind == Session::Tls { TLS_SERVER } else { DOWNGRADE_SERVER }.parse()?)
 }
 
-fn json(rows: &[Row], opts: &Options) -> String {
-    let mut out = format!(
-        "{{\"pairs\": {}, \"seconds\": {}, \"threads\": {}, \"results\": [",
-        opts.pairs, opts.seconds, opts.threads
-    );
-    for (i, r) in rows.iter().enumerate() {
-        let list = |v: &[f64]| v.iter().map(|x| format!("{x:.3}")).collect::<Vec<_>>().join(", ");
-        let _ = write!(
-            out,
-            "{}{{\"workload\": \"{}\", \"unit\": \"{}\", \"detached\": [{}], \"attached\": [{}], \
-             \"ratios\": [{}], \"median_ratio\": {:.4}, \"sent\": {}, \"counted\": {}, \
-             \"lost\": {}, \"cpu_ms_per_1000\": {}, \"peak_rss_kib\": {}}}",
-            if i > 0 { ", " } else { "" },
-            r.workload,
-            r.unit,
-            list(&r.detached),
-            list(&r.attached),
-            list(&r.ratios()),
-            median(r.ratios()),
-            r.sent,
-            r.counted,
-            r.lost,
-            r.cpu_ms_per_1000.map_or("null".into(), |v| format!("{v:.3}")),
-            r.peak_rss_kib.map_or("null".into(), |v| v.to_string()),
-        );
+/// Short sessions per second, detached then attached, `pairs` times.
+fn sessions_ab(
+    sensor_bin: &Path,
+    kind: Session,
+    opts: &Options,
+    duration: Duration,
+) -> anyhow::Result<Row> {
+    let addr = session_addr(kind)?;
+    let mut row = Row::new(format!("sessions/s {}", kind.name()), "sessions/s");
+    let mut cpu_total = 0.0;
+    for _ in 0..opts.pairs {
+        let a = loadgen::sessions(addr, kind, opts.threads, duration, u64::MAX);
+        row.detached.push(a.per_second());
+        let sensor = SensorProc::start(sensor_bin, &[])?;
+        let before = sensor.sample()?;
+        let b = loadgen::sessions(addr, kind, opts.threads, duration, u64::MAX);
+        // Let the agent finish what the burst queued before reading its CPU time.
+        std::thread::sleep(Duration::from_millis(300));
+        let after = sensor.sample()?;
+        row.attached.push(b.per_second());
+        row.sent += b.sessions - b.errors;
+        row.counted += after.counted(kind.verdict()) - before.counted(kind.verdict());
+        row.lost += after.lost - before.lost;
+        cpu_total += after.cpu_seconds - before.cpu_seconds;
+        row.peak_rss_kib = row.peak_rss_kib.max(Some(after.peak_rss_kib));
+        sensor.stop()?;
     }
-    out.push_str("]}\n");
-    out
+    if row.sent > 0 {
+        row.cpu_ms_per_1000 = Some(cpu_total * 1000.0 / row.sent as f64 * 1000.0);
+    }
+    Ok(row)
+}
+
+/// Bulk throughput on one connection, detached then attached, `pairs` times.
+fn bulk_ab(
+    sensor_bin: &Path,
+    name: &str,
+    addr: SocketAddr,
+    pairs: usize,
+    duration: Duration,
+) -> anyhow::Result<Row> {
+    let mut row = Row::new(name.to_string(), "MB/s");
+    for _ in 0..pairs {
+        row.detached.push(loadgen::bulk(addr, duration)? / 1e6);
+        let sensor = SensorProc::start(sensor_bin, &[])?;
+        row.attached.push(loadgen::bulk(addr, duration)? / 1e6);
+        sensor.stop()?;
+    }
+    Ok(row)
+}
+
+/// The kernel's run time per program on each workload, with bpf_stats on only for these
+/// runs (the statistics cost two clock reads per run, so the A/B runs go without).
+fn kernel_costs(
+    sensor_bin: &Path,
+    opts: &Options,
+    duration: Duration,
+) -> anyhow::Result<Vec<(String, Vec<kstats::ProgramCost>)>> {
+    let sensor = SensorProc::start(sensor_bin, &[])?;
+    let _stats = kstats::StatsEnabled::turn_on()?;
+    let mut costs = Vec::new();
+    for kind in [Session::Plaintext, Session::Tls] {
+        let before = kstats::ProgramTimes::of_process(sensor.pid())?;
+        loadgen::sessions(session_addr(kind)?, kind, opts.threads, duration, u64::MAX);
+        let after = kstats::ProgramTimes::of_process(sensor.pid())?;
+        costs.push((format!("sessions {}", kind.name()), after.since(&before)));
+    }
+    for (name, sink) in
+        [("bulk unwatched port", SINK_UNWATCHED), ("bulk watched port", SINK_WATCHED)]
+    {
+        let before = kstats::ProgramTimes::of_process(sensor.pid())?;
+        loadgen::bulk(sink.parse()?, duration)?;
+        let after = kstats::ProgramTimes::of_process(sensor.pid())?;
+        costs.push((name.to_string(), after.since(&before)));
+    }
+    sensor.stop()?;
+    Ok(costs)
+}
+
+/// Send-to-finding latency of plaintext sessions at a steady rate.
+fn finding_latency(
+    sensor_bin: &Path,
+    rate: f64,
+    duration: Duration,
+) -> anyhow::Result<latency::Latency> {
+    let mut sensor = SensorProc::start_piped(sensor_bin, &[])?;
+    let findings = latency::watch_findings(sensor.take_findings().context("no findings pipe")?);
+    let measured = latency::measure(session_addr(Session::Plaintext)?, rate, duration, &findings);
+    sensor.stop()?;
+    Ok(measured)
+}
+
+/// `sessions` plaintext sessions as fast as the load generator goes, into the smallest ring
+/// buffer: the kernel's counts must equal what was sent, and every session must be either
+/// reported or counted as lost.
+fn flood(sensor_bin: &Path, sessions: u64, threads: usize) -> anyhow::Result<Flood> {
+    let ring = FLOOD_RING_BYTES.to_string();
+    let sensor = SensorProc::start(sensor_bin, &["--ring-buffer-bytes", &ring])?;
+    let before = sensor.sample()?;
+    let started = Instant::now();
+    let burst = loadgen::sessions(
+        session_addr(Session::Plaintext)?,
+        Session::Plaintext,
+        threads,
+        Duration::from_secs(3600),
+        sessions,
+    );
+    let seconds = started.elapsed().as_secs_f64();
+    // Findings still waiting for an auth event that was lost are written after --auth-wait
+    // (1 s by default).
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = sensor.sample()?;
+    sensor.stop()?;
+    Ok(Flood {
+        ring_buffer_bytes: FLOOD_RING_BYTES,
+        sent: burst.sessions - burst.errors,
+        errors: burst.errors,
+        seconds,
+        counted: after.counted("plaintext") - before.counted("plaintext"),
+        findings: after.findings - before.findings,
+        lost_session: after.lost_of("session") - before.lost_of("session"),
+        lost_auth: after.lost_of("auth") - before.lost_of("auth"),
+    })
 }

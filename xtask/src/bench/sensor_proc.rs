@@ -5,7 +5,7 @@ use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Child, ChildStdout, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -18,12 +18,20 @@ pub struct SensorProc {
 
 pub struct Sample {
     text: String,
+    /// Events the kernel could not deliver, all kinds.
     pub lost: u64,
+    /// Finding lines written.
+    pub findings: u64,
     pub cpu_seconds: f64,
     pub peak_rss_kib: u64,
 }
 
 impl Sample {
+    /// Events of one kind (`session`, `auth`) the kernel could not deliver.
+    pub fn lost_of(&self, kind: &str) -> u64 {
+        sum_where(&self.text, "pgwire_sensor_events_lost_total", &format!("kind=\"{kind}\""))
+    }
+
     /// Client sessions of `verdict`, over all ports.
     pub fn counted(&self, verdict: &str) -> u64 {
         self.text
@@ -35,6 +43,20 @@ impl Sample {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>() as u64
     }
+}
+
+/// The sum of a metric family's samples (all label sets).
+fn sum(text: &str, family: &str) -> u64 {
+    sum_where(text, family, "")
+}
+
+/// The sum of a metric family's samples whose line contains `label`.
+fn sum_where(text: &str, family: &str, label: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(family) && l[family.len()..].starts_with(['{', ' ']))
+        .filter(|l| l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -53,13 +75,24 @@ fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
 }
 
 impl SensorProc {
+    /// Findings go to /dev/null.
     pub fn start(binary: &Path, extra: &[&str]) -> anyhow::Result<SensorProc> {
+        Self::spawn(binary, extra, false)
+    }
+
+    /// Findings go to a pipe: take it with `take_findings`.
+    pub fn start_piped(binary: &Path, extra: &[&str]) -> anyhow::Result<SensorProc> {
+        Self::spawn(binary, extra, true)
+    }
+
+    fn spawn(binary: &Path, extra: &[&str], piped: bool) -> anyhow::Result<SensorProc> {
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let findings = if piped { "-" } else { "/dev/null" };
         let child = Command::new(binary)
             .arg("run")
-            .args(["--findings", "/dev/null", "--metrics-addr", &metrics.to_string()])
+            .args(["--findings", findings, "--metrics-addr", &metrics.to_string()])
             .args(extra)
-            .stdout(Stdio::null())
+            .stdout(if piped { Stdio::piped() } else { Stdio::null() })
             .stderr(Stdio::null())
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
@@ -79,13 +112,18 @@ impl SensorProc {
         }
     }
 
+    pub fn take_findings(&mut self) -> Option<ChildStdout> {
+        self.child.stdout.take()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn sample(&self) -> anyhow::Result<Sample> {
         let (_, text) = http_get(self.metrics, "/metrics")?;
-        let lost = text
-            .lines()
-            .filter(|l| l.starts_with("pgwire_sensor_events_lost_total"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64;
+        let lost = sum(&text, "pgwire_sensor_events_lost_total");
+        let findings = sum(&text, "pgwire_sensor_findings_total");
         let pid = self.child.id();
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
         // Fields after the ")" of comm: utime is the 12th, stime the 13th.
@@ -98,7 +136,7 @@ impl SensorProc {
             .find_map(|l| l.strip_prefix("VmHWM:"))
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .unwrap_or(0);
-        Ok(Sample { text, lost, cpu_seconds: ticks / clock_ticks(), peak_rss_kib })
+        Ok(Sample { text, lost, findings, cpu_seconds: ticks / clock_ticks(), peak_rss_kib })
     }
 
     pub fn stop(mut self) -> anyhow::Result<()> {

@@ -1,0 +1,123 @@
+//! Finding latency: from the client's send of its StartupMessage to the finding line the
+//! agent writes for that session. The agent writes findings to a pipe the bench reads; a
+//! finding is matched to its session by the client's source port (first unmatched send on
+//! that port, since ports are reused across a run).
+
+use std::{
+    collections::{HashMap, VecDeque},
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpStream},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use super::loadgen::startup_message;
+
+pub struct Latency {
+    pub sent: u64,
+    pub matched: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// Read finding lines from `findings` on a thread: (client port, when the line arrived).
+pub fn watch_findings(findings: impl Read + Send + 'static) -> mpsc::Receiver<(u16, Instant)> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(findings).lines() {
+            let Ok(line) = line else { break };
+            let now = Instant::now();
+            if let Some(port) = client_port(&line) {
+                if tx.send((port, now)).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    // The thread ends when the sensor's stdout closes (the sensor stopped).
+    rx
+}
+
+/// The client's port in a client-role finding line: `"src":{"ip":"...","port":N}`.
+fn client_port(line: &str) -> Option<u16> {
+    let src = &line[line.find("\"src\":")?..];
+    let port = &src[src.find("\"port\":")? + 7..];
+    port[..port.find(|c: char| !c.is_ascii_digit())?].parse().ok()
+}
+
+/// Plaintext sessions at `rate` per second for `duration`, one at a time, each timed from
+/// its StartupMessage send to its finding line.
+pub fn measure(
+    addr: SocketAddr,
+    rate: f64,
+    duration: Duration,
+    findings: &mpsc::Receiver<(u16, Instant)>,
+) -> Latency {
+    let startup = startup_message();
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let started = Instant::now();
+    let mut sends: HashMap<u16, VecDeque<Instant>> = HashMap::new();
+    let mut sent = 0u64;
+    let mut latencies = Vec::new();
+    let mut collect = |sends: &mut HashMap<u16, VecDeque<Instant>>, wait: Duration| {
+        while let Ok((port, at)) = findings.recv_timeout(wait) {
+            if let Some(sent_at) = sends.get_mut(&port).and_then(VecDeque::pop_front) {
+                latencies.push(at.duration_since(sent_at).as_secs_f64() * 1000.0);
+            }
+        }
+    };
+    while started.elapsed() < duration {
+        let due = started + interval * sent as u32;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            thread::sleep(wait);
+        }
+        if one_timed_session(addr, &startup, &mut sends).is_some() {
+            sent += 1;
+        }
+        collect(&mut sends, Duration::ZERO);
+    }
+    collect(&mut sends, Duration::from_secs(2));
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| -> f64 {
+        if latencies.is_empty() {
+            return f64::NAN;
+        }
+        latencies[((latencies.len() - 1) as f64 * p).round() as usize]
+    };
+    Latency {
+        sent,
+        matched: latencies.len() as u64,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        max_ms: latencies.last().copied().unwrap_or(f64::NAN),
+    }
+}
+
+fn one_timed_session(
+    addr: SocketAddr,
+    startup: &[u8],
+    sends: &mut HashMap<u16, VecDeque<Instant>>,
+) -> Option<()> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_nodelay(true).ok()?;
+    let port = s.local_addr().ok()?.port();
+    let at = Instant::now();
+    s.write_all(startup).ok()?;
+    sends.entry(port).or_default().push_back(at);
+    let mut reply = [0u8; 9];
+    s.read_exact(&mut reply).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::client_port;
+
+    #[test]
+    fn finds_the_client_port() {
+        let line = r#"{"ts":"x","verdict":"plaintext","src":{"ip":"127.0.0.1","port":41234},"dst":{"ip":"127.0.0.1","port":26257}}"#;
+        assert_eq!(client_port(line), Some(41234));
+        assert_eq!(client_port("{}"), None);
+    }
+}
