@@ -42,56 +42,50 @@ fn load<T>(ctx: &SkBuffContext, offset: u32) -> Option<T> {
 }
 
 /// Find the TCP header of an IPv4 or IPv6 packet; `None` for anything else (other
-/// protocols, IPv6 extension headers, non-first IPv4 fragments).
+/// protocols, IPv6 extension headers, non-first IPv4 fragments). One helper call: every
+/// TCP packet on the host comes through here, so loads are few and wide.
 #[inline(always)]
-pub fn locate_tcp(ctx: &SkBuffContext) -> Option<L4> {
-    let version_ihl: u8 = load(ctx, 0)?;
-    match version_ihl >> 4 {
+fn locate_tcp(ctx: &SkBuffContext) -> Option<L4> {
+    // Version/IHL at 0, IPv4 fragment field at 6..8 and protocol at 9, IPv6 next header
+    // at 6: the first ten bytes hold all of it for both versions.
+    let ip: [u8; 10] = load(ctx, 0)?;
+    match ip[0] >> 4 {
         4 => {
-            let protocol: u8 = load(ctx, 9)?;
-            let frag: u16 = u16::from_be(load(ctx, 6)?);
-            if protocol != IPPROTO_TCP || frag & 0x1fff != 0 {
+            let frag = u16::from_be_bytes([ip[6], ip[7]]);
+            if ip[9] != IPPROTO_TCP || frag & 0x1fff != 0 {
                 return None;
             }
-            let ihl = ((version_ihl & 0x0f) as u32) * 4;
+            let ihl = ((ip[0] & 0x0f) as u32) * 4;
             (ihl >= 20).then_some(L4 { ip_version: AF_INET, offset: ihl })
         }
-        6 => {
-            let next_header: u8 = load(ctx, 6)?;
-            (next_header == IPPROTO_TCP).then_some(L4 { ip_version: AF_INET6, offset: 40 })
-        }
+        6 => (ip[6] == IPPROTO_TCP).then_some(L4 { ip_version: AF_INET6, offset: 40 }),
         _ => None,
     }
 }
 
+/// Where the TCP header is, its ports and the fields the flow needs, for TCP over
+/// IPv4/IPv6: the first thing every packet hook does, before any map lookup. Two helper
+/// calls in all (IP header, then the first 14 bytes of TCP: ports, seq, ack, offset, flags).
 #[inline(always)]
-pub fn ports(ctx: &SkBuffContext, l4: L4) -> Option<Ports> {
-    let raw: [u8; 4] = load(ctx, l4.offset)?;
-    Some(Ports {
+pub fn tcp_segment(ctx: &SkBuffContext) -> Option<(L4, Ports, TcpHeader)> {
+    let l4 = locate_tcp(ctx)?;
+    let raw: [u8; 14] = load(ctx, l4.offset)?;
+    let ports = Ports {
         src: u16::from_be_bytes([raw[0], raw[1]]),
         dst: u16::from_be_bytes([raw[2], raw[3]]),
-    })
-}
-
-/// Where the TCP header is and its ports, for TCP over IPv4/IPv6; the first thing every
-/// packet hook does, before any map lookup.
-#[inline(always)]
-pub fn tcp_ports(ctx: &SkBuffContext) -> Option<(L4, Ports)> {
-    let l4 = locate_tcp(ctx)?;
-    Some((l4, ports(ctx, l4)?))
-}
-
-#[inline(always)]
-pub fn tcp_header(ctx: &SkBuffContext, l4: L4) -> Option<TcpHeader> {
-    let seq = u32::from_be(load(ctx, l4.offset + 4)?);
-    let doff_flags: [u8; 2] = load(ctx, l4.offset + 12)?;
-    let header_len = ((doff_flags[0] >> 4) as u32) * 4;
+    };
+    let header_len = ((raw[12] >> 4) as u32) * 4;
     if header_len < 20 {
         return None;
     }
     let payload_offset = l4.offset + header_len;
-    let payload_len = ctx.len().saturating_sub(payload_offset);
-    Some(TcpHeader { seq, flags: doff_flags[1], payload_offset, payload_len })
+    let tcp = TcpHeader {
+        seq: u32::from_be_bytes([raw[4], raw[5], raw[6], raw[7]]),
+        flags: raw[13],
+        payload_offset,
+        payload_len: ctx.len().saturating_sub(payload_offset),
+    };
+    Some((l4, ports, tcp))
 }
 
 /// The kernel's own view of the packet's TCP socket (sequence numbers and byte counters).

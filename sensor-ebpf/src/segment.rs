@@ -28,7 +28,7 @@ pub enum Hook {
 
 #[inline(always)]
 pub fn on_segment(ctx: &SkBuffContext, hook: Hook) {
-    let Some((l4, ports)) = packet::tcp_ports(ctx) else { return };
+    let Some((l4, ports, tcp)) = packet::tcp_segment(ctx) else { return };
     let (role, direction) = match hook {
         Hook::Egress if maps::is_watched(ports.dst) => (Role::Client, Direction::ClientToServer),
         Hook::Ingress if maps::is_watched(ports.src) => (Role::Client, Direction::ServerToClient),
@@ -40,7 +40,6 @@ pub fn on_segment(ctx: &SkBuffContext, hook: Hook) {
         return;
     }
     counters::stat(Stat::PacketsInspected);
-    let Some(tcp) = packet::tcp_header(ctx, l4) else { return };
 
     // SAFETY: helper valid for cgroup_skb; the skb pointer is the program's context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
