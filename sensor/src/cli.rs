@@ -93,6 +93,10 @@ pub struct RunArgs {
     /// [default: client].
     #[arg(long, value_delimiter = ',', value_name = "ROLE[,ROLE]")]
     pub roles: Option<Vec<String>>,
+    /// Run even when another sensor already runs on this host (each finding and alert
+    /// then arrives twice, and every packet is inspected twice).
+    #[arg(long)]
+    pub allow_second_instance: bool,
 }
 
 /// Parse the command line, run, and turn the outcome into an exit code.
@@ -191,6 +195,8 @@ impl TryFrom<RunArgs> for RunConfig {
             )
             .unwrap_or(defaults.max_connections),
             roles: pick!(args.roles, file.roles, "roles", parse_roles).unwrap_or(defaults.roles),
+            allow_second_instance: args.allow_second_instance
+                || file.allow_second_instance.unwrap_or(false),
             alertmanager: {
                 let severity = args
                     .alertmanager_min_severity

@@ -30,6 +30,8 @@ pub struct RunConfig {
     /// Which ends of sessions to watch: client (local processes connecting out) and/or
     /// server (sessions accepted by a local server on a watched port).
     pub roles: Vec<Role>,
+    /// Run even though another sensor holds this host's instance lock.
+    pub allow_second_instance: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -86,6 +88,7 @@ impl Default for RunConfig {
             alertmanager: None,
             max_connections: CONNECTIONS_MAX,
             roles: vec![Role::Client],
+            allow_second_instance: false,
         }
     }
 }

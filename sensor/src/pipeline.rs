@@ -3,7 +3,7 @@
 use std::{sync::Arc, time::Instant};
 
 use sensor_common::{tracker::AuthMethod, verdict::Severity};
-use tracing::error;
+use tracing::{error, info};
 
 use crate::{
     config::{severity_named, RunConfig},
@@ -97,6 +97,7 @@ impl Pipeline {
         for finding in self.pending.expired(now) {
             self.write(&finding);
         }
+        self.flush();
     }
 
     /// Write everything still held (shutdown).
@@ -104,16 +105,31 @@ impl Pipeline {
         for finding in self.pending.drain() {
             self.write(&finding);
         }
+        self.flush();
+    }
+
+    /// Write the findings queued by `handle` (call once per batch of events).
+    pub fn flush(&mut self) {
+        let flushed = self.findings.flush();
+        for severity in flushed.written {
+            self.state.metrics.finding_written(severity);
+        }
+        if let Some((lines, err)) = flushed.failed {
+            self.state.metrics.findings_write_errors.inc_by(lines as u64);
+            error!(%err, lines, "cannot write findings; these lines are lost");
+        }
+    }
+
+    /// Open the findings file again (SIGHUP after logrotate).
+    pub fn reopen_findings(&mut self) {
+        match self.findings.reopen() {
+            Ok(()) => info!("findings file reopened"),
+            Err(err) => error!("{err:#}; still writing to the previously open file"),
+        }
     }
 
     fn write(&mut self, finding: &Finding) {
-        match self.findings.write(finding) {
-            Ok(()) => self.state.metrics.finding_written(finding.severity),
-            Err(err) => {
-                self.state.metrics.findings_write_errors.inc();
-                error!(%err, "cannot write finding");
-            }
-        }
+        self.findings.push(finding);
         if let Some(alerts) = &self.alerts {
             if severity_named(finding.severity) >= alerts.min_severity {
                 alerts.pusher.push(alert_from_finding(

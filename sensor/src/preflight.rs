@@ -11,6 +11,7 @@ use crate::{cgroup, error::Failure};
 pub const MIN_KERNEL: (u32, u32) = (5, 8);
 
 const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_PTRACE: u32 = 19;
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
@@ -25,14 +26,24 @@ pub struct Check {
 }
 
 pub fn run_checks() -> Vec<Check> {
-    let mut checks = vec![kernel_version(), capabilities(), cgroup_v2()];
+    let mut checks = vec![kernel_version()];
+    let caps = capabilities();
+    let privileged = caps.iter().all(|c| c.ok);
+    checks.extend(caps);
+    checks.push(cgroup_v2());
     // Probing needs the privileges; without them the probes would only repeat that.
-    if checks[1].ok {
+    if privileged {
         checks.push(program_support());
         checks.push(ring_buffer_support());
     }
+    checks.push(ptrace_capability());
     checks.push(btf());
     checks
+}
+
+/// Checks whose failure does not stop `run`.
+fn optional(check: &Check) -> bool {
+    matches!(check.name, "kernel BTF" | "CAP_SYS_PTRACE")
 }
 
 /// Print every check; exit 0 when all pass, 1 otherwise.
@@ -41,11 +52,13 @@ pub fn print_report() -> ExitCode {
     for check in &checks {
         if check.ok {
             println!("ok       {:<22} {}", check.name, check.detail);
+        } else if optional(check) {
+            println!("optional {:<22} {}\n         fix: {}", check.name, check.detail, check.fix);
         } else {
             println!("MISSING  {:<22} {}\n         fix: {}", check.name, check.detail, check.fix);
         }
     }
-    if checks.iter().all(|c| c.ok) {
+    if checks.iter().all(|c| c.ok || optional(c)) {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
@@ -54,7 +67,7 @@ pub fn print_report() -> ExitCode {
 
 /// For `run`: the first missing requirement as an error.
 pub fn require_all() -> Result<(), Failure> {
-    match run_checks().into_iter().find(|c| !c.ok && c.name != "kernel BTF") {
+    match run_checks().into_iter().find(|c| !c.ok && !optional(c)) {
         None => Ok(()),
         Some(c) => Err(Failure::runtime(anyhow::anyhow!(
             "{}: {}. Fix: {} (`sensor check` lists every requirement)",
@@ -82,30 +95,48 @@ fn parse_release(release: &str) -> Option<(u32, u32)> {
     Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
 }
 
-fn capabilities() -> Check {
+/// The capabilities `run` needs, each with why; CAP_SYS_ADMIN stands in for CAP_BPF and
+/// CAP_PERFMON (kernels before 5.8 knew only it, and it still implies both).
+const REQUIRED_CAPS: [(&str, u32, bool, &str); 3] = [
+    ("CAP_BPF", CAP_BPF, true, "create maps and load the programs"),
+    ("CAP_PERFMON", CAP_PERFMON, true, "programs that read the socket's TCP state"),
+    ("CAP_NET_ADMIN", CAP_NET_ADMIN, false, "attach at the cgroup and ask what is attached"),
+];
+
+/// One check per required capability, so `sensor check` names exactly what is missing.
+fn capabilities() -> Vec<Check> {
     let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
     let effective = parse_cap_eff(&status).unwrap_or(0);
     let has = |cap: u32| effective & (1u64 << cap) != 0;
-    let sys_admin = has(CAP_SYS_ADMIN);
-    let mut missing = Vec::new();
-    if !(has(CAP_BPF) || sys_admin) {
-        missing.push("CAP_BPF");
-    }
-    if !(has(CAP_PERFMON) || sys_admin) {
-        missing.push("CAP_PERFMON");
-    }
-    if !has(CAP_NET_ADMIN) {
-        missing.push("CAP_NET_ADMIN");
-    }
+    REQUIRED_CAPS
+        .iter()
+        .map(|&(name, cap, sys_admin_will_do, why)| {
+            let ok = has(cap) || (sys_admin_will_do && has(CAP_SYS_ADMIN));
+            Check {
+                name,
+                ok,
+                detail: format!("{} ({why})", if ok { "effective" } else { "missing" }),
+                fix: "run as root, or grant it: systemd AmbientCapabilities=CAP_BPF CAP_PERFMON \
+                      CAP_NET_ADMIN (deploy/systemd), setpriv --ambient-caps +bpf,+perfmon,+net_admin, \
+                      or the DaemonSet's capabilities.add (deploy/kubernetes)",
+            }
+        })
+        .collect()
+}
+
+/// Optional: without CAP_SYS_PTRACE the kernel hides other users' (and more privileged
+/// processes') executable path, so findings name the command but not `exe`.
+fn ptrace_capability() -> Check {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let ok = parse_cap_eff(&status).unwrap_or(0) & (1u64 << CAP_SYS_PTRACE) != 0;
     Check {
-        name: "capabilities",
-        ok: missing.is_empty(),
-        detail: if missing.is_empty() {
-            "CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN effective".to_string()
-        } else {
-            format!("missing {}", missing.join(", "))
-        },
-        fix: "run as root (sudo sensor run), or grant CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN",
+        name: "CAP_SYS_PTRACE",
+        ok,
+        detail: format!(
+            "{} (optional: the exe path of other users' processes in findings)",
+            if ok { "effective" } else { "missing" }
+        ),
+        fix: "optional; grant CAP_SYS_PTRACE for exe paths of every process",
     }
 }
 

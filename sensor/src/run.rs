@@ -1,8 +1,9 @@
 //! `sensor run`: the agent's lifecycle.
 //!
 //! Order matters for "nothing left attached on error": validate, open the findings output,
-//! bind the metrics address, and only then load and attach. Detach happens when `Attached`
-//! is dropped, on every exit path.
+//! bind the metrics address, take the host's instance lock, and only then load and attach.
+//! Then drop the privileges only loading needed. Detach happens when `Attached` is
+//! dropped, on every exit path (and by the kernel when the process dies: bpf_link fds).
 
 use std::{
     path::PathBuf,
@@ -23,13 +24,14 @@ use crate::{
     config::{role_bits, RunConfig},
     error::Failure,
     events::{EventStream, KernelEvent},
+    instance,
     output::{
         findings::FindingsWriter,
         http::{self, HttpState},
         metrics::{KernelSources, Metrics},
     },
     pipeline::Pipeline,
-    preflight,
+    preflight, privileges,
 };
 
 /// How often findings waiting for an auth outcome are checked for expiry.
@@ -58,6 +60,12 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
         ))
     })?;
 
+    let _instance = if config.allow_second_instance {
+        None
+    } else {
+        Some(instance::acquire().map_err(Failure::runtime)?)
+    };
+
     let sizes = MapSizes {
         ring_buffer_bytes: config.ring_buffer_bytes,
         max_connections: config.max_connections,
@@ -65,6 +73,10 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
     };
     let mut attached = Attached::load_and_attach(&config.ports, &cgroup_dir, sizes)?;
     let counters = Arc::new(attached.take_counters()?);
+    match privileges::drop_after_attach(|| counters.read().is_ok()) {
+        Ok(d) => info!(dropped = ?d.dropped, kept = ?d.kept, "privileges dropped after attach"),
+        Err(err) => warn!(%err, "could not drop privileges after attach; running with them"),
+    }
     let mut events =
         EventStream::new(attached.take_events()?).context("cannot poll the ring buffer")?;
     let attachment = attached.check.take().map(Arc::new);
@@ -89,6 +101,7 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
 
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let mut batch: Vec<KernelEvent> = Vec::with_capacity(64);
     let mut ticker = tokio::time::interval(TICK);
     let outcome = loop {
@@ -99,8 +112,10 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
                 }
                 let now = Instant::now();
                 batch.drain(..).for_each(|ev| pipeline.handle(ev, now));
+                pipeline.flush();
             }
             _ = ticker.tick() => pipeline.tick(Instant::now()),
+            _ = sighup.recv() => pipeline.reopen_findings(),
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break Ok(()) }
             _ = sigint.recv() => { info!("SIGINT: stopping"); break Ok(()) }
         }

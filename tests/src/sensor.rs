@@ -39,11 +39,29 @@ impl Sensor {
     /// Start `sensor run` with `args` (plus its own findings file and metrics port) and wait
     /// until /healthz says the programs are attached.
     pub fn start(args: &[&str]) -> anyhow::Result<Sensor> {
+        Self::launch(&[], args, None)
+    }
+
+    /// Like `start`, run through `wrapper` (e.g. setpriv and its options) and, if given,
+    /// with findings at `findings_path` instead of a fresh scratch file.
+    pub fn launch(
+        wrapper: &[&str],
+        args: &[&str],
+        findings_path: Option<PathBuf>,
+    ) -> anyhow::Result<Sensor> {
         let dir = scratch_dir("sensor");
-        let findings_path = dir.join("findings.jsonl");
+        let findings_path = findings_path.unwrap_or_else(|| dir.join("findings.jsonl"));
         let stderr_path = dir.join("sensor.log");
         let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
-        let child = Command::new(sensor_binary()?)
+        let mut command = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut c = Command::new(program);
+                c.args(wrapper_args).arg(sensor_binary()?);
+                c
+            }
+            None => Command::new(sensor_binary()?),
+        };
+        let child = command
             .arg("run")
             .args(args)
             .arg("--findings")
@@ -108,6 +126,18 @@ impl Sensor {
 
     pub fn stderr(&self) -> String {
         fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// SIGKILL: no chance to clean up; the kernel must detach on its own.
+    pub fn kill9(mut self) -> anyhow::Result<ExitStatus> {
+        self.child.kill()?;
+        Ok(self.child.wait()?)
+    }
+
+    /// Send a signal (SIGHUP to reopen the findings file, say).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
     }
 
     /// SIGTERM, then wait for the exit status.

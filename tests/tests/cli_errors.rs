@@ -39,32 +39,7 @@ fn metrics_address_in_use_exits_1_and_says_so() {
     assert!(stderr.contains("--metrics-addr") && stderr.contains(&addr), "{stderr}");
 }
 
-#[test]
-fn without_privileges_run_exits_1_and_check_names_the_missing_capabilities() {
-    // setpriv (util-linux) drops to nobody with no capabilities at all.
-    let binary = sensor_binary().unwrap();
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
-        .arg(&binary)
-        .args(["run", "--findings", "/dev/null", "--metrics-addr", "127.0.0.1:0"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("capabilities") && stderr.contains("CAP_BPF"), "{stderr}");
-    assert!(stderr.contains("root"), "the message says how to fix it: {stderr}");
-
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
-        .arg(&binary)
-        .arg("check")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}");
-    assert!(stdout.contains("MISSING  capabilities"), "{stdout}");
-    assert!(stdout.contains("ok       kernel version"), "{stdout}");
-}
+// Missing capabilities, one by one: e2e_daemon.rs.
 
 #[test]
 fn check_passes_as_root_and_version_prints() {

@@ -1,9 +1,17 @@
 //! The HTTP endpoint: `/metrics` (Prometheus text format), `/healthz` (200 while the
 //! programs are attached), `/` (links to both).
+//!
+//! Whoever can reach it must not be able to starve the agent: connections are bounded
+//! (past `MAX_CONNECTIONS` new ones are closed at once and counted), a request head must
+//! arrive within `HEADER_TIMEOUT` and fit in `MAX_REQUEST_HEAD` bytes, and no connection
+//! lives longer than `CONNECTION_LIFETIME`.
 
-use std::sync::{
-    atomic::{AtomicBool, Ordering},
-    Arc,
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
 };
 
 use axum::{
@@ -13,7 +21,12 @@ use axum::{
     routing::get,
     Router,
 };
-use tokio::net::TcpListener;
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    service::TowerToHyperService,
+};
+use tokio::{net::TcpListener, sync::Semaphore};
+use tracing::warn;
 
 use super::metrics::Metrics;
 use crate::bpf::AttachmentCheck;
@@ -34,13 +47,46 @@ impl HttpState {
     }
 }
 
-pub async fn serve(listener: TcpListener, state: Arc<HttpState>) -> std::io::Result<()> {
+/// Connections served at once; Prometheus needs one, people a few.
+pub const MAX_CONNECTIONS: usize = 32;
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+/// hyper's smallest allowed read buffer; a longer request head gets 431 and a close.
+pub const MAX_REQUEST_HEAD: usize = 8192;
+
+pub async fn serve(listener: TcpListener, state: Arc<HttpState>) {
     let app = Router::new()
         .route("/", get(landing))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
-        .with_state(state);
-    axum::serve(listener, app).await
+        .with_state(state.clone());
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(err) => {
+                // EMFILE and friends: back off instead of spinning.
+                warn!(%err, "metrics endpoint: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            state.metrics.http_connections_refused.inc();
+            drop(stream);
+            continue;
+        };
+        let service = TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(MAX_REQUEST_HEAD);
+            let connection = http.serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
+            drop(slot);
+        });
+    }
 }
 
 async fn landing() -> Html<&'static str> {

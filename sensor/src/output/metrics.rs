@@ -39,6 +39,8 @@ pub struct Metrics {
     registry: Registry,
     findings: IntCounterVec,
     pub findings_write_errors: IntCounter,
+    /// Metrics endpoint connections closed at once because the limit was reached.
+    pub http_connections_refused: IntCounter,
     pub alerts_sent: IntCounter,
     /// By reason: `rejected` (Alertmanager said no), `unreachable`, `queue_full`.
     pub alerts_failed: IntCounterVec,
@@ -83,6 +85,11 @@ impl Metrics {
             "Finding lines that could not be written (disk full, file removed...).",
         )?;
         registry.register(Box::new(findings_write_errors.clone()))?;
+        let http_connections_refused = IntCounter::new(
+            name("http_connections_refused_total"),
+            "Connections to this endpoint closed unserved: too many open at once.",
+        )?;
+        registry.register(Box::new(http_connections_refused.clone()))?;
 
         let alerts_sent = IntCounter::new(
             name("alerts_sent_total"),
@@ -103,7 +110,14 @@ impl Metrics {
         registry.register(Box::new(alerts_failed.clone()))?;
 
         registry.register(Box::new(KernelCollector::new(kernel)?))?;
-        Ok(Metrics { registry, findings, findings_write_errors, alerts_sent, alerts_failed })
+        Ok(Metrics {
+            registry,
+            findings,
+            findings_write_errors,
+            http_connections_refused,
+            alerts_sent,
+            alerts_failed,
+        })
     }
 
     pub fn finding_written(&self, severity: &str) {

@@ -1,0 +1,67 @@
+//! Least privilege after attach. Loading and attaching need CAP_BPF, CAP_PERFMON and
+//! CAP_NET_ADMIN (or root); once the programs are attached the agent only reads maps and
+//! the ring buffer through fds it already holds, asks the kernel what is attached (BPF_PROG_QUERY: CAP_NET_ADMIN),
+//! and reads procfs (CAP_SYS_PTRACE, if granted, for other users' exe paths). Everything
+//! else is dropped from the effective, permitted, inheritable and ambient sets, and
+//! no_new_privs is set, so a compromised agent cannot load programs or regain privileges.
+//!
+//! CAP_BPF is a special case: kernels before 6.5 with `kernel.unprivileged_bpf_disabled`
+//! set refuse every bpf() command without it, even a map read on an fd the process owns.
+//! So it is dropped from the effective set first and kept only if the caller's probe (a
+//! counter read) then fails.
+
+use caps::{CapSet, Capability};
+
+/// Kept after attach, when held: see the module comment.
+const KEEP: [Capability; 2] = [Capability::CAP_NET_ADMIN, Capability::CAP_SYS_PTRACE];
+
+/// What was given up, for the log.
+#[derive(Debug, Default)]
+pub struct Dropped {
+    pub dropped: Vec<Capability>,
+    pub kept: Vec<Capability>,
+}
+
+/// Drop every capability not needed once the programs are attached. `still_reads` must
+/// read a map through an fd the agent holds and say whether that worked.
+///
+/// Call on the thread that runs the agent before it starts any other thread: capability
+/// sets are per thread and new threads inherit them.
+pub fn drop_after_attach(
+    still_reads: impl Fn() -> bool,
+) -> Result<Dropped, caps::errors::CapsError> {
+    let permitted = caps::read(None, CapSet::Permitted)?;
+    let mut out = Dropped::default();
+    for cap in permitted.iter().copied() {
+        if KEEP.contains(&cap) || cap == Capability::CAP_BPF {
+            continue;
+        }
+        caps::drop(None, CapSet::Effective, cap)?;
+        caps::drop(None, CapSet::Permitted, cap)?;
+        out.dropped.push(cap);
+    }
+    if permitted.contains(&Capability::CAP_BPF) {
+        caps::drop(None, CapSet::Effective, Capability::CAP_BPF)?;
+        if still_reads() {
+            caps::drop(None, CapSet::Permitted, Capability::CAP_BPF)?;
+            out.dropped.push(Capability::CAP_BPF);
+        } else {
+            caps::raise(None, CapSet::Effective, Capability::CAP_BPF)?;
+        }
+    }
+    caps::clear(None, CapSet::Inheritable)?;
+    caps::clear(None, CapSet::Ambient)?;
+    out.kept = caps::read(None, CapSet::Permitted)?.into_iter().collect();
+    out.dropped.sort_by_key(|c| c.index());
+    out.kept.sort_by_key(|c| c.index());
+    set_no_new_privs();
+    Ok(out)
+}
+
+/// execve can never grant this process (or its children) more privileges.
+fn set_no_new_privs() {
+    // SAFETY: prctl with constant arguments; failure only means the flag stays unset.
+    unsafe {
+        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+    }
+}
