@@ -32,7 +32,11 @@ pub enum Command {
     /// CAP_BPF + CAP_PERFMON + CAP_NET_ADMIN).
     Run(RunArgs),
     /// Check each kernel and privilege requirement and say what is missing.
-    Check,
+    Check {
+        /// Accept a kernel older than the oldest tested one (5.8 at the very least).
+        #[arg(long)]
+        allow_untested_kernel: bool,
+    },
     /// Classify the sessions in a pcap/pcapng capture, offline (no privileges needed).
     Analyze(AnalyzeArgs),
 }
@@ -97,6 +101,9 @@ pub struct RunArgs {
     /// then arrives twice, and every packet is inspected twice).
     #[arg(long)]
     pub allow_second_instance: bool,
+    /// Run on a kernel older than the oldest tested one (6.1), down to 5.8.
+    #[arg(long)]
+    pub allow_untested_kernel: bool,
 }
 
 /// Parse the command line, run, and turn the outcome into an exit code.
@@ -105,7 +112,9 @@ pub fn main() -> ExitCode {
     init_logging();
     let outcome = match cli.command {
         Command::Run(args) => RunConfig::try_from(args).and_then(run::run),
-        Command::Check => return preflight::print_report(),
+        Command::Check { allow_untested_kernel } => {
+            return preflight::print_report(allow_untested_kernel)
+        }
         Command::Analyze(args) => analyze_config(args).and_then(analyze::run),
     };
     match outcome {
@@ -197,6 +206,8 @@ impl TryFrom<RunArgs> for RunConfig {
             roles: pick!(args.roles, file.roles, "roles", parse_roles).unwrap_or(defaults.roles),
             allow_second_instance: args.allow_second_instance
                 || file.allow_second_instance.unwrap_or(false),
+            allow_untested_kernel: args.allow_untested_kernel
+                || file.allow_untested_kernel.unwrap_or(false),
             alertmanager: {
                 let severity = args
                     .alertmanager_min_severity

@@ -32,6 +32,8 @@ pub struct RunConfig {
     pub roles: Vec<Role>,
     /// Run even though another sensor holds this host's instance lock.
     pub allow_second_instance: bool,
+    /// Run on a kernel older than the oldest tested one (down to 5.8).
+    pub allow_untested_kernel: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -89,6 +91,7 @@ impl Default for RunConfig {
             max_connections: CONNECTIONS_MAX,
             roles: vec![Role::Client],
             allow_second_instance: false,
+            allow_untested_kernel: false,
         }
     }
 }

@@ -22,6 +22,7 @@ pub struct FileSettings {
     pub alertmanager_min_severity: Option<String>,
     pub roles: Option<Vec<String>>,
     pub allow_second_instance: Option<bool>,
+    pub allow_untested_kernel: Option<bool>,
 }
 
 pub fn load(path: &Path) -> anyhow::Result<FileSettings> {

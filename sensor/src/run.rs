@@ -49,7 +49,7 @@ pub fn run(config: RunConfig) -> Result<(), Failure> {
 
 async fn run_async(config: RunConfig) -> Result<(), Failure> {
     let cgroup_dir = resolve_cgroup(&config)?;
-    preflight::require_all()?;
+    preflight::require_all(config.allow_untested_kernel)?;
 
     let findings = FindingsWriter::open(&config.findings).map_err(Failure::config)?;
     let listener = TcpListener::bind(config.metrics_addr).await.map_err(|err| {
