@@ -3,7 +3,7 @@
 
 use std::{
     fs::File,
-    io::{BufReader, Read, Seek, SeekFrom},
+    io::{BufRead, BufReader, Read},
     net::IpAddr,
     path::Path,
     time::{Duration, SystemTime},
@@ -31,36 +31,44 @@ pub struct Segment {
     pub payload: Vec<u8>,
 }
 
-enum Format {
-    Pcap(PcapReader<BufReader<File>>),
-    PcapNg { reader: PcapNgReader<BufReader<File>>, links: Vec<DataLink> },
+enum Format<R: Read> {
+    Pcap(PcapReader<R>),
+    PcapNg { reader: PcapNgReader<R>, links: Vec<DataLink> },
 }
 
-pub struct Packets {
-    format: Format,
+pub struct Packets<R: Read> {
+    format: Format<R>,
     read: u64,
 }
 
 const PCAPNG_MAGIC: [u8; 4] = [0x0a, 0x0d, 0x0d, 0x0a];
 
-pub fn open(path: &Path) -> anyhow::Result<Packets> {
-    let mut file =
+pub fn open(path: &Path) -> anyhow::Result<Packets<BufReader<File>>> {
+    let file =
         File::open(path).with_context(|| format!("--pcap {}: cannot open", path.display()))?;
-    let mut magic = [0u8; 4];
-    file.read_exact(&mut magic)
-        .with_context(|| format!("--pcap {}: too short to be a capture", path.display()))?;
-    file.seek(SeekFrom::Start(0))?;
-    let reader = BufReader::new(file);
-    let not_a_capture = |e| anyhow!("--pcap {}: not a pcap or pcapng file ({e})", path.display());
-    let format = if magic == PCAPNG_MAGIC {
-        Format::PcapNg { reader: PcapNgReader::new(reader).map_err(not_a_capture)?, links: vec![] }
-    } else {
-        Format::Pcap(PcapReader::new(reader).map_err(not_a_capture)?)
-    };
-    Ok(Packets { format, read: 0 })
+    Packets::new(BufReader::new(file)).with_context(|| format!("--pcap {}", path.display()))
 }
 
-impl Packets {
+impl<R: BufRead> Packets<R> {
+    /// Sniff the format from the first bytes (peeked, not consumed).
+    pub fn new(mut reader: R) -> anyhow::Result<Self> {
+        let magic: [u8; 4] = reader
+            .fill_buf()?
+            .get(..4)
+            .and_then(|m| m.try_into().ok())
+            .context("too short to be a capture")?;
+        let not_a_capture = |e| anyhow!("not a pcap or pcapng file ({e})");
+        let format = if magic == PCAPNG_MAGIC {
+            let reader = PcapNgReader::new(reader).map_err(not_a_capture)?;
+            Format::PcapNg { reader, links: vec![] }
+        } else {
+            Format::Pcap(PcapReader::new(reader).map_err(not_a_capture)?)
+        };
+        Ok(Packets { format, read: 0 })
+    }
+}
+
+impl<R: Read> Packets<R> {
     pub fn packets_read(&self) -> u64 {
         self.read
     }

@@ -23,11 +23,21 @@ pub struct AnalyzeConfig {
     pub findings: FindingsTarget,
 }
 
-/// Read the whole capture, then report. A damaged capture still gets every session read
-/// before the damage reported, and then an error.
-pub fn run(config: AnalyzeConfig) -> Result<(), Failure> {
-    let mut packets = capture::open(&config.pcap).map_err(Failure::config)?;
-    let mut table = streams::FlowTable::new(&config.ports);
+/// What a capture holds: every judged session start, in capture order of their flows.
+pub struct Judged {
+    /// Sessions per verdict (encrypted ones included).
+    pub counts: BTreeMap<&'static str, u64>,
+    /// Sessions with evidence to report (not encrypted).
+    pub findings: Vec<crate::finding::Finding>,
+    pub packets_read: u64,
+    pub flows_without_start: u64,
+    /// Where the capture stopped making sense, if it did; everything before was judged.
+    pub damage: Option<anyhow::Error>,
+}
+
+/// Judge every session start in a capture (pcap or pcapng, from any reader).
+fn judge<R: std::io::BufRead>(mut packets: capture::Packets<R>, ports: &[u16]) -> Judged {
+    let mut table = streams::FlowTable::new(ports);
     let mut damage = None;
     loop {
         match packets.next_segment() {
@@ -39,27 +49,44 @@ pub fn run(config: AnalyzeConfig) -> Result<(), Failure> {
             }
         }
     }
-    let mut writer = FindingsWriter::open(&config.findings).map_err(Failure::config)?;
+    let flows_without_start = table.flows_without_start();
     let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
-    let without_start = table.flows_without_start();
+    let mut findings = Vec::new();
     for flow in table.finish() {
         let Some(session) = replay::replay(&flow) else { continue };
         *counts.entry(session.verdict.name()).or_default() += 1;
-        if session.verdict.is_encrypted() {
-            continue;
+        if !session.verdict.is_encrypted() {
+            findings.push(session.finding);
         }
-        writer.write(&session.finding).context("writing findings").map_err(Failure::runtime)?;
+    }
+    Judged { counts, findings, packets_read: packets.packets_read(), flows_without_start, damage }
+}
+
+/// Judge the capture in `bytes` (fuzzing, tests): `None` if it is not a capture at all.
+pub fn judge_bytes(bytes: &[u8], ports: &[u16]) -> Option<Judged> {
+    let packets = capture::Packets::new(std::io::BufReader::new(bytes)).ok()?;
+    Some(judge(packets, ports))
+}
+
+/// Read the whole capture, then report. A damaged capture still gets every session read
+/// before the damage reported, and then an error.
+pub fn run(config: AnalyzeConfig) -> Result<(), Failure> {
+    let packets = capture::open(&config.pcap).map_err(Failure::config)?;
+    let judged = judge(packets, &config.ports);
+    let mut writer = FindingsWriter::open(&config.findings).map_err(Failure::config)?;
+    for finding in &judged.findings {
+        writer.write(finding).context("writing findings").map_err(Failure::runtime)?;
     }
     // A summary on stderr, one `verdict count` line each, for people and scripts.
     for verdict in Verdict::ALL {
-        eprintln!("{} {}", verdict.name(), counts.get(verdict.name()).copied().unwrap_or(0));
+        eprintln!("{} {}", verdict.name(), judged.counts.get(verdict.name()).copied().unwrap_or(0));
     }
-    eprintln!("packets {} flows_without_start {}", packets.packets_read(), without_start);
-    match damage {
+    eprintln!("packets {} flows_without_start {}", judged.packets_read, judged.flows_without_start);
+    match judged.damage {
         None => Ok(()),
         Some(err) => Err(Failure::runtime(err.context(format!(
             "the capture is damaged after {} packets; sessions before that were reported",
-            packets.packets_read()
+            judged.packets_read
         )))),
     }
 }
