@@ -1,20 +1,39 @@
 #!/usr/bin/env bash
 # Idempotent set-up of everything the sensor needs to build on a fresh machine of this kind:
 #   - rust-src for the preinstalled nightly (build-std for bpfel-unknown-none),
-#   - bpf-linker 0.13.0 linked against nightly's own libLLVM 22 (no apt LLVM needed).
-# Pass --test-deps to also install what the test suite drives (PostgreSQL 15, openssl, tshark...).
+#   - bpf-linker 0.13.0 linked against nightly's own libLLVM 22 (no apt LLVM needed),
+#   - the musl target for the static release binary (cargo xtask dist).
+# Pass --test-deps to also install what the test suite drives (PostgreSQL 15, openssl,
+# Prometheus, systemd-analyze, cargo-fuzz...), --vm-deps for `cargo xtask vm-test` (QEMU,
+# busybox-static, cpio).
 # Each step checks first and does nothing when already done, so running it twice is cheap.
 set -euo pipefail
 
 log() { printf 'bootstrap: %s\n' "$*" >&2; }
 
 want_test_deps=0
+want_vm_deps=0
 for arg in "$@"; do
   case "$arg" in
     --test-deps) want_test_deps=1 ;;
-    *) log "unknown argument: $arg (expected --test-deps)"; exit 2 ;;
+    --vm-deps) want_vm_deps=1 ;;
+    *) log "unknown argument: $arg (expected --test-deps or --vm-deps)"; exit 2 ;;
   esac
 done
+
+# Install the Debian packages given that are not installed yet.
+apt_ensure() {
+  local missing=()
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
 
 start=$(date +%s)
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -45,19 +64,25 @@ if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
     cargo install --force --locked "bpf-linker@$BPF_LINKER_VERSION" --no-default-features --features llvm-22
 fi
 
+if ! rustup target list --installed | grep -q '^x86_64-unknown-linux-musl$'; then
+  log "adding the x86_64-unknown-linux-musl target (static release binary)"
+  rustup target add x86_64-unknown-linux-musl
+fi
+
+if [ "$want_vm_deps" = 1 ]; then
+  apt_ensure qemu-system-x86 busybox-static cpio
+fi
+
 if [ "$want_test_deps" = 1 ]; then
-  pkgs=(postgresql-15 postgresql-client-15 openssl util-linux procps iproute2 tcpdump nftables
-        krb5-kdc krb5-admin-server krb5-user bpftool prometheus prometheus-alertmanager
-        libpostgresql-jdbc-java)
-  missing=()
-  for p in "${pkgs[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-  done
-  if [ ${#missing[@]} -gt 0 ]; then
-    log "installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # file, coreutils (chroot), binutils (strip) and systemd (systemd-analyze) check the
+  # release binary and the packaging.
+  apt_ensure postgresql-15 postgresql-client-15 openssl util-linux procps iproute2 tcpdump \
+    nftables krb5-kdc krb5-admin-server krb5-user bpftool prometheus prometheus-alertmanager \
+    libpostgresql-jdbc-java file coreutils binutils systemd
+  # Fuzzing in CI (the classifier's and the capture parser's targets).
+  if ! cargo fuzz --version >/dev/null 2>&1; then
+    log "installing cargo-fuzz (a minute or two, once)"
+    cargo install --locked cargo-fuzz@0.13.2
   fi
   # Debian's postgresql package starts a cluster on 5432 via its init scripts on some hosts;
   # the tests start their own servers on 127.0.0.x:26257 and need nothing from it.

@@ -5,9 +5,13 @@
 //! - `test`: setup with test dependencies, fmt and clippy checks, build, then every test
 //!   (as root: the end-to-end tests load and attach real eBPF programs), then a smoke run
 //!   of the benchmark.
-//! - `bench [--smoke] [--pairs N] [--seconds S] [--threads N]`: the sensor's cost, attached
-//!   versus detached (see bench/mod.rs).
+//! - `bench [--smoke] [--pairs N] [--seconds S] [--threads N] [--flood N]`: the sensor's
+//!   cost, attached versus detached (see bench/mod.rs).
+//! - `dist`: the release binary, static (musl), as target/dist/pgwire-sensor.
+//! - `vm-test`: boot Debian's 6.1 and 6.12 kernels under QEMU/KVM and run a smoke test of
+//!   the sensor in each (see vm/mod.rs); `vm-guest` is its part inside the VM.
 mod bench;
+mod vm;
 
 use std::{
     env,
@@ -30,9 +34,13 @@ fn main() -> ExitCode {
         "run" => run_sensor(rest),
         "test" => test(),
         "bench" => bench_cmd(rest),
+        "dist" => dist().map(|_| ()),
+        "vm-test" => vm_test(rest),
+        "vm-guest" => vm::guest::run(),
         "help" | "--help" | "-h" => {
             println!(
-                "usage: cargo xtask <setup [--test-deps] | run [ARGS...] | test | bench [--smoke]>"
+                "usage: cargo xtask <setup [--test-deps] | run [ARGS...] | test | \
+                 bench [--smoke] | dist | vm-test>"
             );
             return ExitCode::SUCCESS;
         }
@@ -124,10 +132,40 @@ fn test() -> anyhow::Result<()> {
             .arg(deploy.join("alertmanager/alertmanager.yml")),
     )?;
     status(cargo().args(["build", "--package", "sensor"]))?;
+    // The static release binary: the packaging tests check it runs with no libraries.
+    dist()?;
     // Default members only: the kernel crate cannot build for the host.
     status(cargo().args(["test", "--", "--nocapture"]))?;
     // The benchmark must keep running; no targets are asserted in this short form.
-    bench_cmd(&["--smoke".to_string()])
+    bench_cmd(&["--smoke".to_string()])?;
+    // Debian's 6.1 and 6.12 kernels: check, attach and classify in each.
+    vm_test(&[])?;
+    fuzz_smoke()
+}
+
+/// Seconds each fuzz target runs in `cargo xtask test`.
+const FUZZ_SECONDS: u32 = 30;
+
+/// Every fuzz target for a short fixed budget, from the corpus kept in the repo. New
+/// inputs go to target/fuzz-corpus, so CI leaves the checkout as it found it; a crash fails
+/// the run and leaves its input in the fuzz crate's artifacts/ directory.
+fn fuzz_smoke() -> anyhow::Result<()> {
+    for (crate_dir, target) in [("sensor-common/fuzz", "session_start"), ("sensor/fuzz", "capture")]
+    {
+        let dir = root_dir().join(crate_dir);
+        let scratch = root_dir().join("target/fuzz-corpus").join(target);
+        std::fs::create_dir_all(&scratch)?;
+        status(
+            Command::new("rustup")
+                .current_dir(&dir)
+                .args(["run", "nightly", "cargo", "fuzz", "run", target])
+                .arg(&scratch)
+                .arg(dir.join("corpus").join(target))
+                .arg("--")
+                .arg(format!("-max_total_time={FUZZ_SECONDS}")),
+        )?;
+    }
+    Ok(())
 }
 
 fn bench_cmd(args: &[String]) -> anyhow::Result<()> {
@@ -138,6 +176,36 @@ fn bench_cmd(args: &[String]) -> anyhow::Result<()> {
     setup(false)?;
     status(cargo().args(["build", "--release", "--package", "sensor"]))?;
     bench::run(&root_dir(), opts)
+}
+
+/// The release binary, statically linked against musl so it runs on any x86_64 Linux
+/// whatever its libc (the kernel programs are embedded in it): target/dist/pgwire-sensor.
+fn dist() -> anyhow::Result<PathBuf> {
+    setup(false)?;
+    status(
+        cargo()
+            .args(["build", "--release", "--package", "sensor"])
+            .args(["--target", "x86_64-unknown-linux-musl"]),
+    )?;
+    let built = root_dir().join("target/x86_64-unknown-linux-musl/release/sensor");
+    let dist = root_dir().join("target/dist");
+    std::fs::create_dir_all(&dist)?;
+    let out = dist.join("pgwire-sensor");
+    std::fs::copy(&built, &out).with_context(|| format!("copying {}", built.display()))?;
+    status(Command::new("strip").arg(&out))?;
+    let sum = Command::new("sha256sum").current_dir(&dist).arg("pgwire-sensor").output()?;
+    std::fs::write(dist.join("pgwire-sensor.sha256"), &sum.stdout)?;
+    eprintln!("xtask: {}", out.display());
+    Ok(out)
+}
+
+fn vm_test(args: &[String]) -> anyhow::Result<()> {
+    let accel = vm::Accel::parse(args)?;
+    if effective_uid() != 0 {
+        bail!("the VM test builds an initramfs with device nodes: run as root");
+    }
+    status(Command::new("bash").arg(root_dir().join("scripts/bootstrap.sh")).arg("--vm-deps"))?;
+    vm::run(&root_dir(), accel)
 }
 
 fn effective_uid() -> u32 {

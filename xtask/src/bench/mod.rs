@@ -8,10 +8,10 @@
 
 mod kstats;
 mod latency;
-mod loadgen;
+pub mod loadgen;
 mod report;
-mod sensor_proc;
-mod server;
+pub mod sensor_proc;
+pub mod server;
 
 use std::{net::SocketAddr, path::Path, path::PathBuf, time::Duration, time::Instant};
 
