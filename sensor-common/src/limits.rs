@@ -50,7 +50,8 @@ pub enum Stat {
     EventsSent = 0,
     /// Session events the ring buffer had no room for (the verdict was still counted).
     EventsLost = 1,
-    /// Packets to or from a watched port that the egress program looked at.
+    /// Packets to or from a watched port, with data or SYN/FIN/RST, that the packet hooks
+    /// looked at (pure ACKs are skipped unread).
     PacketsInspected = 2,
     /// Connections to a watched port recorded by the connect hooks.
     ConnectionsTracked = 3,

@@ -39,6 +39,12 @@ pub fn on_segment(ctx: &SkBuffContext, hook: Hook) {
     if !maps::role_enabled(role) {
         return;
     }
+    // A pure ACK carries nothing a session start is judged on (no bytes, no byte-0 marker,
+    // no end): skip it before the socket and map lookups. About half of a short session's
+    // packets are pure ACKs.
+    if tcp.payload_len == 0 && tcp.flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 {
+        return;
+    }
     counters::stat(Stat::PacketsInspected);
 
     // SAFETY: helper valid for cgroup_skb; the skb pointer is the program's context.

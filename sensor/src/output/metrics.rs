@@ -138,7 +138,8 @@ impl Metrics {
 const KERNEL_COUNTERS: &[(&str, &str, Stat)] = &[
     (
         "kernel_packets_inspected_total",
-        "Packets to or from a watched port the kernel programs looked at.",
+        "Packets to or from a watched port, with data or SYN/FIN/RST, the kernel programs \
+         looked at (pure ACKs are skipped unread).",
         Stat::PacketsInspected,
     ),
     (
