@@ -140,6 +140,13 @@ impl Sensor {
         unsafe { libc::kill(self.child.id() as i32, signal) };
     }
 
+    /// Wait for the started process (or its wrapper) to exit by itself.
+    pub fn wait_exit(mut self) -> anyhow::Result<ExitStatus> {
+        wait_for("the sensor to exit", Duration::from_secs(10), || {
+            self.child.try_wait().ok().flatten()
+        })
+    }
+
     /// SIGTERM, then wait for the exit status.
     pub fn stop(mut self) -> anyhow::Result<ExitStatus> {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };

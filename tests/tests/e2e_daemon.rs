@@ -257,3 +257,123 @@ fn the_metrics_endpoint_survives_idle_floods_and_huge_requests() -> anyhow::Resu
     assert!(sensor.stop()?.success());
     Ok(())
 }
+
+/// Every syscall a set of systemd syscall-filter items allows, groups (`@name`) expanded
+/// by systemd-analyze itself.
+fn expand_syscall_filter(items: &[&str]) -> anyhow::Result<std::collections::HashSet<String>> {
+    let mut allowed = std::collections::HashSet::new();
+    let mut todo: Vec<String> = items.iter().map(|s| s.to_string()).collect();
+    let mut seen_groups = std::collections::HashSet::new();
+    while let Some(item) = todo.pop() {
+        if !item.starts_with('@') {
+            allowed.insert(item);
+            continue;
+        }
+        if !seen_groups.insert(item.clone()) {
+            continue;
+        }
+        let out = Command::new("systemd-analyze").args(["syscall-filter", &item]).output()?;
+        anyhow::ensure!(out.status.success(), "systemd-analyze syscall-filter {item}");
+        for line in String::from_utf8_lossy(&out.stdout).lines().skip(1) {
+            let name = line.trim();
+            if !name.is_empty() && !name.starts_with('#') {
+                todo.push(name.to_string());
+            }
+        }
+    }
+    Ok(allowed)
+}
+
+#[test]
+fn the_systemd_units_syscall_filter_allows_every_syscall_the_sensor_makes() -> anyhow::Result<()> {
+    let _serial = serial();
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/systemd/pgwire-sensor.service"),
+    )?;
+    let filter: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("SystemCallFilter="))
+        .flat_map(str::split_whitespace)
+        .collect();
+    assert!(!filter.is_empty(), "the unit has a SystemCallFilter");
+    let allowed = expand_syscall_filter(&filter)?;
+
+    // The whole life of a sensor under strace: start, attach, a real session, a scrape,
+    // a reopen, a clean stop.
+    let pg = PgServer::start(PgOptions::no_tls("daemon-syscalls"))?;
+    let trace = scratch_dir("strace").join("trace");
+    let trace_arg = trace.display().to_string();
+    let sensor = Sensor::launch(&["strace", "-f", "-qq", "-o", &trace_arg], &[], None)?;
+    let plain = psql(&pg, "sslmode=disable", "postgres", "postgres")?.expect_success()?;
+    sensor.wait_findings_of(plain.pid, 1)?;
+    sensor.metrics()?;
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", sensor.pid()))?;
+    let sensor_pid: i32 = children.split_whitespace().next().unwrap().parse()?;
+    // SAFETY: kill(2) on the traced sensor: SIGHUP to reopen, then SIGTERM to stop.
+    unsafe { libc::kill(sensor_pid, libc::SIGHUP) };
+    std::thread::sleep(Duration::from_millis(300));
+    unsafe { libc::kill(sensor_pid, libc::SIGTERM) };
+    assert!(sensor.wait_exit()?.success());
+
+    let text = std::fs::read_to_string(&trace)?;
+    let mut used = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        let Some((_pid, rest)) = line.split_once(' ') else { continue };
+        let rest = rest.trim_start();
+        if rest.starts_with('<') || rest.starts_with("+++") || rest.starts_with("---") {
+            continue;
+        }
+        if let Some(name) = rest.split('(').next().filter(|n| {
+            !n.is_empty()
+                && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        }) {
+            used.insert(name.to_string());
+        }
+    }
+    assert!(used.contains("bpf") && used.contains("capset"), "the trace is real: {used:?}");
+    let refused: Vec<&String> = used.iter().filter(|s| !allowed.contains(*s)).collect();
+    assert!(refused.is_empty(), "the unit's SystemCallFilter would refuse {refused:?}");
+
+    // And every socket family it opens is one RestrictAddressFamilies= lets through.
+    let families: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("RestrictAddressFamilies="))
+        .flat_map(str::split_whitespace)
+        .collect();
+    let opened: std::collections::BTreeSet<&str> =
+        text.lines().filter_map(|l| l.split_once("socket(")?.1.split(',').next()).collect();
+    assert!(opened.contains("AF_INET") && opened.contains("AF_UNIX"), "{opened:?}");
+    for family in &opened {
+        assert!(families.contains(family), "RestrictAddressFamilies would refuse {family}");
+    }
+    Ok(())
+}
+
+#[test]
+fn runs_on_a_read_only_root_writing_only_its_findings_directory() -> anyhow::Result<()> {
+    // What ProtectSystem=strict (systemd) and readOnlyRootFilesystem (Kubernetes) leave it:
+    // a private mount namespace whose root is read-only, the findings directory the one
+    // writable place.
+    let _serial = serial();
+    let pg = PgServer::start(PgOptions::no_tls("daemon-readonly"))?;
+    let dir = scratch_dir("readonly-findings");
+    let script = format!(
+        "mount --bind {0} {0} && mount -o remount,bind,ro / && exec \"$0\" \"$@\"",
+        dir.display()
+    );
+    let wrapper = ["unshare", "--mount", "--propagation", "private", "sh", "-c", &script];
+    let sensor = Sensor::launch(&wrapper, &[], Some(dir.join("findings.jsonl")))?;
+    let mounts = std::fs::read_to_string(format!("/proc/{}/mounts", sensor.pid()))?;
+    let root = mounts.lines().find(|l| l.split_whitespace().nth(1) == Some("/")).unwrap();
+    assert!(root.split_whitespace().nth(3).unwrap().split(',').any(|o| o == "ro"), "{root}");
+
+    let plain = psql(&pg, "sslmode=disable", "postgres", "postgres")?.expect_success()?;
+    sensor.wait_findings_of(plain.pid, 1)?;
+    sensor.signal(libc::SIGHUP);
+    wait_for("the reopen", Duration::from_secs(5), || {
+        sensor.stderr().contains("findings file reopened").then_some(())
+    })?;
+    assert!(sensor.stop()?.success());
+    Ok(())
+}

@@ -39,6 +39,21 @@ pub struct Attached {
     pub check: Option<AttachmentCheck>,
 }
 
+/// Kernels before 5.11 charge BPF maps and programs to RLIMIT_MEMLOCK, whose default (8 MiB
+/// or less) is below what the ring buffer and maps need. Lift it where we may; newer
+/// kernels charge the memory cgroup instead and ignore it. If lifting is refused, the
+/// load's own error says what failed (systemd: LimitMEMLOCK=infinity does it for us).
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: setrlimit with a valid, fully initialised struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        tracing::debug!(
+            err = %std::io::Error::last_os_error(),
+            "could not lift RLIMIT_MEMLOCK (only kernels before 5.11 need it)"
+        );
+    }
+}
+
 impl Attached {
     /// Load the object, write the watched ports, and attach the programs at `cgroup_dir`.
     ///
@@ -49,6 +64,7 @@ impl Attached {
         cgroup_dir: &Path,
         sizes: MapSizes,
     ) -> anyhow::Result<Attached> {
+        raise_memlock_limit();
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(map_names::EVENTS, sizes.ring_buffer_bytes)
             .map_max_entries(map_names::CONNECTIONS, sizes.max_connections)
