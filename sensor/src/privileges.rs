@@ -5,10 +5,11 @@
 //! else is dropped from the effective, permitted, inheritable and ambient sets, and
 //! no_new_privs is set, so a compromised agent cannot load programs or regain privileges.
 //!
-//! CAP_BPF is a special case: kernels before 6.5 with `kernel.unprivileged_bpf_disabled`
-//! set refuse every bpf() command without it, even a map read on an fd the process owns.
-//! So it is dropped from the effective set first and kept only if the caller's probe (a
-//! counter read) then fails.
+//! CAP_BPF is a special case: some kernels with `kernel.unprivileged_bpf_disabled` set
+//! refuse every bpf() command without it, even a map read on an fd the process owns (older
+//! ones checked at the top of the syscall; Debian's 6.1 and 6.12 do not, as
+//! `cargo xtask vm-test` shows). So it is dropped from the effective set first and kept
+//! only if the caller's probe (a counter read) then fails.
 
 use caps::{CapSet, Capability};
 

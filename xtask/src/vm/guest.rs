@@ -3,7 +3,8 @@
 //! starts the sensor, sends one plaintext StartupMessage and one SSLRequest answered `S`
 //! followed by a ClientHello, and prints one `VMTEST` line the host parses:
 //! `VMTEST kernel=<release> check=<ok|fail> attach=<ok|fail> plaintext_finding=<ok|fail>
-//! tls_count=<ok|fail>`.
+//! tls_count=<ok|fail> caps_after_attach=<CapPrm>` (which capabilities the sensor kept
+//! once attached: CAP_BPF stays where the kernel refuses map reads without it).
 
 use std::{
     io::{BufRead, BufReader},
@@ -41,10 +42,17 @@ pub fn run() -> anyhow::Result<()> {
     server::spawn_pgwire(PLAIN_SERVER, server::Answer::No)?;
     server::spawn_pgwire(TLS_SERVER, server::Answer::Yes)?;
     let (mut attach_ok, mut plain_ok, mut tls_ok) = (false, false, false);
+    let mut caps_kept = String::from("-");
     match SensorProc::start_piped(Path::new(SENSOR), &[]) {
         Err(err) => println!("sensor did not attach: {err:#}"),
         Ok(mut sensor) => {
             attach_ok = true;
+            caps_kept = std::fs::read_to_string(format!("/proc/{}/status", sensor.pid()))
+                .ok()
+                .and_then(|s| {
+                    s.lines().find_map(|l| Some(l.strip_prefix("CapPrm:")?.trim().to_string()))
+                })
+                .unwrap_or_default();
             let lines = finding_lines(sensor.take_findings());
             let once = |addr: &str, kind| {
                 let addr: SocketAddr = addr.parse().expect("literal address");
@@ -70,7 +78,8 @@ pub fn run() -> anyhow::Result<()> {
         }
     }
     println!(
-        "VMTEST kernel={kernel} check={} attach={} plaintext_finding={} tls_count={}",
+        "VMTEST kernel={kernel} check={} attach={} plaintext_finding={} tls_count={} \
+         caps_after_attach={caps_kept}",
         word(check_ok),
         word(attach_ok),
         word(plain_ok),

@@ -120,18 +120,19 @@ pub fn run(root: &Path, accel: Accel) -> anyhow::Result<()> {
 
 fn matrix(outcomes: &[Outcome]) -> String {
     let mut t = String::from(
-        "| kernel | package | sensor check | load + attach | plaintext -> finding | SSLRequest -> tls count | boot + test |\n|---|---|---|---|---|---|---|\n",
+        "| kernel | package | sensor check | load + attach | plaintext -> finding | SSLRequest -> tls count | CapPrm after attach | boot + test |\n|---|---|---|---|---|---|---|---|\n",
     );
     for o in outcomes {
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {} | {} | {} | {:.1} s |",
+            "| {} | {} | {} | {} | {} | {} | {} | {:.1} s |",
             o.field("kernel"),
             o.package,
             o.field("check"),
             o.field("attach"),
             o.field("plaintext_finding"),
             o.field("tls_count"),
+            o.field("caps_after_attach"),
             o.seconds
         );
     }
