@@ -78,7 +78,7 @@ if [ "$want_test_deps" = 1 ]; then
   # release binary and the packaging.
   apt_ensure postgresql-15 postgresql-client-15 openssl util-linux procps iproute2 tcpdump \
     nftables krb5-kdc krb5-admin-server krb5-user bpftool prometheus prometheus-alertmanager \
-    libpostgresql-jdbc-java file coreutils binutils systemd strace
+    libpostgresql-jdbc-java file coreutils binutils systemd strace python3
   # Fuzzing in CI (the classifier's and the capture parser's targets).
   if ! cargo fuzz --version >/dev/null 2>&1; then
     log "installing cargo-fuzz (a minute or two, once)"

@@ -48,6 +48,12 @@ pub fn run(config: RunConfig) -> Result<(), Failure> {
 }
 
 async fn run_async(config: RunConfig) -> Result<(), Failure> {
+    // First of all: a signal during start-up (a `systemctl reload` right after start, a
+    // SIGTERM while the verifier runs) must be handled, not kill the process by default
+    // action. They are acted on once the event loop runs.
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let cgroup_dir = resolve_cgroup(&config)?;
     preflight::require_all(config.allow_untested_kernel)?;
 
@@ -63,7 +69,7 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
     let _instance = if config.allow_second_instance {
         None
     } else {
-        Some(instance::acquire().map_err(Failure::runtime)?)
+        instance::acquire().map_err(Failure::runtime)?
     };
 
     let sizes = MapSizes {
@@ -99,9 +105,6 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
         "attached; watching sessions"
     );
 
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let mut batch: Vec<KernelEvent> = Vec::with_capacity(64);
     let mut ticker = tokio::time::interval(TICK);
     let outcome = loop {

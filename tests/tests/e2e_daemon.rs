@@ -377,3 +377,41 @@ fn runs_on_a_read_only_root_writing_only_its_findings_directory() -> anyhow::Res
     assert!(sensor.stop()?.success());
     Ok(())
 }
+
+#[test]
+fn an_unprivileged_squatter_on_the_lock_cannot_keep_the_sensor_from_starting() -> anyhow::Result<()>
+{
+    let _serial = serial();
+    for listen in ["s.listen(1)", "pass"] {
+        // nobody binds the lock's name first (listening like a sensor, or not at all).
+        let code = format!(
+            "import socket,sys,time\ns=socket.socket(socket.AF_UNIX)\ns.bind('\\0pgwire-sensor')\n\
+             {listen}\nprint('bound', flush=True)\ntime.sleep(60)\n"
+        );
+        let mut squatter = Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "/usr/bin/python3",
+                "-c",
+                &code,
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(squatter.stdout.take().unwrap()),
+            &mut line,
+        )?;
+        assert_eq!(line.trim(), "bound");
+        let sensor = Sensor::start(&[]);
+        squatter.kill()?;
+        squatter.wait()?;
+        let sensor = sensor?;
+        assert!(sensor.stderr().contains("not a sensor"), "warned: {}", sensor.stderr());
+        assert_eq!(our_attached_programs()?, ALL_FOUR);
+        assert!(sensor.stop()?.success());
+    }
+    Ok(())
+}
