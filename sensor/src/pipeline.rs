@@ -21,6 +21,7 @@ use crate::{
 
 pub struct Pipeline {
     findings: FindingsWriter,
+    write_errors: ErrorLog,
     enricher: Enricher,
     pending: PendingAuth,
     state: Arc<HttpState>,
@@ -53,6 +54,7 @@ impl Pipeline {
         };
         Ok(Pipeline {
             findings,
+            write_errors: ErrorLog::default(),
             enricher: Enricher::new(),
             pending: PendingAuth::new(config.auth_wait),
             state,
@@ -92,10 +94,16 @@ impl Pipeline {
         }
     }
 
-    /// Write findings whose wait for an auth outcome is over.
+    /// Write findings whose wait for an auth outcome is over; follow a findings file that
+    /// was moved or deleted.
     pub fn tick(&mut self, now: Instant) {
         for finding in self.pending.expired(now) {
             self.write(&finding);
+        }
+        match self.findings.follow_path() {
+            Ok(true) => info!("the findings file was moved or deleted; reopened it at its path"),
+            Ok(false) => {}
+            Err(err) => self.write_errors.report(&format!("{err:#}"), 0, now),
         }
         self.flush();
     }
@@ -116,7 +124,7 @@ impl Pipeline {
         }
         if let Some((lines, err)) = flushed.failed {
             self.state.metrics.findings_write_errors.inc_by(lines as u64);
-            error!(%err, lines, "cannot write findings; these lines are lost");
+            self.write_errors.report(&err, lines, Instant::now());
         }
     }
 
@@ -139,6 +147,37 @@ impl Pipeline {
                 ));
             }
         }
+    }
+}
+
+/// Findings write errors, logged at most once per `ERROR_LOG_EVERY` (a full disk fails
+/// every batch, hundreds of times a second; the counter has the exact totals).
+#[derive(Default)]
+struct ErrorLog {
+    last: Option<Instant>,
+    lines_since: usize,
+    errors_since: u64,
+}
+
+const ERROR_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl ErrorLog {
+    fn report(&mut self, err: &str, lines: usize, now: Instant) {
+        self.lines_since += lines;
+        self.errors_since += 1;
+        if self.last.is_some_and(|t| now.duration_since(t) < ERROR_LOG_EVERY) {
+            return;
+        }
+        error!(
+            %err,
+            lost_lines = self.lines_since,
+            errors = self.errors_since,
+            "cannot write findings (lines lost are counted in \
+             pgwire_sensor_findings_write_errors_total; next report in 10 s at most)"
+        );
+        self.last = Some(now);
+        self.lines_since = 0;
+        self.errors_since = 0;
     }
 }
 

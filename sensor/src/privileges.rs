@@ -16,6 +16,10 @@ use caps::{CapSet, Capability};
 /// Kept after attach, when held: see the module comment.
 const KEEP: [Capability; 2] = [Capability::CAP_NET_ADMIN, Capability::CAP_SYS_PTRACE];
 
+/// Dropped only if the agent can still read its maps and query its attachments without
+/// them (CAP_SYS_ADMIN stands in for CAP_BPF, so it gets the same test).
+const PROBED: [Capability; 2] = [Capability::CAP_BPF, Capability::CAP_SYS_ADMIN];
+
 /// What was given up, for the log.
 #[derive(Debug, Default)]
 pub struct Dropped {
@@ -24,7 +28,8 @@ pub struct Dropped {
 }
 
 /// Drop every capability not needed once the programs are attached. `still_reads` must
-/// read a map through an fd the agent holds and say whether that worked.
+/// read a map through an fd the agent holds, ask the kernel what is attached, and say
+/// whether both worked.
 ///
 /// Call on the thread that runs the agent before it starts any other thread: capability
 /// sets are per thread and new threads inherit them.
@@ -34,20 +39,21 @@ pub fn drop_after_attach(
     let permitted = caps::read(None, CapSet::Permitted)?;
     let mut out = Dropped::default();
     for cap in permitted.iter().copied() {
-        if KEEP.contains(&cap) || cap == Capability::CAP_BPF {
+        if KEEP.contains(&cap) || PROBED.contains(&cap) {
             continue;
         }
         caps::drop(None, CapSet::Effective, cap)?;
         caps::drop(None, CapSet::Permitted, cap)?;
         out.dropped.push(cap);
     }
-    if permitted.contains(&Capability::CAP_BPF) {
-        caps::drop(None, CapSet::Effective, Capability::CAP_BPF)?;
+    // One at a time, CAP_BPF first: while CAP_SYS_ADMIN is still held it stands in for it.
+    for cap in PROBED.into_iter().filter(|c| permitted.contains(c)) {
+        caps::drop(None, CapSet::Effective, cap)?;
         if still_reads() {
-            caps::drop(None, CapSet::Permitted, Capability::CAP_BPF)?;
-            out.dropped.push(Capability::CAP_BPF);
+            caps::drop(None, CapSet::Permitted, cap)?;
+            out.dropped.push(cap);
         } else {
-            caps::raise(None, CapSet::Effective, Capability::CAP_BPF)?;
+            caps::raise(None, CapSet::Effective, cap)?;
         }
     }
     caps::clear(None, CapSet::Inheritable)?;

@@ -79,9 +79,11 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
     };
     let mut attached = Attached::load_and_attach(&config.ports, &cgroup_dir, sizes)?;
     let counters = Arc::new(attached.take_counters()?);
-    match privileges::drop_after_attach(|| counters.read().is_ok()) {
+    let still_reads =
+        || counters.read().is_ok() && attached.check.as_ref().is_none_or(|check| check.healthy());
+    match privileges::drop_after_attach(still_reads) {
         Ok(d) => info!(dropped = ?d.dropped, kept = ?d.kept, "privileges dropped after attach"),
-        Err(err) => warn!(%err, "could not drop privileges after attach; running with them"),
+        Err(err) => warn!(%err, "could not drop every privilege after attach; some are kept"),
     }
     let mut events =
         EventStream::new(attached.take_events()?).context("cannot poll the ring buffer")?;

@@ -353,20 +353,29 @@ fn the_systemd_units_syscall_filter_allows_every_syscall_the_sensor_makes() -> a
 #[test]
 fn runs_on_a_read_only_root_writing_only_its_findings_directory() -> anyhow::Result<()> {
     // What ProtectSystem=strict (systemd) and readOnlyRootFilesystem (Kubernetes) leave it:
-    // a private mount namespace whose root is read-only, the findings directory the one
-    // writable place.
+    // a private mount namespace where every mount is read-only, the findings directory the
+    // one writable place.
     let _serial = serial();
     let pg = PgServer::start(PgOptions::no_tls("daemon-readonly"))?;
     let dir = scratch_dir("readonly-findings");
     let script = format!(
-        "mount --bind {0} {0} && mount -o remount,bind,ro / && exec \"$0\" \"$@\"",
+        "for m in $(awk '{{print $2}}' /proc/self/mounts); do \
+           mount -o remount,bind,ro \"$m\" 2>/dev/null; done; \
+         mount --bind {0} {0} && mount -o remount,bind,rw {0} && exec \"$0\" \"$@\"",
         dir.display()
     );
     let wrapper = ["unshare", "--mount", "--propagation", "private", "sh", "-c", &script];
     let sensor = Sensor::launch(&wrapper, &[], Some(dir.join("findings.jsonl")))?;
     let mounts = std::fs::read_to_string(format!("/proc/{}/mounts", sensor.pid()))?;
-    let root = mounts.lines().find(|l| l.split_whitespace().nth(1) == Some("/")).unwrap();
-    assert!(root.split_whitespace().nth(3).unwrap().split(',').any(|o| o == "ro"), "{root}");
+    let findings_dir = dir.display().to_string();
+    // Only the last mount at a path is visible (stacked mounts hide the ones below).
+    let mut visible = std::collections::BTreeMap::new();
+    for line in mounts.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        visible.insert(fields[1], fields[3].split(',').any(|o| o == "ro"));
+    }
+    let writable: Vec<&str> = visible.iter().filter(|(_, ro)| !**ro).map(|(m, _)| *m).collect();
+    assert_eq!(writable, [findings_dir.as_str()], "only the findings directory is writable");
 
     let plain = psql(&pg, "sslmode=disable", "postgres", "postgres")?.expect_success()?;
     sensor.wait_findings_of(plain.pid, 1)?;

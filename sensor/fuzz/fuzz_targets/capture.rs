@@ -1,15 +1,21 @@
 //! `sensor analyze`'s input path on arbitrary bytes: pcap/pcapng parsing, TCP reassembly,
 //! the replay through the shared classifier, and the finding encoder. It must never panic,
-//! never report more findings than sessions, and every finding must encode to JSON that
-//! parses back with the same verdict.
+//! report exactly one finding per session that is not encrypted, and every finding must
+//! encode to one JSON line that parses back with the same verdict.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Some(judged) = sensor::analyze::judge_bytes(data, &[26257, 5432]) else { return };
-    let sessions: u64 = judged.counts.values().sum();
-    assert!(judged.findings.len() as u64 <= sessions);
+    let unencrypted: u64 = judged
+        .counts
+        .iter()
+        .filter(|(verdict, _)| !matches!(**verdict, "tls" | "tls_direct" | "gssenc"))
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(judged.findings.len() as u64, unencrypted);
+    assert!(judged.findings.iter().all(|f| !matches!(f.verdict, "tls" | "tls_direct" | "gssenc")));
     for finding in &judged.findings {
         let line = serde_json::to_string(finding).expect("findings always encode");
         let back: serde_json::Value = serde_json::from_str(&line).expect("and parse back");

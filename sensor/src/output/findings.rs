@@ -6,14 +6,19 @@
 //! for other appenders of the same file. A batch spans at most a few milliseconds, so a
 //! finding never waits in memory longer than that.
 //!
-//! A failed write (disk full, file removed from under us, permissions changed) loses that
-//! batch's lines, which are counted by the caller; the writer stays usable and tries again
-//! with the next batch, and `reopen` (SIGHUP, after logrotate) opens the path afresh.
+//! A failed write (disk full, I/O error) loses the lines of that batch it did not write,
+//! which are counted by the caller; a line cut in the middle is ended with a newline before
+//! the next batch, so it cannot corrupt the next one. The writer stays usable and tries
+//! again with the next batch. `reopen` (SIGHUP) opens the path afresh, and
+//! `follow_path` (every tick) does it by itself when the file at the path is no longer the
+//! one open (moved by logrotate, deleted): writes to a moved or deleted file succeed, so
+//! without this they would vanish uncounted.
 
 use std::{
     fs::{File, OpenOptions},
     io::{self, Write},
-    os::unix::fs::OpenOptionsExt,
+    os::unix::fs::{MetadataExt, OpenOptionsExt},
+    path::Path,
 };
 
 use anyhow::Context;
@@ -27,6 +32,10 @@ pub struct FindingsWriter {
     pending: Vec<u8>,
     /// Severity of each pending line, for the caller's per-severity counts.
     severities: Vec<&'static str>,
+    /// (device, inode) of the open file, to notice it was moved or deleted.
+    file_id: Option<(u64, u64)>,
+    /// The last write stopped inside a line: end it before writing more.
+    torn: bool,
 }
 
 /// What one `flush` did.
@@ -40,11 +49,14 @@ pub struct Flushed {
 
 impl FindingsWriter {
     pub fn open(target: &FindingsTarget) -> anyhow::Result<Self> {
+        let (out, file_id) = open_target(target)?;
         Ok(FindingsWriter {
             target: target.clone(),
-            out: open_target(target)?,
+            out,
             pending: Vec::with_capacity(64 * 1024),
             severities: Vec::new(),
+            file_id,
+            torn: false,
         })
     }
 
@@ -55,6 +67,8 @@ impl FindingsWriter {
             out,
             pending: Vec::new(),
             severities: Vec::new(),
+            file_id: None,
+            torn: false,
         }
     }
 
@@ -71,20 +85,41 @@ impl FindingsWriter {
         }
     }
 
-    /// Write every queued line with one call.
+    /// Write every queued line (one write call unless the kernel takes less).
     pub fn flush(&mut self) -> Flushed {
         if self.pending.is_empty() {
             return Flushed::default();
         }
-        let result = self.out.write_all(&self.pending).and_then(|()| self.out.flush());
-        self.pending.clear();
-        let lines = std::mem::take(&mut self.severities);
-        match result {
-            Ok(()) => Flushed { written: lines, failed: None },
-            Err(err) => {
-                Flushed { written: Vec::new(), failed: Some((lines.len(), err.to_string())) }
-            }
+        if self.torn {
+            self.pending.insert(0, b'\n');
         }
+        let (written, error) = write_some(&mut self.out, &self.pending);
+        let lines = std::mem::take(&mut self.severities);
+        let start = usize::from(self.torn);
+        let whole = self.pending[start..written.max(start)].iter().filter(|&&b| b == b'\n').count();
+        // Still inside a line: nothing written while already torn, or cut mid-line now.
+        self.torn = error.is_some()
+            && if written == 0 { self.torn } else { self.pending[written - 1] != b'\n' };
+        self.pending.clear();
+        match error {
+            None => Flushed { written: lines, failed: None },
+            Some(err) => Flushed {
+                failed: Some((lines.len() - whole, err.to_string())),
+                written: lines.into_iter().take(whole).collect(),
+            },
+        }
+    }
+
+    /// Reopen the path when the file there is no longer the one being written (moved by
+    /// logrotate, deleted). Returns whether it reopened.
+    pub fn follow_path(&mut self) -> anyhow::Result<bool> {
+        let FindingsTarget::File(path) = &self.target else { return Ok(false) };
+        let Some(open_id) = self.file_id else { return Ok(false) };
+        if identity(path).is_some_and(|id| id == open_id) {
+            return Ok(false);
+        }
+        self.reopen()?;
+        Ok(true)
     }
 
     /// Write one finding now (the offline `analyze`, where an error should stop the run).
@@ -100,18 +135,50 @@ impl FindingsWriter {
     /// error the old file stays in use.
     pub fn reopen(&mut self) -> anyhow::Result<()> {
         if let FindingsTarget::File(_) = self.target {
-            self.out = open_target(&self.target)?;
+            let (out, file_id) = open_target(&self.target)?;
+            self.out = out;
+            self.file_id = file_id;
+            self.torn = false; // a new file starts clean
         }
         Ok(())
     }
 }
 
-fn open_target(target: &FindingsTarget) -> anyhow::Result<Box<dyn Write + Send>> {
+/// Write as much of `bytes` as the writer takes: (bytes written, the error that stopped it).
+fn write_some(out: &mut dyn Write, bytes: &[u8]) -> (usize, Option<io::Error>) {
+    let mut written = 0;
+    while written < bytes.len() {
+        match out.write(&bytes[written..]) {
+            Ok(0) => return (written, Some(io::ErrorKind::WriteZero.into())),
+            Ok(n) => written += n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return (written, Some(err)),
+        }
+    }
+    // A buffered writer (stdout) may fail only here: then nothing is known to be written.
+    match out.flush() {
+        Ok(()) => (written, None),
+        Err(err) => (0, Some(err)),
+    }
+}
+
+/// (device, inode) of the file at `path`, if there is one.
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+type Opened = (Box<dyn Write + Send>, Option<(u64, u64)>);
+
+fn open_target(target: &FindingsTarget) -> anyhow::Result<Opened> {
     Ok(match target {
-        FindingsTarget::Stdout => Box::new(io::stdout()),
-        FindingsTarget::File(path) => Box::new(append_0600(path).with_context(|| {
-            format!("--findings {}: cannot open for appending", path.display())
-        })?),
+        FindingsTarget::Stdout => (Box::new(io::stdout()), None),
+        FindingsTarget::File(path) => {
+            let file = append_0600(path).with_context(|| {
+                format!("--findings {}: cannot open for appending", path.display())
+            })?;
+            let id = file.metadata().ok().map(|m| (m.dev(), m.ino()));
+            (Box::new(file), id)
+        }
     })
 }
 
@@ -169,6 +236,70 @@ mod tests {
         assert!(w.flush().failed.is_none());
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
         assert_eq!(std::fs::read_to_string(&rotated).unwrap().lines().count(), 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Takes `room` bytes, then fails like a disk that just filled up.
+    struct FillsUp {
+        room: usize,
+        got: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    }
+    impl Write for FillsUp {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.room == 0 {
+                return Err(io::Error::from_raw_os_error(28));
+            }
+            let n = buf.len().min(self.room);
+            self.room -= n;
+            self.got.lock().unwrap().extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_line_cut_by_a_full_disk_is_ended_and_counted_exactly() {
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let one_line = serde_json::to_vec(&finding("high")).unwrap().len() + 1;
+        let mut w =
+            FindingsWriter::to_writer(Box::new(FillsUp { room: one_line + 10, got: got.clone() }));
+        w.push(&finding("high"));
+        w.push(&finding("critical"));
+        w.push(&finding("low"));
+        let flushed = w.flush();
+        assert_eq!(flushed.written, vec!["high"], "the whole first line made it");
+        assert_eq!(flushed.failed.as_ref().map(|f| f.0), Some(2));
+        // Space again: the torn line is ended first, the next line stands alone.
+        w.out = Box::new(FillsUp { room: usize::MAX, got: got.clone() });
+        w.push(&finding("medium"));
+        assert_eq!(w.flush().written, vec!["medium"]);
+        let text = String::from_utf8(got.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(serde_json::from_str::<serde_json::Value>(lines[0]).is_ok());
+        assert!(serde_json::from_str::<serde_json::Value>(lines[1]).is_err(), "the torn one");
+        let last: serde_json::Value = serde_json::from_str(lines[2]).unwrap();
+        assert_eq!(last["severity"], "medium");
+    }
+
+    #[test]
+    fn a_moved_or_deleted_file_is_followed() {
+        let dir = std::env::temp_dir().join(format!("findings-follow-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("f.jsonl");
+        let _ = std::fs::remove_file(&path);
+        let mut w = FindingsWriter::open(&FindingsTarget::File(path.clone())).unwrap();
+        assert!(!w.follow_path().unwrap(), "same file: nothing to do");
+        std::fs::remove_file(&path).unwrap();
+        assert!(w.follow_path().unwrap(), "deleted: reopened");
+        w.push(&finding("high"));
+        assert!(w.flush().failed.is_none());
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
+        std::fs::rename(&path, dir.join("f.jsonl.1")).unwrap();
+        assert!(w.follow_path().unwrap(), "moved: reopened");
+        assert!(path.exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -4,7 +4,7 @@
 //! Whoever can reach it must not be able to starve the agent: connections are bounded
 //! (past `MAX_CONNECTIONS` new ones are closed at once and counted), a request head must
 //! arrive within `HEADER_TIMEOUT` and fit in `MAX_REQUEST_HEAD` bytes, and no connection
-//! lives longer than `CONNECTION_LIFETIME`.
+//! lives longer than `CONNECTION_LIFETIME` (then it finishes its response and closes).
 
 use std::{
     sync::{
@@ -51,6 +51,7 @@ impl HttpState {
 pub const MAX_CONNECTIONS: usize = 32;
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// hyper's smallest allowed read buffer; a longer request head gets 431 and a close.
 pub const MAX_REQUEST_HEAD: usize = 8192;
 
@@ -82,8 +83,17 @@ pub async fn serve(listener: TcpListener, state: Arc<HttpState>) {
             http.timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .max_buf_size(MAX_REQUEST_HEAD);
-            let connection = http.serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
+            let mut connection =
+                std::pin::pin!(http.serve_connection(TokioIo::new(stream), service));
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = tokio::time::sleep(CONNECTION_LIFETIME) => {
+                    // Finish the response in flight (a scrape), then close; a client that
+                    // does not read it is cut off after a short grace.
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(SHUTDOWN_GRACE, connection).await;
+                }
+            }
             drop(slot);
         });
     }

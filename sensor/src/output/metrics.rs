@@ -82,7 +82,7 @@ impl Metrics {
 
         let findings_write_errors = IntCounter::new(
             name("findings_write_errors_total"),
-            "Finding lines that could not be written (disk full, file removed...).",
+            "Finding lines that could not be written (disk full, I/O error).",
         )?;
         registry.register(Box::new(findings_write_errors.clone()))?;
         let http_connections_refused = IntCounter::new(

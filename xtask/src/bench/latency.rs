@@ -14,6 +14,9 @@ use std::{
 
 use super::loadgen::startup_message;
 
+/// A send older than this without its finding is given up on.
+const STALE: Duration = Duration::from_secs(2);
+
 pub struct Latency {
     pub sent: u64,
     pub matched: u64,
@@ -105,9 +108,15 @@ fn one_timed_session(
     let port = s.local_addr().ok()?.port();
     let at = Instant::now();
     s.write_all(startup).ok()?;
-    sends.entry(port).or_default().push_back(at);
     let mut reply = [0u8; 9];
-    s.read_exact(&mut reply).ok()
+    s.read_exact(&mut reply).ok()?;
+    // Only sessions that completed are counted as sent and waited for. A port's earlier
+    // send whose finding never came is dropped, so a later session on the port is not
+    // matched against it.
+    let queue = sends.entry(port).or_default();
+    queue.retain(|t| at.duration_since(*t) < STALE);
+    queue.push_back(at);
+    Some(())
 }
 
 #[cfg(test)]

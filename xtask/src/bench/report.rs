@@ -10,8 +10,10 @@ pub struct Row {
     pub unit: &'static str,
     pub detached: Vec<f64>,
     pub attached: Vec<f64>,
-    /// Attached runs: sessions sent, sessions the kernel counted, events lost.
+    /// Attached runs: sessions completed, sessions failed, sessions the kernel counted,
+    /// events lost.
     pub sent: u64,
+    pub errors: u64,
     pub counted: u64,
     pub lost: u64,
     pub cpu_ms_per_1000: Option<f64>,
@@ -26,6 +28,7 @@ impl Row {
             detached: vec![],
             attached: vec![],
             sent: 0,
+            errors: 0,
             counted: 0,
             lost: 0,
             cpu_ms_per_1000: None,

@@ -147,6 +147,17 @@ impl SensorProc {
     }
 }
 
+/// A bench step that fails between start and stop must not leave an attached sensor
+/// behind (it would also hold the host's instance lock).
+impl Drop for SensorProc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 fn clock_ticks() -> f64 {
     Command::new("getconf")
         .arg("CLK_TCK")
