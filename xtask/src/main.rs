@@ -90,12 +90,19 @@ fn setup(test_deps: bool) -> anyhow::Result<()> {
 }
 
 fn run_sensor(args: &[String]) -> anyhow::Result<()> {
+    let args = sensor_args(args);
     setup(false)?;
     status(cargo().args(["build", "--release", "--package", "sensor"]))?;
     let binary = root_dir().join("target/release/sensor");
     // Replace this process: signals (Ctrl-C, SIGTERM) then reach the sensor directly.
     let err = Command::new(&binary).arg("run").args(args).exec();
     Err(err).with_context(|| format!("cannot exec {}", binary.display()))
+}
+
+/// `cargo xtask run -- ARGS` and `cargo xtask run ARGS` both mean ARGS for the sensor (the
+/// cargo alias already ends in `--`, so a user's own `--` arrives here).
+fn sensor_args(args: &[String]) -> &[String] {
+    args.strip_prefix(&["--".to_string()]).unwrap_or(args)
 }
 
 fn test() -> anyhow::Result<()> {
@@ -217,4 +224,19 @@ fn effective_uid() -> u32 {
             line.split_whitespace().nth(2)?.parse().ok()
         })
         .unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sensor_args;
+
+    #[test]
+    fn a_leading_double_dash_is_not_passed_to_the_sensor() {
+        let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let with = owned(&["--", "--ports", "5432"]);
+        let without = owned(&["--ports", "5432"]);
+        assert_eq!(sensor_args(&with), &without[..]);
+        assert_eq!(sensor_args(&without), &without[..]);
+        assert!(sensor_args(&[]).is_empty());
+    }
 }
