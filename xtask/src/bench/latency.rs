@@ -5,7 +5,7 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     net::{SocketAddr, TcpStream},
     sync::mpsc,
     thread,
@@ -25,24 +25,6 @@ pub struct Latency {
     pub max_ms: f64,
 }
 
-/// Read finding lines from `findings` on a thread: (client port, when the line arrived).
-pub fn watch_findings(findings: impl Read + Send + 'static) -> mpsc::Receiver<(u16, Instant)> {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(findings).lines() {
-            let Ok(line) = line else { break };
-            let now = Instant::now();
-            if let Some(port) = client_port(&line) {
-                if tx.send((port, now)).is_err() {
-                    break;
-                }
-            }
-        }
-    });
-    // The thread ends when the sensor's stdout closes (the sensor stopped).
-    rx
-}
-
 /// The client's port in a client-role finding line: `"src":{"ip":"...","port":N}`.
 fn client_port(line: &str) -> Option<u16> {
     let src = &line[line.find("\"src\":")?..];
@@ -56,7 +38,7 @@ pub fn measure(
     addr: SocketAddr,
     rate: f64,
     duration: Duration,
-    findings: &mpsc::Receiver<(u16, Instant)>,
+    findings: &mpsc::Receiver<(Instant, String)>,
 ) -> Latency {
     let startup = startup_message();
     let interval = Duration::from_secs_f64(1.0 / rate);
@@ -65,7 +47,8 @@ pub fn measure(
     let mut sent = 0u64;
     let mut latencies = Vec::new();
     let mut collect = |sends: &mut HashMap<u16, VecDeque<Instant>>, wait: Duration| {
-        while let Ok((port, at)) = findings.recv_timeout(wait) {
+        while let Ok((at, line)) = findings.recv_timeout(wait) {
+            let Some(port) = client_port(&line) else { continue };
             if let Some(sent_at) = sends.get_mut(&port).and_then(VecDeque::pop_front) {
                 latencies.push(at.duration_since(sent_at).as_secs_f64() * 1000.0);
             }

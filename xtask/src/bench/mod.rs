@@ -223,7 +223,7 @@ fn finding_latency(
     duration: Duration,
 ) -> anyhow::Result<latency::Latency> {
     let mut sensor = SensorProc::start_piped(sensor_bin, &[])?;
-    let findings = latency::watch_findings(sensor.take_findings().context("no findings pipe")?);
+    let findings = sensor.finding_lines().context("no findings pipe")?;
     let measured = latency::measure(session_addr(Session::Plaintext)?, rate, duration, &findings);
     sensor.stop()?;
     Ok(measured)

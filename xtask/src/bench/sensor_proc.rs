@@ -2,10 +2,11 @@
 //! CPU and peak RSS from /proc), stopped.
 
 use std::{
-    io::{Read, Write},
+    io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     path::Path,
     process::{Child, ChildStdout, Command, Stdio},
+    sync::mpsc,
     time::{Duration, Instant},
 };
 
@@ -29,32 +30,26 @@ pub struct Sample {
 impl Sample {
     /// Events of one kind (`session`, `auth`) the kernel could not deliver.
     pub fn lost_of(&self, kind: &str) -> u64 {
-        sum_where(&self.text, "pgwire_sensor_events_lost_total", &format!("kind=\"{kind}\""))
+        sum_where(&self.text, "pgwire_sensor_events_lost_total", &[&format!("kind=\"{kind}\"")])
     }
 
     /// Client sessions of `verdict`, over all ports.
     pub fn counted(&self, verdict: &str) -> u64 {
-        self.text
-            .lines()
-            .filter(|l| l.starts_with("pgwire_sensor_sessions_total{"))
-            .filter(|l| {
-                l.contains(&format!("verdict=\"{verdict}\"")) && l.contains("role=\"client\"")
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64
+        let verdict = format!("verdict=\"{verdict}\"");
+        sum_where(&self.text, "pgwire_sensor_sessions_total", &[&verdict, "role=\"client\""])
     }
 }
 
 /// The sum of a metric family's samples (all label sets).
 fn sum(text: &str, family: &str) -> u64 {
-    sum_where(text, family, "")
+    sum_where(text, family, &[])
 }
 
-/// The sum of a metric family's samples whose line contains `label`.
-fn sum_where(text: &str, family: &str, label: &str) -> u64 {
+/// The sum of a metric family's samples whose line contains every one of `labels`.
+fn sum_where(text: &str, family: &str, labels: &[&str]) -> u64 {
     text.lines()
         .filter(|l| l.starts_with(family) && l[family.len()..].starts_with(['{', ' ']))
-        .filter(|l| l.contains(label))
+        .filter(|l| labels.iter().all(|label| l.contains(label)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
 }
@@ -80,7 +75,7 @@ impl SensorProc {
         Self::spawn(binary, extra, false)
     }
 
-    /// Findings go to a pipe: take it with `take_findings`.
+    /// Findings go to a pipe: read them with `finding_lines`.
     pub fn start_piped(binary: &Path, extra: &[&str]) -> anyhow::Result<SensorProc> {
         Self::spawn(binary, extra, true)
     }
@@ -112,8 +107,20 @@ impl SensorProc {
         }
     }
 
-    pub fn take_findings(&mut self) -> Option<ChildStdout> {
-        self.child.stdout.take()
+    /// The finding lines of a `start_piped` sensor, each with the instant it arrived, read
+    /// on a thread that ends when the sensor's stdout closes. `None` if not piped (or
+    /// already taken).
+    pub fn finding_lines(&mut self) -> Option<mpsc::Receiver<(Instant, String)>> {
+        let out: ChildStdout = self.child.stdout.take()?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send((Instant::now(), line)).is_err() {
+                    break;
+                }
+            }
+        });
+        Some(rx)
     }
 
     pub fn pid(&self) -> u32 {

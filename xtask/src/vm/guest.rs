@@ -6,14 +6,9 @@
 //! tls_count=<ok|fail> caps_after_attach=<CapPrm>` (which capabilities the sensor kept
 //! once attached: CAP_BPF stays where the kernel refuses map reads without it).
 
-use std::{
-    io::{BufRead, BufReader},
-    net::SocketAddr,
-    path::Path,
-    process::Command,
-    sync::mpsc,
-    time::Duration,
-};
+use std::{net::SocketAddr, path::Path, process::Command, time::Duration};
+
+use anyhow::Context;
 
 use crate::bench::{
     loadgen::{self, Session},
@@ -53,14 +48,17 @@ pub fn run() -> anyhow::Result<()> {
                     s.lines().find_map(|l| Some(l.strip_prefix("CapPrm:")?.trim().to_string()))
                 })
                 .unwrap_or_default();
-            let lines = finding_lines(sensor.take_findings());
+            let lines = sensor.finding_lines().context("no findings pipe")?;
             let once = |addr: &str, kind| {
                 let addr: SocketAddr = addr.parse().expect("literal address");
                 loadgen::sessions(addr, kind, 1, Duration::from_secs(10), 1)
             };
             let plain = once(PLAIN_SERVER, Session::Plaintext);
             let tls = once(TLS_SERVER, Session::Tls);
-            let finding = lines.recv_timeout(Duration::from_secs(5)).unwrap_or_default();
+            let finding = lines
+                .recv_timeout(Duration::from_secs(5))
+                .map(|(_, line)| line)
+                .unwrap_or_default();
             println!("finding: {finding}");
             plain_ok = plain.errors == 0 && finding.contains("\"verdict\":\"plaintext\"");
             std::thread::sleep(Duration::from_millis(300));
@@ -86,19 +84,4 @@ pub fn run() -> anyhow::Result<()> {
         word(tls_ok)
     );
     Ok(())
-}
-
-/// Finding lines from the sensor's stdout, on a thread.
-fn finding_lines(out: Option<std::process::ChildStdout>) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    if let Some(out) = out {
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-    }
-    rx
 }
