@@ -123,8 +123,7 @@ const REQUIRED_CAPS: [(&str, u32, bool, &str); 3] = [
 
 /// One check per required capability, so `sensor check` names exactly what is missing.
 fn capabilities() -> Vec<Check> {
-    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let effective = parse_cap_eff(&status).unwrap_or(0);
+    let effective = effective_caps();
     let has = |cap: u32| effective & (1u64 << cap) != 0;
     REQUIRED_CAPS
         .iter()
@@ -145,8 +144,7 @@ fn capabilities() -> Vec<Check> {
 /// Optional: without CAP_SYS_PTRACE the kernel hides other users' (and more privileged
 /// processes') executable path, so findings name the command but not `exe`.
 fn ptrace_capability() -> Check {
-    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let ok = parse_cap_eff(&status).unwrap_or(0) & (1u64 << CAP_SYS_PTRACE) != 0;
+    let ok = effective_caps() & (1u64 << CAP_SYS_PTRACE) != 0;
     Check {
         name: "CAP_SYS_PTRACE",
         ok,
@@ -156,6 +154,12 @@ fn ptrace_capability() -> Check {
         ),
         fix: "optional; grant CAP_SYS_PTRACE for exe paths of every process",
     }
+}
+
+/// This process's effective capability set (none if /proc cannot tell).
+fn effective_caps() -> u64 {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    parse_cap_eff(&status).unwrap_or(0)
 }
 
 fn parse_cap_eff(status: &str) -> Option<u64> {

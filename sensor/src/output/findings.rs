@@ -201,17 +201,6 @@ mod tests {
         Finding { severity, ..crate::session::finding_from_event(&ev) }
     }
 
-    /// Fails every write, like a full disk.
-    struct Full;
-    impl Write for Full {
-        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
-            Err(io::Error::from_raw_os_error(28)) // ENOSPC
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[test]
     fn a_batch_is_one_write_of_whole_lines_created_0600() {
         let dir = std::env::temp_dir().join(format!("findings-test-{}", std::process::id()));
@@ -239,7 +228,7 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// Takes `room` bytes, then fails like a disk that just filled up.
+    /// Takes `room` bytes, then fails like a disk that just filled up (ENOSPC).
     struct FillsUp {
         room: usize,
         got: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
@@ -305,7 +294,8 @@ mod tests {
 
     #[test]
     fn a_failed_write_is_reported_and_the_writer_goes_on() {
-        let mut w = FindingsWriter::to_writer(Box::new(Full));
+        let full = FillsUp { room: 0, got: Default::default() };
+        let mut w = FindingsWriter::to_writer(Box::new(full));
         w.push(&finding("high"));
         w.push(&finding("high"));
         let flushed = w.flush();
