@@ -6,7 +6,7 @@ use std::{
     fs,
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     thread,
@@ -18,11 +18,11 @@ use serde_json::Value;
 
 use crate::{
     metrics::http_get,
-    util::{free_port, scratch_dir, wait_for},
+    util::{free_port, repo_path, scratch_dir, wait_for},
 };
 
 fn deploy(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy").join(path)
+    repo_path(&format!("deploy/{path}"))
 }
 
 /// Records every POST body it receives (Alertmanager's webhook notifications).

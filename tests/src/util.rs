@@ -41,6 +41,11 @@ pub fn free_port() -> u16 {
         .expect("binding an ephemeral loopback port")
 }
 
+/// A file or directory of this repository, by its path from the repository root.
+pub fn repo_path(relative: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(relative)
+}
+
 /// A fresh directory for one test's files, readable by the postgres user.
 pub fn scratch_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join("pgwire-sensor-tests").join(format!(

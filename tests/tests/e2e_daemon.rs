@@ -18,7 +18,7 @@ use tests::{
     pg::{PgOptions, PgServer},
     sensor::{sensor_binary, Sensor},
     serial,
-    util::{scratch_dir, wait_for},
+    util::{repo_path, scratch_dir, wait_for},
 };
 
 /// Names of the programs attached at the cgroup v2 root that are ours, as bpftool (the
@@ -52,18 +52,17 @@ fn nothing_of_ours_attached() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// setpriv options: user nobody, exactly `caps` (e.g. "+bpf,+perfmon,+net_admin")
-/// inheritable, ambient and in the bounding set.
+/// setpriv as user nobody, with no supplementary groups.
+const AS_NOBODY: [&str; 4] = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
+
+/// `AS_NOBODY` with exactly `caps` (e.g. "+bpf,+perfmon,+net_admin") inheritable, ambient
+/// and in the bounding set.
 fn as_nobody_with(caps: &str) -> Vec<String> {
-    vec![
-        "setpriv".into(),
-        "--reuid=65534".into(),
-        "--regid=65534".into(),
-        "--clear-groups".into(),
-        format!("--inh-caps=-all,{caps}"),
-        format!("--ambient-caps=-all,{caps}"),
-        format!("--bounding-set=-all,{caps}"),
-    ]
+    let mut args: Vec<String> = AS_NOBODY.iter().map(|a| a.to_string()).collect();
+    args.push(format!("--inh-caps=-all,{caps}"));
+    args.push(format!("--ambient-caps=-all,{caps}"));
+    args.push(format!("--bounding-set=-all,{caps}"));
+    args
 }
 
 fn status_field(pid: u32, field: &str) -> String {
@@ -287,10 +286,7 @@ fn expand_syscall_filter(items: &[&str]) -> anyhow::Result<std::collections::Has
 #[test]
 fn the_systemd_units_syscall_filter_allows_every_syscall_the_sensor_makes() -> anyhow::Result<()> {
     let _serial = serial();
-    let unit = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../deploy/systemd/pgwire-sensor.service"),
-    )?;
+    let unit = std::fs::read_to_string(repo_path("deploy/systemd/pgwire-sensor.service"))?;
     let filter: Vec<&str> = unit
         .lines()
         .filter_map(|l| l.strip_prefix("SystemCallFilter="))
@@ -397,15 +393,9 @@ fn an_unprivileged_squatter_on_the_lock_cannot_keep_the_sensor_from_starting() -
             "import socket,sys,time\ns=socket.socket(socket.AF_UNIX)\ns.bind('\\0pgwire-sensor')\n\
              {listen}\nprint('bound', flush=True)\ntime.sleep(60)\n"
         );
-        let mut squatter = Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "/usr/bin/python3",
-                "-c",
-                &code,
-            ])
+        let mut squatter = Command::new(AS_NOBODY[0])
+            .args(&AS_NOBODY[1..])
+            .args(["/usr/bin/python3", "-c", &code])
             .stdout(std::process::Stdio::piped())
             .spawn()?;
         let mut line = String::new();

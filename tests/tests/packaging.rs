@@ -3,13 +3,9 @@
 //! needs and nothing more; the release binary (`cargo xtask dist`) is one self-contained
 //! static file that runs with no shared library at all.
 
-use std::{path::PathBuf, process::Command};
+use std::process::Command;
 
-use tests::sensor::sensor_binary;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use tests::{sensor::sensor_binary, util::repo_path};
 
 /// `Key=value` lines of a unit file (last one wins, as in systemd).
 fn unit_setting(unit: &str, key: &str) -> Option<String> {
@@ -21,7 +17,7 @@ fn unit_setting(unit: &str, key: &str) -> Option<String> {
 
 #[test]
 fn the_systemd_unit_verifies_and_is_hardened() -> anyhow::Result<()> {
-    let unit = std::fs::read_to_string(repo().join("deploy/systemd/pgwire-sensor.service"))?;
+    let unit = std::fs::read_to_string(repo_path("deploy/systemd/pgwire-sensor.service"))?;
     // verify checks that ExecStart exists: point it at the binary under test.
     let exec = unit_setting(&unit, "ExecStart").expect("ExecStart");
     let program = exec.split_whitespace().next().unwrap().to_string();
@@ -61,7 +57,7 @@ fn the_systemd_unit_verifies_and_is_hardened() -> anyhow::Result<()> {
 
 #[test]
 fn the_daemonset_asks_for_exactly_what_the_sensor_needs() -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(repo().join("deploy/kubernetes/daemonset.yaml"))?;
+    let text = std::fs::read_to_string(repo_path("deploy/kubernetes/daemonset.yaml"))?;
     let docs: Vec<serde_json::Value> = serde_yaml_ng::Deserializer::from_str(&text)
         .map(|d| serde::Deserialize::deserialize(d).map_err(anyhow::Error::from))
         .collect::<anyhow::Result<_>>()?;
@@ -108,7 +104,7 @@ fn the_daemonset_asks_for_exactly_what_the_sensor_needs() -> anyhow::Result<()> 
 #[test]
 fn the_release_binary_is_self_contained() -> anyhow::Result<()> {
     // Built by `cargo xtask dist` (which `cargo xtask test` runs first).
-    let dist = repo().join("target/dist/pgwire-sensor");
+    let dist = repo_path("target/dist/pgwire-sensor");
     anyhow::ensure!(dist.exists(), "{} missing: run `cargo xtask dist`", dist.display());
     let file = Command::new("file").arg(&dist).output()?;
     let file = String::from_utf8_lossy(&file.stdout);
