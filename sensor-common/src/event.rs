@@ -1,7 +1,7 @@
 //! Records that cross the kernel/user boundary. `#[repr(C)]`, fixed size, no pointers;
 //! sizes are asserted at compile time so a layout change on one side cannot go unnoticed.
 
-use crate::{limits::CAPTURE_LEN, tracker::Tracker};
+use crate::{assembly::MessageAssembly, limits::CAPTURE_LEN, tracker::Tracker};
 
 pub const COMM_LEN: usize = 16;
 
@@ -46,19 +46,11 @@ pub struct ConnState {
     pub client_base: u32,
     /// Sequence number of the server's byte 0 (valid with `conn_flags::SERVER_BASE`).
     pub server_base: u32,
-    /// Client stream offset where the message being assembled starts.
-    pub msg_start: u32,
-    /// Bytes of that message in the capture buffer.
-    pub have: u32,
-    /// That message's length from its header, once known (0 before).
-    pub msg_len: u32,
     /// Server stream offset of the next server message (answers are one byte each).
     pub server_offset: u32,
     pub flags: u32,
-    /// One run of bytes received ahead of a hole (lost, then retransmitted, segments),
-    /// as offsets from `msg_start`; empty when `ooo_end == 0`.
-    pub ooo_start: u32,
-    pub ooo_end: u32,
+    /// The client message being assembled in the capture buffer.
+    pub message: MessageAssembly,
     pub _pad: u32,
     pub tracker: Tracker,
 }
@@ -70,13 +62,9 @@ impl ConnState {
             proc_,
             client_base: 0,
             server_base: 0,
-            msg_start: 0,
-            have: 0,
-            msg_len: 0,
             server_offset: 0,
             flags,
-            ooo_start: 0,
-            ooo_end: 0,
+            message: MessageAssembly::NEW,
             _pad: 0,
             tracker: Tracker::NEW,
         }
@@ -189,7 +177,7 @@ pub struct Capture {
 }
 
 const _: () = assert!(core::mem::size_of::<ProcRecord>() == 48);
-const _: () = assert!(core::mem::size_of::<ConnState>() == 48 + 10 * 4 + 8);
+const _: () = assert!(core::mem::size_of::<ConnState>() == 48 + 4 * 4 + 20 + 4 + 8);
 const _: () = assert!(
     core::mem::size_of::<SessionEvent>() == 24 + 48 + 32 + 4 + 4 + 4 + 4 + 4 + 4 + CAPTURE_LEN
 );

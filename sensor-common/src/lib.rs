@@ -3,7 +3,10 @@
 //! - [`pgwire`]: the one classifier of a session's first bytes, pure functions over byte
 //!   arrays. The kernel calls it to count verdicts exactly; userspace calls it again on the
 //!   captured bytes (and on pcap streams), so both sides agree by construction.
+//! - [`tracker`]: the session-start state machine every verdict comes from.
+//! - [`assembly`]: where a client message's bytes land in the capture (pure arithmetic).
 //! - [`verdict`]: verdict, severity and role enums with their stable names.
+//! - [`names`]: the one mechanism that gives each shared enum its names and parsers.
 //! - [`event`]: the `#[repr(C)]` records that cross the kernel/user boundary.
 //! - [`limits`]: map names, sizes and counter indices both sides must agree on.
 #![no_std]
@@ -11,8 +14,10 @@
 #[cfg(any(test, feature = "test-util"))]
 extern crate std;
 
+pub mod assembly;
 pub mod event;
 pub mod limits;
+pub mod names;
 pub mod pgwire;
 pub mod tracker;
 pub mod verdict;

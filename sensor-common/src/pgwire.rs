@@ -6,7 +6,6 @@
 //! big-endian; the client's first message has no type byte (Int32 length, Int32 code).
 
 use crate::limits::{CAPTURE_LEN, PREFIX_LEN};
-use crate::verdict::{UnknownReason, Verdict};
 
 pub const SSL_REQUEST_CODE: u32 = 80877103;
 pub const GSSENC_REQUEST_CODE: u32 = 80877104;
@@ -15,6 +14,11 @@ pub const CANCEL_REQUEST_CODE: u32 = 80877102;
 pub const MAX_STARTUP_LEN: u32 = 10000;
 /// CancelRequest is 16 bytes in protocol 3.0; 3.2 allows keys up to 256 bytes.
 pub const MAX_CANCEL_LEN: u32 = 16 + 256;
+/// SSLRequest and GSSENCRequest are 8 bytes: Int32 length, Int32 code.
+pub const REQUEST_LEN: u32 = 8;
+/// Bytes of the server's first message after a plaintext StartupMessage that are read:
+/// Byte1 type, Int32 length, and for `R` (Authentication) the Int32 request code.
+pub const AUTH_PEEK_LEN: usize = 9;
 pub const HTTP2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// What the client's first message is.
@@ -40,33 +44,17 @@ pub enum FirstMessage {
 }
 
 impl FirstMessage {
-    /// The verdict when nothing after the first message is known (the server's answer to an
-    /// SSLRequest is not followed yet, so SSLRequest counts as `tls`).
-    pub const fn verdict(self) -> Verdict {
-        match self {
-            FirstMessage::SslRequest => Verdict::Tls,
-            FirstMessage::GssEncRequest => Verdict::Gssenc,
-            FirstMessage::CancelRequest { .. } => Verdict::Cancel,
-            FirstMessage::Startup { .. } => Verdict::Plaintext,
-            FirstMessage::TlsClientHello => Verdict::TlsDirect,
-            FirstMessage::Http2Preface => Verdict::RpcPlaintext,
-            FirstMessage::NeedMore | FirstMessage::Unknown => Verdict::Unknown,
-        }
-    }
-
-    pub const fn unknown_reason(self) -> UnknownReason {
-        match self {
-            FirstMessage::NeedMore => UnknownReason::IncompleteMessage,
-            FirstMessage::Unknown => UnknownReason::NotPgwire,
-            _ => UnknownReason::None,
-        }
+    /// SSLRequest or GSSENCRequest: the server answers with one byte, then the client's
+    /// next message starts right after the request's 8 bytes.
+    pub const fn is_encryption_request(self) -> bool {
+        matches!(self, FirstMessage::SslRequest | FirstMessage::GssEncRequest)
     }
 
     /// How many bytes of the stream belong to this first message, when the header says so.
     /// Capturing stops there so nothing the client sends later (a password) is copied.
     pub const fn message_len(self) -> Option<u32> {
         match self {
-            FirstMessage::SslRequest | FirstMessage::GssEncRequest => Some(8),
+            FirstMessage::SslRequest | FirstMessage::GssEncRequest => Some(REQUEST_LEN),
             FirstMessage::CancelRequest { len } | FirstMessage::Startup { len, .. } => Some(len),
             FirstMessage::Http2Preface => Some(HTTP2_PREFACE.len() as u32),
             _ => None,
@@ -163,6 +151,13 @@ pub const fn capture_limit(msg_len: u32) -> u32 {
 /// A CancelRequest's bytes after its 8-byte header are the backend's secret cancel key:
 /// evidence stops here.
 pub const CANCEL_EVIDENCE_LEN: u32 = 8;
+
+/// The request code of an Authentication (`R`) message from its first
+/// [`AUTH_PEEK_LEN`] bytes (meaningless for other message types).
+#[inline(always)]
+pub const fn auth_code(peek: &[u8; AUTH_PEEK_LEN]) -> u32 {
+    u32::from_be_bytes([peek[5], peek[6], peek[7], peek[8]])
+}
 
 /// Copy the first bytes of `bytes` into a zero-padded prefix array for [`classify_first`].
 pub fn prefix_of(bytes: &[u8]) -> [u8; PREFIX_LEN] {

@@ -7,52 +7,70 @@
 //! decision is made here.
 
 use crate::pgwire::FirstMessage;
-use crate::verdict::{UnknownReason, Verdict};
+use crate::verdict::{UnknownReason, Verdict, NO_REASON};
 
-/// Where the session is.
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase {
-    /// Waiting for (the rest of) the client's first message.
-    ClientFirst = 0,
-    /// SSLRequest/GSSENCRequest sent: waiting for the server's one-byte answer.
-    AwaitAnswer = 1,
-    /// The server said `S`: waiting for the client's TLS ClientHello.
-    AwaitHello = 2,
-    /// The server said `N` (or `E`): waiting for the client's next message, or its close.
-    AfterRefusal = 3,
-    /// A plaintext StartupMessage went out: waiting for the server's first reply.
-    AwaitAuth = 4,
-    /// The server asked for a password (or SASL/GSS token): waiting for the client's reply.
-    AwaitPassword = 5,
-    /// Nothing left to learn.
-    Done = 6,
+crate::named_enum! {
+    /// Where the session is.
+    pub enum Phase ("tracker phase") {
+        /// Waiting for (the rest of) the client's first message.
+        ClientFirst = 0 => "client_first",
+        /// SSLRequest/GSSENCRequest sent: waiting for the server's one-byte answer.
+        AwaitAnswer = 1 => "await_answer",
+        /// The server said `S`: waiting for the client's TLS ClientHello.
+        AwaitHello = 2 => "await_hello",
+        /// The server said `N` (or `E`): waiting for the client's next message, or its close.
+        AfterRefusal = 3 => "after_refusal",
+        /// A plaintext StartupMessage went out: waiting for the server's first reply.
+        AwaitAuth = 4 => "await_auth",
+        /// The server asked for a password (or SASL/GSS token): waiting for the client's
+        /// reply.
+        AwaitPassword = 5 => "await_password",
+        /// Nothing left to learn.
+        Done = 6 => "done",
+    }
+}
+
+crate::named_enum! {
+    /// An encryption the client asked for; the value is its `Tracker::requests` bit.
+    pub enum Encryption ("encryption request") {
+        /// SSLRequest.
+        Ssl = 1 => "ssl",
+        /// GSSENCRequest.
+        Gssenc = 2 => "gssenc",
+    }
+}
+
+impl Encryption {
+    /// What a `requests` bit set holds, in the order libpq asks (GSS before TLS).
+    pub fn requested(requests: u8) -> impl Iterator<Item = Encryption> {
+        [Encryption::Gssenc, Encryption::Ssl].into_iter().filter(move |e| requests & *e as u8 != 0)
+    }
 }
 
 /// `Tracker::requests` bits: what the client asked for, in any order.
-pub const REQUESTED_SSL: u8 = 1;
-pub const REQUESTED_GSS: u8 = 2;
+pub const REQUESTED_SSL: u8 = Encryption::Ssl as u8;
+pub const REQUESTED_GSS: u8 = Encryption::Gssenc as u8;
 
-/// The server's authentication request, as far as the sensor needs it.
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AuthMethod {
-    /// Not seen (yet).
-    Unknown = 0,
-    /// AuthenticationOk straight away: `trust` (or peer-like) authentication.
-    Trust = 1,
-    /// AuthenticationCleartextPassword (3): the password itself crosses the wire.
-    Cleartext = 2,
-    /// AuthenticationMD5Password (5): a replayable, crackable hash crosses the wire.
-    Md5 = 3,
-    /// AuthenticationSASL (10): SCRAM; no reusable secret on the wire.
-    Sasl = 4,
-    /// GSS (7) or SSPI (9).
-    Gss = 5,
-    /// KerberosV5 (2) or a code this sensor does not know.
-    Other = 6,
-    /// ErrorResponse instead of an authentication request.
-    Error = 7,
+crate::named_enum! {
+    /// The server's authentication request, as far as the sensor needs it.
+    pub enum AuthMethod ("auth method") {
+        /// Not seen (yet).
+        Unknown = 0 => "unknown",
+        /// AuthenticationOk straight away: `trust` (or peer-like) authentication.
+        Trust = 1 => "trust",
+        /// AuthenticationCleartextPassword (3): the password itself crosses the wire.
+        Cleartext = 2 => "cleartext",
+        /// AuthenticationMD5Password (5): a replayable, crackable hash crosses the wire.
+        Md5 = 3 => "md5",
+        /// AuthenticationSASL (10): SCRAM; no reusable secret on the wire.
+        Sasl = 4 => "sasl",
+        /// GSS (7) or SSPI (9).
+        Gss = 5 => "gss",
+        /// KerberosV5 (2) or a code this sensor does not know.
+        Other = 6 => "other",
+        /// ErrorResponse instead of an authentication request.
+        Error = 7 => "error",
+    }
 }
 
 impl AuthMethod {
@@ -64,32 +82,6 @@ impl AuthMethod {
             10 => AuthMethod::Sasl,
             7 | 9 => AuthMethod::Gss,
             _ => AuthMethod::Other,
-        }
-    }
-
-    pub const fn from_u8(v: u8) -> AuthMethod {
-        match v {
-            1 => AuthMethod::Trust,
-            2 => AuthMethod::Cleartext,
-            3 => AuthMethod::Md5,
-            4 => AuthMethod::Sasl,
-            5 => AuthMethod::Gss,
-            6 => AuthMethod::Other,
-            7 => AuthMethod::Error,
-            _ => AuthMethod::Unknown,
-        }
-    }
-
-    pub const fn name(self) -> &'static str {
-        match self {
-            AuthMethod::Unknown => "unknown",
-            AuthMethod::Trust => "trust",
-            AuthMethod::Cleartext => "cleartext",
-            AuthMethod::Md5 => "md5",
-            AuthMethod::Sasl => "sasl",
-            AuthMethod::Gss => "gss",
-            AuthMethod::Other => "other",
-            AuthMethod::Error => "error",
         }
     }
 
@@ -114,20 +106,25 @@ pub mod effect {
 /// Per-connection decision state. 8 bytes, `Copy`, kernel-friendly.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+///
+/// Its fields are private: the kernel and `sensor analyze` drive it only through the
+/// transitions below and read it through the typed getters, so every decision is made here.
 pub struct Tracker {
-    pub phase: u8,
+    /// `Phase`.
+    phase: u8,
     /// `REQUESTED_*` bits.
-    pub requests: u8,
+    requests: u8,
     /// The request the pending server answer belongs to (`REQUESTED_SSL` or `_GSS`).
-    pub last_request: u8,
+    last_request: u8,
     /// `Verdict` once decided (`VERDICT_NONE` before).
-    pub verdict: u8,
-    pub reason: u8,
+    verdict: u8,
+    /// `UnknownReason` (`NO_REASON` unless the verdict is `unknown`).
+    reason: u8,
     /// `AuthMethod`.
-    pub auth: u8,
-    pub password_sent: u8,
+    auth: u8,
+    password_sent: u8,
     /// Server answers seen so far (each one byte: `S`, `N`, `G`, `E`...), at most two kept.
-    pub answers: u8,
+    answers: u8,
 }
 
 pub const VERDICT_NONE: u8 = 0xff;
@@ -144,26 +141,66 @@ impl Tracker {
         requests: 0,
         last_request: 0,
         verdict: VERDICT_NONE,
-        reason: UnknownReason::None as u8,
+        reason: NO_REASON,
         auth: AuthMethod::Unknown as u8,
         password_sent: 0,
         answers: 0,
     };
 
     pub const fn phase(&self) -> Phase {
-        match self.phase {
-            0 => Phase::ClientFirst,
-            1 => Phase::AwaitAnswer,
-            2 => Phase::AwaitHello,
-            3 => Phase::AfterRefusal,
-            4 => Phase::AwaitAuth,
-            5 => Phase::AwaitPassword,
-            _ => Phase::Done,
+        match Phase::from_u8(self.phase) {
+            Some(phase) => phase,
+            None => Phase::Done,
         }
     }
 
     pub const fn verdict(&self) -> Option<Verdict> {
         Verdict::from_u8(self.verdict)
+    }
+
+    /// Why the verdict is `unknown` (`None` for every other verdict).
+    pub const fn reason(&self) -> Option<UnknownReason> {
+        UnknownReason::from_u8(self.reason)
+    }
+
+    /// The wire value of [`Tracker::reason`] for a kernel event (0: none). A plain copy: the
+    /// kernel must not branch on it (every branch multiplies the verifier's states).
+    pub const fn reason_code(&self) -> u8 {
+        self.reason
+    }
+
+    /// The wire value of [`Tracker::auth`] for a kernel event.
+    pub const fn auth_code(&self) -> u8 {
+        self.auth
+    }
+
+    /// `REQUESTED_*` bits: what the client asked for.
+    pub const fn requests(&self) -> u8 {
+        self.requests
+    }
+
+    /// The server's answers, packed (see [`answers_of`]).
+    pub const fn answers(&self) -> u8 {
+        self.answers
+    }
+
+    /// The server's authentication request (`Unknown` until seen).
+    pub const fn auth(&self) -> AuthMethod {
+        match AuthMethod::from_u8(self.auth) {
+            Some(method) => method,
+            None => AuthMethod::Unknown,
+        }
+    }
+
+    /// The client answered the authentication request with a password message.
+    pub const fn password_sent(&self) -> bool {
+        self.password_sent != 0
+    }
+
+    /// The verdict is decided and the authentication outcome is still to come: the
+    /// session's report should say that an auth report follows.
+    pub const fn auth_follows(&self) -> bool {
+        matches!(self.phase(), Phase::AwaitAuth | Phase::AwaitPassword)
     }
 
     /// The client is sending a message (its first, or the next after a server answer):
@@ -173,16 +210,35 @@ impl Tracker {
     }
 
     #[inline(always)]
-    fn decide(&mut self, verdict: Verdict, reason: UnknownReason) -> u8 {
+    fn decide(&mut self, verdict: Verdict, reason: u8) -> u8 {
         self.verdict = verdict as u8;
-        self.reason = reason as u8;
+        self.reason = reason;
         effect::VERDICT
     }
 
     #[inline(always)]
-    fn finish(&mut self, verdict: Verdict, reason: UnknownReason) -> u8 {
+    fn finish(&mut self, verdict: Verdict) -> u8 {
         self.phase = Phase::Done as u8;
-        self.decide(verdict, reason) | effect::DONE | effect::NEXT_MESSAGE
+        self.decide(verdict, NO_REASON) | effect::DONE | effect::NEXT_MESSAGE
+    }
+
+    #[inline(always)]
+    fn finish_unknown(&mut self, reason: UnknownReason) -> u8 {
+        self.phase = Phase::Done as u8;
+        self.decide(Verdict::Unknown, reason as u8) | effect::DONE | effect::NEXT_MESSAGE
+    }
+
+    /// The caller cannot follow the session any further (its start was not seen, its
+    /// capture was lost): `unknown` for `reason` unless a verdict was already decided, and
+    /// done either way.
+    #[inline(always)]
+    pub fn abandon(&mut self, reason: UnknownReason) -> u8 {
+        if self.verdict().is_some() {
+            self.phase = Phase::Done as u8;
+            return effect::DONE;
+        }
+        self.phase = Phase::Done as u8;
+        self.decide(Verdict::Unknown, reason as u8) | effect::DONE
     }
 
     /// The client message at the current position was classified as `first`.
@@ -201,23 +257,23 @@ impl Tracker {
                         self.phase = Phase::AwaitAuth as u8;
                         let verdict =
                             if after_refusal { Verdict::Downgraded } else { Verdict::Plaintext };
-                        self.decide(verdict, UnknownReason::None) | effect::NEXT_MESSAGE
+                        self.decide(verdict, NO_REASON) | effect::NEXT_MESSAGE
                     }
                     FirstMessage::CancelRequest { .. } if !after_refusal => {
-                        self.finish(Verdict::Cancel, UnknownReason::None)
+                        self.finish(Verdict::Cancel)
                     }
                     FirstMessage::TlsClientHello if !after_refusal => {
-                        self.finish(Verdict::TlsDirect, UnknownReason::None)
+                        self.finish(Verdict::TlsDirect)
                     }
                     FirstMessage::Http2Preface if !after_refusal => {
-                        self.finish(Verdict::RpcPlaintext, UnknownReason::None)
+                        self.finish(Verdict::RpcPlaintext)
                     }
-                    _ => self.finish(Verdict::Unknown, UnknownReason::NotPgwire),
+                    _ => self.finish_unknown(UnknownReason::NotPgwire),
                 }
             }
             Phase::AwaitHello => match first {
-                FirstMessage::TlsClientHello => self.finish(Verdict::Tls, UnknownReason::None),
-                _ => self.finish(Verdict::Unknown, UnknownReason::NoTlsAfterAccept),
+                FirstMessage::TlsClientHello => self.finish(Verdict::Tls),
+                _ => self.finish_unknown(UnknownReason::NoTlsAfterAccept),
             },
             _ => 0,
         }
@@ -244,13 +300,13 @@ impl Tracker {
                 0
             }
             b'G' if self.last_request == REQUESTED_GSS => {
-                self.finish(Verdict::Gssenc, UnknownReason::None)
+                self.finish(Verdict::Gssenc)
             }
             b'N' | b'E' => {
                 self.phase = Phase::AfterRefusal as u8;
                 0
             }
-            _ => self.finish(Verdict::Unknown, UnknownReason::BadServerAnswer),
+            _ => self.finish_unknown(UnknownReason::BadServerAnswer),
         }
     }
 
@@ -294,17 +350,17 @@ impl Tracker {
     pub fn closed(&mut self, partial: bool) -> u8 {
         match self.phase() {
             Phase::ClientFirst if partial => {
-                self.finish(Verdict::Unknown, UnknownReason::IncompleteMessage)
+                self.finish_unknown(UnknownReason::IncompleteMessage)
             }
             // Nothing was sent (a port check, a health probe): no session to judge.
             Phase::ClientFirst => {
                 self.phase = Phase::Done as u8;
                 effect::DONE
             }
-            Phase::AwaitAnswer => self.finish(Verdict::Unknown, UnknownReason::ClosedBeforeAnswer),
-            Phase::AwaitHello => self.finish(Verdict::Unknown, UnknownReason::NoTlsAfterAccept),
+            Phase::AwaitAnswer => self.finish_unknown(UnknownReason::ClosedBeforeAnswer),
+            Phase::AwaitHello => self.finish_unknown(UnknownReason::NoTlsAfterAccept),
             // Asked for encryption, was told no, and gave up: the server (or a MitM) refused.
-            Phase::AfterRefusal => self.finish(Verdict::Refused, UnknownReason::None),
+            Phase::AfterRefusal => self.finish(Verdict::Refused),
             Phase::AwaitAuth | Phase::AwaitPassword => {
                 self.phase = Phase::Done as u8;
                 effect::AUTH | effect::DONE

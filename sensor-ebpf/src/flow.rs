@@ -4,13 +4,14 @@
 
 use aya_ebpf::{helpers::generated::bpf_ktime_get_ns, programs::SkBuffContext};
 use sensor_common::{
+    assembly::Placement,
     event::{
         conn_flags, event_flags, AuthEvent, Capture, ConnState, SessionEvent, EVENT_AUTH,
         EVENT_SESSION,
     },
     limits::{Stat, CAPTURE_LEN, PREFIX_LEN},
-    pgwire::{capture_limit, classify_first, FirstMessage, CANCEL_EVIDENCE_LEN},
-    tracker::{effect, AuthMethod},
+    pgwire::classify_first,
+    tracker::{effect, AuthMethod, Phase},
     verdict::{Role, UnknownReason, Verdict},
 };
 
@@ -44,11 +45,9 @@ impl Flow<'_> {
         let pending = self.state.flags & conn_flags::EVENT_PENDING != 0;
         // The reply to an authentication request is checked first, even while the startup
         // evidence is incomplete (a hole never filled): the password must not be missed.
-        if self.state.tracker.phase == sensor_common::tracker::Phase::AwaitPassword as u8 {
+        if self.state.tracker.phase() == Phase::AwaitPassword {
             // Only the type byte of the client's reply is read: never the secret itself.
-            let reply_at = self.state.msg_start.wrapping_add(self.state.msg_len);
-            let skip = reply_at.wrapping_sub(rel);
-            if skip < len {
+            if let Some(skip) = self.state.message.reply_type_offset(rel, len) {
                 if let Some(msg_type) = packet::payload_byte(self.ctx, payload_offset + skip) {
                     let e = self.state.tracker.client_auth_reply(msg_type);
                     self.apply(e);
@@ -61,88 +60,36 @@ impl Flow<'_> {
 
     /// Store the segment's part of the current message in the capture, then let the
     /// tracker decide. The capture may hold bytes past the message's end (a pipelining
-    /// client); only `captured_len` bytes, never past the message, ever leave the kernel.
+    /// client); only the evidence length, never past the message, ever leaves the kernel.
     #[inline(always)]
     fn assemble(&mut self, rel: u32, payload_offset: u32, len: u32) {
         let Some(capture) = self.capture() else {
-            return self.finish_unknown(UnknownReason::CaptureEvicted, Stat::CapturesEvicted);
+            return self.abandon(UnknownReason::CaptureEvicted, Stat::CapturesEvicted);
         };
         self.store(capture, rel, payload_offset, len);
         if self.state.tracker.wants_client_message() {
             self.classify(capture);
         }
-        if self.state.flags & conn_flags::EVENT_PENDING != 0 && self.capture_complete() {
+        if self.state.flags & conn_flags::EVENT_PENDING != 0 && self.state.message.complete() {
             self.emit_session(capture);
         }
     }
 
-    #[inline(always)]
-    fn capture_limit(&self) -> u32 {
-        capture_limit(self.state.msg_len)
-    }
-
-    #[inline(always)]
-    fn capture_complete(&self) -> bool {
-        self.state.have >= self.capture_limit()
-    }
-
-    /// Put the segment's bytes where they belong in the capture: appended when they
-    /// continue it (retransmitted bytes skipped), or kept as the one run ahead of a hole
-    /// when a segment was lost, to be joined when the hole is filled.
+    /// Copy the segment's bytes where the shared assembly rules put them.
     #[inline(always)]
     fn store(&mut self, capture: *mut Capture, rel: u32, payload_offset: u32, len: u32) {
-        let cap = CAPTURE_LEN as u32;
-        // Where the segment starts relative to the message; a segment may begin before it
-        // (a retransmission spanning the previous message).
-        let mut offset = payload_offset;
-        let mut len = len;
-        let mut pos = rel.wrapping_sub(self.state.msg_start);
-        if pos > u32::MAX / 2 {
-            let before = pos.wrapping_neg();
-            if before >= len {
-                return;
-            }
-            offset += before;
-            len -= before;
-            pos = 0;
-        }
-        let have = self.state.have;
-        if pos > have {
-            // Ahead of a hole: keep it if it forms (or extends) the single run we track.
-            let end = pos.saturating_add(len);
-            let (run_start, run_end) = (self.state.ooo_start, self.state.ooo_end);
-            let joins = run_end == 0 || (pos <= run_end && end >= run_start);
-            if pos >= cap || !joins {
-                return;
-            }
-            let n = if len > cap - pos { cap - pos } else { len };
-            if self.copy_in(capture, pos, offset, n) {
-                self.state.ooo_start =
-                    if run_end == 0 || pos < run_start { pos } else { run_start };
-                let new_end = pos + n;
-                self.state.ooo_end = if new_end > run_end { new_end } else { run_end };
-            }
-            return;
-        }
-        let skip = have - pos;
-        if have >= cap || skip >= len {
-            return; // everything here is already captured
-        }
-        let mut n = len - skip;
-        if n > cap - have {
-            n = cap - have;
-        }
-        if self.copy_in(capture, have, offset + skip, n) {
-            let mut have = have + n;
-            // The hole is filled: the run ahead of it joins the capture.
-            if self.state.ooo_end != 0 && have >= self.state.ooo_start {
-                if self.state.ooo_end > have {
-                    have = self.state.ooo_end;
+        match self.state.message.place(rel, len) {
+            Placement::Nothing => {}
+            Placement::Append { skip, at, n } => {
+                if self.copy_in(capture, at, payload_offset + skip, n) {
+                    self.state.message.appended(n);
                 }
-                self.state.ooo_start = 0;
-                self.state.ooo_end = 0;
             }
-            self.state.have = have;
+            Placement::AheadOfHole { skip, at, n } => {
+                if self.copy_in(capture, at, payload_offset + skip, n) {
+                    self.state.message.stored_ahead(at, n);
+                }
+            }
         }
     }
 
@@ -167,45 +114,26 @@ impl Flow<'_> {
                 PREFIX_LEN,
             )
         };
-        let avail =
-            if self.state.have > PREFIX_LEN as u32 { PREFIX_LEN } else { self.state.have as usize };
-        let first = classify_first(&prefix, avail);
-        if let Some(len) = first.message_len() {
-            self.state.msg_len = len;
-        }
+        let first = classify_first(&prefix, self.state.message.prefix_avail());
+        self.state.message.classified(first);
         let e = self.state.tracker.client_message(first);
-        if e & effect::NEXT_MESSAGE != 0
-            && matches!(first, FirstMessage::SslRequest | FirstMessage::GssEncRequest)
-        {
-            // The request is complete; the client's next message starts right after it.
-            self.state.msg_start = self.state.msg_start.wrapping_add(8);
-            self.state.have = 0;
-            self.state.msg_len = 0;
-            self.state.ooo_start = 0;
-            self.state.ooo_end = 0;
-        }
         self.apply(e);
     }
 
     /// The connection closed (FIN or RST from either side).
     #[inline(always)]
     pub fn closed(&mut self) {
-        let partial = self.state.have > 0 && self.state.tracker.wants_client_message();
+        let partial = self.state.message.have() > 0 && self.state.tracker.wants_client_message();
         let e = self.state.tracker.closed(partial);
         self.apply(e);
     }
 
+    /// The session cannot be followed further: count why, and let the tracker conclude.
     #[inline(always)]
-    pub fn finish_unknown(&mut self, reason: UnknownReason, stat: Stat) {
+    pub fn abandon(&mut self, reason: UnknownReason, stat: Stat) {
         counters::stat(stat);
-        let t = &mut self.state.tracker;
-        if t.verdict().is_none() {
-            t.verdict = Verdict::Unknown as u8;
-            t.reason = reason as u8;
-            self.apply(effect::VERDICT | effect::DONE);
-        } else {
-            self.apply(effect::DONE);
-        }
+        let e = self.state.tracker.abandon(reason);
+        self.apply(e);
     }
 
     /// Carry out the tracker's effects, in order: count, report, forget.
@@ -251,7 +179,7 @@ impl Flow<'_> {
         if let Some(c) = maps::CAPTURES.get_ptr_mut(self.cookie) {
             return Some(c);
         }
-        if self.state.have > 0 {
+        if self.state.message.have() > 0 {
             return None;
         }
         let zero = maps::ZERO_CAPTURE.get_ptr(0)?;
@@ -278,21 +206,15 @@ impl Flow<'_> {
             Direction::ServerToClient => (b, a, self.ports.dst, self.ports.src),
         };
         let t = self.state.tracker;
-        let verdict = t.verdict.min(Verdict::Unknown as u8);
-        let limit = self.capture_limit();
+        let verdict = t.verdict().unwrap_or(Verdict::Unknown);
+        let message = self.state.message;
         let mut flags = self.state.flags
             & (event_flags::PROC_KNOWN | event_flags::FAST_OPEN | event_flags::ADOPTED);
-        if matches!(
-            t.phase(),
-            sensor_common::tracker::Phase::AwaitAuth | sensor_common::tracker::Phase::AwaitPassword
-        ) {
+        if t.auth_follows() {
             flags |= event_flags::AUTH_FOLLOWS;
         }
-        let mut captured_len = if self.state.have < limit { self.state.have } else { limit };
-        if captured_len > CAPTURE_LEN as u32 {
-            captured_len = CAPTURE_LEN as u32;
-        }
-        if self.state.msg_len > captured_len {
+        let mut captured_len = message.evidence_len(verdict);
+        if message.truncated(captured_len) {
             flags |= event_flags::TRUNCATED;
         }
         // SAFETY: `ev` points at a reserved, exclusively owned SessionEvent-sized record.
@@ -307,19 +229,16 @@ impl Flow<'_> {
             (*ev).dst_port = dst_port;
             (*ev).ip_version = self.l4.ip_version;
             (*ev).role = self.role as u8;
-            (*ev).verdict = verdict;
-            (*ev).reason = t.reason;
-            (*ev).requests = t.requests;
-            (*ev).answers = t.answers;
+            (*ev).verdict = verdict as u8;
+            (*ev).reason = t.reason_code();
+            (*ev).requests = t.requests();
+            (*ev).answers = t.answers();
             (*ev)._pad = [0; 2];
-            (*ev).message_len = self.state.msg_len;
+            (*ev).message_len = message.message_len();
             (*ev)._pad2 = 0;
             if capture.is_null() {
                 captured_len = 0;
             } else {
-                if verdict == Verdict::Cancel as u8 && captured_len > CANCEL_EVIDENCE_LEN {
-                    captured_len = CANCEL_EVIDENCE_LEN;
-                }
                 copy_exact((*capture).bytes.as_ptr(), (*ev).captured.as_mut_ptr(), captured_len);
             }
             (*ev).captured_len = captured_len;
@@ -333,8 +252,8 @@ impl Flow<'_> {
     fn report_auth(&mut self) {
         let t = self.state.tracker;
         counters::stat(Stat::AuthSeen);
-        if t.password_sent != 0 {
-            match AuthMethod::from_u8(t.auth) {
+        if t.password_sent() {
+            match t.auth() {
                 AuthMethod::Cleartext => counters::stat(Stat::PasswordsCleartext),
                 AuthMethod::Md5 => counters::stat(Stat::PasswordsMd5),
                 _ => {}
@@ -351,8 +270,8 @@ impl Flow<'_> {
             (*ev)._pad = 0;
             (*ev).cookie = self.cookie;
             (*ev).seen_ns = bpf_ktime_get_ns();
-            (*ev).method = t.auth;
-            (*ev).password_sent = t.password_sent;
+            (*ev).method = t.auth_code();
+            (*ev).password_sent = t.password_sent() as u8;
             (*ev)._pad2 = [0; 6];
         }
         entry.submit(0);

@@ -8,6 +8,7 @@ use aya_ebpf::{helpers::generated::bpf_get_socket_cookie, programs::SkBuffContex
 use sensor_common::{
     event::{conn_flags, ConnState, ProcRecord},
     limits::Stat,
+    pgwire::{auth_code, AUTH_PEEK_LEN},
     tracker::Phase,
     verdict::{Role, UnknownReason},
 };
@@ -92,7 +93,7 @@ fn client_segment(flow: &mut Flow, tcp: &TcpHeader) {
         && !proof::client_start(flow.ctx, tcp, flow.role, flow.state)
     {
         // The SYN went by unseen and the socket cannot prove this is byte 0: never guess.
-        flow.finish_unknown(UnknownReason::StartNotSeen, Stat::PacketsUntracked);
+        flow.abandon(UnknownReason::StartNotSeen, Stat::PacketsUntracked);
         return;
     }
     let rel = if syn { 0 } else { tcp.seq.wrapping_sub(flow.state.client_base) };
@@ -130,11 +131,9 @@ fn server_segment(flow: &mut Flow, tcp: &TcpHeader) {
             }
         }
         Phase::AwaitAuth => {
-            // Byte1 type, Int32 length, Int32 code (for 'R'): nine bytes when they are all
-            // in this segment, else the type alone.
-            let code = if tcp.payload_len - skip >= 9 {
-                packet::payload_array::<9>(flow.ctx, offset)
-                    .map(|m| u32::from_be_bytes([m[5], m[6], m[7], m[8]]))
+            // The whole peek when it is in this segment, else the type byte alone.
+            let code = if tcp.payload_len - skip >= AUTH_PEEK_LEN as u32 {
+                packet::payload_array::<AUTH_PEEK_LEN>(flow.ctx, offset).map(|m| auth_code(&m))
             } else {
                 None
             };

@@ -5,7 +5,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use sensor::session::finding_from_event;
+use sensor::session::Session;
 use sensor_common::{
     pgwire::{classify_bytes, StartupParams},
     test_util::{session_event, startup_message},
@@ -48,8 +48,10 @@ fn classifier(c: &mut Criterion) {
 
 fn finding_encoder(c: &mut Criterion) {
     let ev = session_event(Verdict::Plaintext, &startup(), "python");
-    c.bench_function("finding_from_event", |b| b.iter(|| finding_from_event(black_box(&ev))));
-    let finding = finding_from_event(&ev);
+    c.bench_function("finding_from_event", |b| {
+        b.iter(|| Session::from_event(black_box(&ev)).finding())
+    });
+    let finding = Session::from_event(&ev).finding();
     c.bench_function("finding_to_json_line", |b| {
         b.iter(|| serde_json::to_vec(black_box(&finding)).map(|v| v.len()))
     });

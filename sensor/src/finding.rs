@@ -1,18 +1,29 @@
 //! The finding: one JSON object per line, the evidence an incident responder reads.
 //! Field names are a public interface; add fields, never rename them.
+//!
+//! A typed record: verdicts, severities, roles and auth methods are the shared enums (their
+//! names come from `sensor-common`, serialised by serde), times are times, addresses are
+//! addresses. It is turned into text once, when it is written.
 
-use serde::Serialize;
+use std::{net::IpAddr, time::SystemTime};
+
+use sensor_common::{
+    tracker::AuthMethod,
+    verdict::{Role, Severity, UnknownReason, Verdict},
+};
+use serde::{Serialize, Serializer};
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Finding {
-    /// RFC 3339 UTC time the session's first bytes were seen.
-    pub ts: String,
-    pub verdict: &'static str,
-    pub severity: &'static str,
-    pub role: &'static str,
+    /// When the session's first bytes were seen; written as RFC 3339 UTC, microseconds.
+    #[serde(serialize_with = "rfc3339_micros")]
+    pub ts: SystemTime,
+    pub verdict: Verdict,
+    pub severity: Severity,
+    pub role: Role,
     /// Why the verdict is `unknown`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<&'static str>,
+    pub reason: Option<UnknownReason>,
     pub src: Endpoint,
     pub dst: Endpoint,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -37,10 +48,12 @@ pub struct Finding {
     pub opened_before_start: bool,
 }
 
+pub use sensor_common::tracker::Encryption;
+
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Negotiation {
-    /// `ssl`, `gssenc`, in the order asked.
-    pub requested: Vec<&'static str>,
+    /// `gssenc`, `ssl`, in the order asked.
+    pub requested: Vec<Encryption>,
     /// The server's one-byte answers in order, e.g. "N" or "NN".
     pub server_answers: String,
 }
@@ -48,7 +61,7 @@ pub struct Negotiation {
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Auth {
     /// trust, cleartext, md5, sasl, gss, other, error, or unknown (not seen in time).
-    pub method: &'static str,
+    pub method: AuthMethod,
     /// The client answered the server's request with a password message. Only the fact is
     /// recorded: the sensor never reads the password or hash.
     pub password_sent: bool,
@@ -56,7 +69,7 @@ pub struct Auth {
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Endpoint {
-    pub ip: String,
+    pub ip: IpAddr,
     pub port: u16,
 }
 
@@ -113,4 +126,13 @@ pub struct Startup {
     /// The capture ended before the message did.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
+}
+
+/// The one place a finding's time becomes text.
+pub fn format_ts(ts: SystemTime) -> String {
+    humantime::format_rfc3339_micros(ts).to_string()
+}
+
+fn rfc3339_micros<S: Serializer>(ts: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_micros(*ts))
 }

@@ -89,16 +89,17 @@ impl PendingAuth {
 mod tests {
     use super::*;
     use crate::finding::Endpoint;
+    use sensor_common::verdict::{Role, Severity, Verdict};
 
     fn finding(cookie: u64) -> Finding {
         Finding {
-            ts: String::new(),
-            verdict: "plaintext",
-            severity: "high",
-            role: "client",
+            ts: std::time::SystemTime::UNIX_EPOCH,
+            verdict: Verdict::Plaintext,
+            severity: Severity::High,
+            role: Role::Client,
             reason: None,
-            src: Endpoint { ip: "127.0.0.1".into(), port: 1 },
-            dst: Endpoint { ip: "127.0.0.1".into(), port: 26257 },
+            src: Endpoint { ip: [127, 0, 0, 1].into(), port: 1 },
+            dst: Endpoint { ip: [127, 0, 0, 1].into(), port: 26257 },
             process: None,
             negotiation: None,
             startup: None,
@@ -115,8 +116,8 @@ mod tests {
         let now = Instant::now();
         assert!(p.hold(7, finding(7), now).is_none());
         let f = p.resolve(7, AuthMethod::Cleartext, true).unwrap();
-        assert_eq!(f.severity, "critical");
-        assert_eq!(f.auth.unwrap().method, "cleartext");
+        assert_eq!(f.severity, Severity::Critical);
+        assert_eq!(f.auth.unwrap().method, AuthMethod::Cleartext);
         assert!(p.resolve(7, AuthMethod::Trust, false).is_none(), "resolved only once");
     }
 
@@ -125,8 +126,8 @@ mod tests {
         let mut p = PendingAuth::new(Duration::from_secs(1));
         p.hold(1, finding(1), Instant::now());
         p.hold(2, finding(2), Instant::now());
-        assert_eq!(p.resolve(1, AuthMethod::Md5, true).unwrap().severity, "high");
-        assert_eq!(p.resolve(2, AuthMethod::Cleartext, false).unwrap().severity, "high");
+        assert_eq!(p.resolve(1, AuthMethod::Md5, true).unwrap().severity, Severity::High);
+        assert_eq!(p.resolve(2, AuthMethod::Cleartext, false).unwrap().severity, Severity::High);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use sensor_common::{tracker::AuthMethod, verdict::Severity};
 use tracing::{error, info};
 
 use crate::{
-    config::{severity_named, RunConfig},
+    config::RunConfig,
     enrich::Enricher,
     events::KernelEvent,
     finding::Finding,
@@ -16,7 +16,7 @@ use crate::{
         http::HttpState,
     },
     pending::PendingAuth,
-    session,
+    session::Session,
 };
 
 pub struct Pipeline {
@@ -65,17 +65,17 @@ impl Pipeline {
     pub fn handle(&mut self, event: KernelEvent, now: Instant) {
         match event {
             KernelEvent::Session(ev) => {
-                let (verdict, _) = session::kernel_verdict(&ev);
-                if verdict.is_encrypted() {
+                let session = Session::from_event(&ev);
+                if session.verdict.is_encrypted() {
                     return; // counted in the kernel; no evidence to report
                 }
-                let mut finding = session::finding_from_event(&ev);
+                let mut finding = session.finding();
                 // Now, while the process most likely still runs: not when the finding is
                 // written, which may wait for the auth outcome.
                 if let Some(process) = &mut finding.process {
                     self.enricher.enrich(process);
                 }
-                if session::auth_follows(&ev) {
+                if session.auth_follows {
                     if let Some(oldest) = self.pending.hold(ev.cookie, finding, now) {
                         self.write(&oldest);
                     }
@@ -84,7 +84,8 @@ impl Pipeline {
                 }
             }
             KernelEvent::Auth(ev) => {
-                let method = AuthMethod::from_u8(ev.method);
+                // A byte from the kernel is not trusted: out of range is `unknown`.
+                let method = AuthMethod::from_u8(ev.method).unwrap_or(AuthMethod::Unknown);
                 if let Some(finding) =
                     self.pending.resolve(ev.cookie, method, ev.password_sent != 0)
                 {
@@ -139,7 +140,7 @@ impl Pipeline {
     fn write(&mut self, finding: &Finding) {
         self.findings.push(finding);
         if let Some(alerts) = &self.alerts {
-            if severity_named(finding.severity) >= alerts.min_severity {
+            if finding.severity >= alerts.min_severity {
                 alerts.pusher.push(alert_from_finding(
                     finding,
                     &alerts.instance,

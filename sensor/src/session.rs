@@ -1,12 +1,17 @@
-//! Kernel events -> findings: the verdict the kernel counted, the startup parameters from
-//! the captured message, the negotiation, and (joined later) the authentication outcome.
+//! Judged sessions -> findings. A [`Session`] is one session start as the sensor judged it:
+//! the live pipeline builds it from a kernel event ([`Session::from_event`]), `sensor
+//! analyze` from a replayed capture; both then get the same [`Finding`] from
+//! [`Session::finding`], and the authentication outcome joined later by [`apply_auth`].
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::SystemTime,
+};
 
 use sensor_common::{
-    event::{event_flags, SessionEvent, AF_INET},
+    event::{event_flags, ProcRecord, SessionEvent, AF_INET},
     pgwire::{classify_bytes, FirstMessage, StartupParams},
-    tracker::{answers_of, AuthMethod, REQUESTED_GSS, REQUESTED_SSL},
+    tracker::{answers_of, AuthMethod, Encryption},
     verdict::{Role, Severity, UnknownReason, Verdict},
 };
 
@@ -18,83 +23,113 @@ use crate::{
 /// Startup values longer than this are cut: enough for any real user or database name.
 const MAX_VALUE_CHARS: usize = 256;
 
-/// The verdict as counted by the kernel, with the event's unknown-reason.
-pub fn kernel_verdict(ev: &SessionEvent) -> (Verdict, UnknownReason) {
-    (Verdict::from_u8(ev.verdict).unwrap_or(Verdict::Unknown), UnknownReason::from_u8(ev.reason))
+/// One judged session start, typed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Session {
+    /// When the verdict was decided (live) or the client's first data was seen (capture).
+    pub seen: SystemTime,
+    /// The kernel's socket cookie; `None` from a capture, which has no sockets.
+    pub cookie: Option<u64>,
+    /// The connecting process as recorded at connect(), when a connect hook saw it.
+    pub process: Option<ProcRecord>,
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    pub role: Role,
+    pub verdict: Verdict,
+    /// Why the verdict is `unknown`.
+    pub reason: Option<UnknownReason>,
+    /// What the client asked for, in the order asked.
+    pub requested: Vec<Encryption>,
+    /// The server's one-byte answers, in order.
+    pub server_answers: String,
+    /// The message that decided the verdict, as far as it may be kept.
+    pub evidence: Vec<u8>,
+    /// The message's length from its header (0 if unknown).
+    pub message_len: u32,
+    pub fast_open: bool,
+    pub opened_before_start: bool,
+    /// The authentication outcome is still to come (plaintext or downgraded sessions).
+    pub auth_follows: bool,
 }
 
-/// Build the finding for a session event. Its `auth` is filled in later by
-/// [`apply_auth`] when the event says an auth event follows.
-pub fn finding_from_event(ev: &SessionEvent) -> Finding {
-    finding_from_event_at(ev, clock::to_system_time(ev.seen_ns))
-}
-
-/// [`finding_from_event`] with the time given (a capture's packet time, for `analyze`).
-pub fn finding_from_event_at(ev: &SessionEvent, ts: std::time::SystemTime) -> Finding {
-    let (verdict, reason) = kernel_verdict(ev);
-    // The captured bytes are the message that decided the verdict; for plaintext and
-    // downgraded sessions that is the StartupMessage.
-    let startup = match classify_bytes(ev.captured()) {
-        FirstMessage::Startup { minor, len } => Some(parse_startup(ev.captured(), minor, len)),
-        _ => None,
-    };
-    let process = (ev.flags & event_flags::PROC_KNOWN != 0).then(|| Process {
-        pid: ev.proc_.tgid(),
-        tid: ev.proc_.tid(),
-        comm: comm_to_string(&ev.proc_.comm),
-        uid: ev.proc_.uid(),
-        gid: ev.proc_.gid(),
-        cgroup_id: ev.proc_.cgroup_id,
-        ..Process::default()
-    });
-    let role = Role::from_u8(ev.role).unwrap_or(Role::Client);
-
-    Finding {
-        ts: humantime::format_rfc3339_micros(ts).to_string(),
-        verdict: verdict.name(),
-        severity: verdict.severity().name(),
-        role: role.name(),
-        reason: (verdict == Verdict::Unknown).then(|| reason.name()),
-        src: Endpoint { ip: ip_of(ev.ip_version, &ev.src_addr).to_string(), port: ev.src_port },
-        dst: Endpoint { ip: ip_of(ev.ip_version, &ev.dst_addr).to_string(), port: ev.dst_port },
-        process,
-        negotiation: negotiation_of(ev.requests, ev.answers),
-        startup,
-        auth: None,
-        socket_cookie: (ev.cookie != 0).then_some(ev.cookie),
-        fast_open: ev.flags & event_flags::FAST_OPEN != 0,
-        opened_before_start: ev.flags & event_flags::ADOPTED != 0,
+impl Session {
+    /// A session as the kernel reported it. Bytes the kernel sent are not trusted: an
+    /// out-of-range verdict is `unknown`, an out-of-range role `client`.
+    pub fn from_event(ev: &SessionEvent) -> Session {
+        let verdict = Verdict::from_u8(ev.verdict).unwrap_or(Verdict::Unknown);
+        let (requested, server_answers) = negotiation_of(ev.requests, ev.answers);
+        Session {
+            seen: clock::to_system_time(ev.seen_ns),
+            cookie: (ev.cookie != 0).then_some(ev.cookie),
+            process: (ev.flags & event_flags::PROC_KNOWN != 0).then_some(ev.proc_),
+            client: SocketAddr::new(ip_of(ev.ip_version, &ev.src_addr), ev.src_port),
+            server: SocketAddr::new(ip_of(ev.ip_version, &ev.dst_addr), ev.dst_port),
+            role: Role::from_u8(ev.role).unwrap_or(Role::Client),
+            verdict,
+            reason: (verdict == Verdict::Unknown).then(|| UnknownReason::from_u8(ev.reason)).flatten(),
+            requested,
+            server_answers,
+            evidence: ev.captured().to_vec(),
+            message_len: ev.message_len,
+            fast_open: ev.flags & event_flags::FAST_OPEN != 0,
+            opened_before_start: ev.flags & event_flags::ADOPTED != 0,
+            auth_follows: ev.flags & event_flags::AUTH_FOLLOWS != 0,
+        }
     }
-}
 
-/// Whether the finding should wait for an auth event before it is written.
-pub fn auth_follows(ev: &SessionEvent) -> bool {
-    ev.flags & event_flags::AUTH_FOLLOWS != 0
+    /// The finding for this session. Its `auth` is filled in by [`apply_auth`] when the
+    /// outcome is known.
+    pub fn finding(&self) -> Finding {
+        // The evidence is the message that decided the verdict; for plaintext and
+        // downgraded sessions that is the StartupMessage.
+        let startup = match classify_bytes(&self.evidence) {
+            FirstMessage::Startup { minor, len } => Some(parse_startup(&self.evidence, minor, len)),
+            _ => None,
+        };
+        let process = self.process.map(|p| Process {
+            pid: p.tgid(),
+            tid: p.tid(),
+            comm: comm_to_string(&p.comm),
+            uid: p.uid(),
+            gid: p.gid(),
+            cgroup_id: p.cgroup_id,
+            ..Process::default()
+        });
+        Finding {
+            ts: self.seen,
+            verdict: self.verdict,
+            severity: self.verdict.severity(),
+            role: self.role,
+            reason: self.reason,
+            src: Endpoint { ip: self.client.ip(), port: self.client.port() },
+            dst: Endpoint { ip: self.server.ip(), port: self.server.port() },
+            process,
+            negotiation: (!self.requested.is_empty()).then(|| Negotiation {
+                requested: self.requested.clone(),
+                server_answers: self.server_answers.clone(),
+            }),
+            startup,
+            auth: None,
+            socket_cookie: self.cookie,
+            fast_open: self.fast_open,
+            opened_before_start: self.opened_before_start,
+        }
+    }
 }
 
 /// Add the authentication outcome; a cleartext password on a plaintext or downgraded
 /// session makes the finding critical.
 pub fn apply_auth(finding: &mut Finding, method: AuthMethod, password_sent: bool) {
-    finding.auth = Some(Auth { method: method.name(), password_sent });
+    finding.auth = Some(Auth { method, password_sent });
     if password_sent && method == AuthMethod::Cleartext {
-        finding.severity = Severity::Critical.name();
+        finding.severity = Severity::Critical;
     }
 }
 
-fn negotiation_of(requests: u8, answers: u8) -> Option<Negotiation> {
-    if requests == 0 {
-        return None;
-    }
-    let mut requested = Vec::new();
-    // libpq asks for GSS encryption before TLS when it asks for both.
-    if requests & REQUESTED_GSS != 0 {
-        requested.push("gssenc");
-    }
-    if requests & REQUESTED_SSL != 0 {
-        requested.push("ssl");
-    }
+/// The requests asked (in libpq's order) and the server's answers, unpacked.
+pub fn negotiation_of(requests: u8, answers: u8) -> (Vec<Encryption>, String) {
     let (bytes, n) = answers_of(answers);
-    Some(Negotiation { requested, server_answers: bytes[..n].iter().map(|&b| b as char).collect() })
+    (Encryption::requested(requests).collect(), bytes[..n].iter().map(|&b| b as char).collect())
 }
 
 fn parse_startup(message: &[u8], minor: u16, claimed_len: u32) -> Startup {

@@ -54,7 +54,7 @@ fuzz_target!(|data: &[u8]| {
     if matches!(t.verdict(), Some(Verdict::Plaintext | Verdict::Downgraded)) {
         assert!(startup_seen, "plaintext only from a StartupMessage");
     }
-    if t.password_sent != 0 {
+    if t.password_sent() {
         assert!(matches!(t.verdict(), Some(Verdict::Plaintext | Verdict::Downgraded)));
     }
 });

@@ -1,4 +1,5 @@
 use super::*;
+use crate::{tracker::Tracker, verdict::Verdict};
 use proptest::prelude::*;
 use std::{vec, vec::Vec};
 
@@ -12,13 +13,13 @@ const GSSENC_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30];
 #[test]
 fn ssl_request_is_tls() {
     assert_eq!(classify_bytes(&SSL_REQUEST), FirstMessage::SslRequest);
-    assert_eq!(classify_bytes(&SSL_REQUEST).verdict(), Verdict::Tls);
+    assert_eq!(classify_bytes(&SSL_REQUEST).accepted(), Verdict::Tls);
 }
 
 #[test]
 fn gssenc_request() {
     assert_eq!(classify_bytes(&GSSENC_REQUEST), FirstMessage::GssEncRequest);
-    assert_eq!(FirstMessage::GssEncRequest.verdict(), Verdict::Gssenc);
+    assert_eq!(FirstMessage::GssEncRequest.accepted(), Verdict::Gssenc);
 }
 
 #[test]
@@ -37,7 +38,7 @@ fn cancel_request_30_and_32() {
     let mut long = vec![0, 0, 0, 40, 0x04, 0xd2, 0x16, 0x2e];
     long.extend_from_slice(&[7u8; 32]);
     assert_eq!(classify_bytes(&long), FirstMessage::CancelRequest { len: 40 });
-    assert_eq!(classify_bytes(&long).verdict(), Verdict::Cancel);
+    assert_eq!(classify_bytes(&long).accepted(), Verdict::Cancel);
     // Shorter than the 3.0 message: not a cancel.
     let short = [0, 0, 0, 12, 0x04, 0xd2, 0x16, 0x2e];
     assert_eq!(classify_bytes(&short), FirstMessage::Unknown);
@@ -48,7 +49,7 @@ fn startup_30_is_plaintext() {
     let m = startup(&[("user", "app"), ("database", "orders")], 0);
     let c = classify_bytes(&m);
     assert_eq!(c, FirstMessage::Startup { len: m.len() as u32, minor: 0 });
-    assert_eq!(c.verdict(), Verdict::Plaintext);
+    assert_eq!(c.accepted(), Verdict::Plaintext);
     assert_eq!(c.message_len(), Some(m.len() as u32));
 }
 
@@ -76,7 +77,7 @@ fn protocol_2_is_unknown() {
 fn tls_client_hello_is_direct_tls() {
     let hello = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03];
     assert_eq!(classify_bytes(&hello), FirstMessage::TlsClientHello);
-    assert_eq!(FirstMessage::TlsClientHello.verdict(), Verdict::TlsDirect);
+    assert_eq!(FirstMessage::TlsClientHello.accepted(), Verdict::TlsDirect);
     // A TLS alert record is not a ClientHello.
     let alert = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28];
     assert_eq!(classify_bytes(&alert), FirstMessage::Unknown);
@@ -100,7 +101,7 @@ fn short_inputs_need_more() {
     assert_eq!(classify_bytes(&[0x16]), FirstMessage::NeedMore);
     assert_eq!(classify_bytes(&[0x16, 0x03, 0x01]), FirstMessage::NeedMore);
     assert_eq!(classify_bytes(&[0x16, 0x07]), FirstMessage::Unknown);
-    assert_eq!(FirstMessage::NeedMore.verdict(), Verdict::Unknown);
+    assert_eq!(FirstMessage::NeedMore.accepted(), Verdict::Unknown, "closed before a decision");
 }
 
 #[test]
@@ -169,7 +170,7 @@ proptest! {
     #[test]
     fn any_startup_message_is_plaintext(user in "[a-z]{1,20}", db in "[a-z]{0,20}", minor in 0u16..3) {
         let m = startup(&[("user", &user), ("database", &db)], minor);
-        prop_assert_eq!(classify_bytes(&m).verdict(), Verdict::Plaintext);
+        prop_assert_eq!(classify_bytes(&m).accepted(), Verdict::Plaintext);
         let params: Vec<_> = StartupParams::new(&m).collect();
         prop_assert_eq!(params[0].1, user.as_bytes());
     }
@@ -180,5 +181,32 @@ proptest! {
         let split = split.min(m.len());
         let c = classify_bytes(&m[..split]);
         prop_assert!(c == FirstMessage::NeedMore || c == classify_bytes(&m));
+    }
+}
+
+/// The verdict the shared tracker reaches when `self` opens a session and the server
+/// accepts whatever encryption it asks for (closing the connection where nothing more can
+/// come): the tracker, not a second table here, decides.
+trait Accepted {
+    fn accepted(self) -> Verdict;
+}
+
+impl Accepted for FirstMessage {
+    fn accepted(self) -> Verdict {
+        let mut t = Tracker::NEW;
+        t.client_message(self);
+        match self {
+            FirstMessage::SslRequest => {
+                t.server_answer(b'S');
+                t.client_message(FirstMessage::TlsClientHello);
+            }
+            FirstMessage::GssEncRequest => {
+                t.server_answer(b'G');
+            }
+            _ => {
+                t.closed(true);
+            }
+        }
+        t.verdict().expect("every first message leads to a verdict")
     }
 }

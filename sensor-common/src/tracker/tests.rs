@@ -34,7 +34,7 @@ fn ssl_accepted_then_client_hello_is_tls() {
     assert_eq!(t.verdict(), Some(Verdict::Tls));
     assert_eq!(t.phase(), Phase::Done);
     assert_ne!(e & effect::DONE, 0);
-    assert_eq!(answers_of(t.answers), ([b'S', 0], 1));
+    assert_eq!(answers_of(t.answers()), ([b'S', 0], 1));
 }
 
 #[test]
@@ -64,8 +64,8 @@ fn refusal_then_startup_is_downgraded_and_auth_is_followed() {
         Auth(b'R', Some(3)),
         Reply(b'p'),
     ]);
-    assert_eq!(AuthMethod::from_u8(t.auth), AuthMethod::Cleartext);
-    assert_eq!(t.password_sent, 1);
+    assert_eq!(t.auth(), AuthMethod::Cleartext);
+    assert_eq!(t.password_sent(), true);
     assert_ne!(e & effect::AUTH, 0);
     assert_eq!(t.phase(), Phase::Done);
 }
@@ -81,8 +81,8 @@ fn gss_refused_then_ssl_refused_then_startup_is_downgraded() {
         Client(STARTUP),
     ]);
     assert_eq!(t.verdict(), Some(Verdict::Downgraded));
-    assert_eq!(t.requests, REQUESTED_GSS | REQUESTED_SSL);
-    assert_eq!(answers_of(t.answers), ([b'N', b'N'], 2));
+    assert_eq!(t.requests(), REQUESTED_GSS | REQUESTED_SSL);
+    assert_eq!(answers_of(t.answers()), ([b'N', b'N'], 2));
 }
 
 #[test]
@@ -103,7 +103,7 @@ fn gss_accepted_is_gssenc_and_s_does_not_answer_gss() {
     assert_eq!(t.verdict(), Some(Verdict::Gssenc));
     let (t, _) = run(&[Client(M::GssEncRequest), Answer(b'S')]);
     assert_eq!(t.verdict(), Some(Verdict::Unknown));
-    assert_eq!(UnknownReason::from_u8(t.reason), UnknownReason::BadServerAnswer);
+    assert_eq!(t.reason(), Some(UnknownReason::BadServerAnswer));
 }
 
 #[test]
@@ -124,9 +124,9 @@ fn closes_before_a_decision() {
     t.closed(true);
     assert_eq!(t.verdict(), Some(Verdict::Unknown));
     let (t, _) = run(&[Client(M::SslRequest), Close]);
-    assert_eq!(UnknownReason::from_u8(t.reason), UnknownReason::ClosedBeforeAnswer);
+    assert_eq!(t.reason(), Some(UnknownReason::ClosedBeforeAnswer));
     let (t, _) = run(&[Client(M::SslRequest), Answer(b'S'), Close]);
-    assert_eq!(UnknownReason::from_u8(t.reason), UnknownReason::NoTlsAfterAccept);
+    assert_eq!(t.reason(), Some(UnknownReason::NoTlsAfterAccept));
 }
 
 #[test]
@@ -146,19 +146,19 @@ fn auth_methods() {
         (2, AuthMethod::Other, false),
     ] {
         let (t, e) = run(&[Client(STARTUP), Auth(b'R', Some(code))]);
-        assert_eq!(AuthMethod::from_u8(t.auth), method);
+        assert_eq!(t.auth(), method);
         assert_eq!(t.phase() == Phase::AwaitPassword, waits, "code {code}");
         assert_eq!(e & effect::AUTH != 0, !waits);
     }
     let (t, _) = run(&[Client(STARTUP), Auth(b'E', None)]);
-    assert_eq!(AuthMethod::from_u8(t.auth), AuthMethod::Error);
+    assert_eq!(t.auth(), AuthMethod::Error);
 }
 
 #[test]
 fn no_password_when_the_client_hangs_up_at_the_prompt() {
     // psql asks the user for the password on a new connection after closing this one.
     let (t, e) = run(&[Client(STARTUP), Auth(b'R', Some(3)), Close]);
-    assert_eq!(t.password_sent, 0);
+    assert_eq!(t.password_sent(), false);
     assert_ne!(e & effect::AUTH, 0);
 }
 
@@ -227,7 +227,7 @@ mod props {
             if matches!(t.verdict(), Some(Verdict::Plaintext | Verdict::Downgraded)) {
                 prop_assert!(startup_seen);
             }
-            if t.password_sent != 0 {
+            if t.password_sent() {
                 prop_assert!(matches!(t.verdict(), Some(Verdict::Plaintext | Verdict::Downgraded)));
             }
         }

@@ -26,7 +26,7 @@ pub struct AnalyzeConfig {
 /// What a capture holds: every judged session start, in capture order of their flows.
 pub struct Judged {
     /// Sessions per verdict (encrypted ones included).
-    pub counts: BTreeMap<&'static str, u64>,
+    pub counts: BTreeMap<Verdict, u64>,
     /// Sessions with evidence to report (not encrypted).
     pub findings: Vec<crate::finding::Finding>,
     pub packets_read: u64,
@@ -50,13 +50,14 @@ fn judge<R: std::io::BufRead>(mut packets: capture::Packets<R>, ports: &[u16]) -
         }
     }
     let flows_without_start = table.flows_without_start();
-    let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut counts: BTreeMap<Verdict, u64> = BTreeMap::new();
     let mut findings = Vec::new();
     for flow in table.finish() {
-        let Some(session) = replay::replay(&flow) else { continue };
-        *counts.entry(session.verdict.name()).or_default() += 1;
-        if !session.verdict.is_encrypted() {
-            findings.push(session.finding);
+        let Some(replayed) = replay::replay(&flow) else { continue };
+        let verdict = replayed.session.verdict;
+        *counts.entry(verdict).or_default() += 1;
+        if !verdict.is_encrypted() {
+            findings.push(replayed.finding);
         }
     }
     Judged { counts, findings, packets_read: packets.packets_read(), flows_without_start, damage }
@@ -79,7 +80,7 @@ pub fn run(config: AnalyzeConfig) -> Result<(), Failure> {
     }
     // A summary on stderr, one `verdict count` line each, for people and scripts.
     for verdict in Verdict::ALL {
-        eprintln!("{} {}", verdict.name(), judged.counts.get(verdict.name()).copied().unwrap_or(0));
+        eprintln!("{verdict} {}", judged.counts.get(&verdict).copied().unwrap_or(0));
     }
     eprintln!("packets {} flows_without_start {}", judged.packets_read, judged.flows_without_start);
     match judged.damage {

@@ -1,25 +1,22 @@
-//! Drive the shared `Tracker` over a connection's two reassembled streams, making the same
-//! decisions, in the same order, as the kernel makes packet by packet.
+//! Drive the shared `Tracker` and `MessageAssembly` over a connection's two reassembled
+//! streams, making the same decisions, in the same order, as the kernel makes packet by
+//! packet, and build the same typed `Session` the live pipeline builds.
 
-use std::{net::IpAddr, time::SystemTime};
+use std::time::SystemTime;
 
 use sensor_common::{
-    event::{event_flags, ProcRecord, SessionEvent, AF_INET, AF_INET6},
-    limits::CAPTURE_LEN,
-    pgwire::{capture_limit, classify_bytes, FirstMessage, CANCEL_EVIDENCE_LEN},
-    tracker::{effect, AuthMethod, Phase, Tracker},
-    verdict::{Role, Verdict},
+    assembly::{MessageAssembly, Placement},
+    pgwire::{auth_code, classify_bytes, FirstMessage, AUTH_PEEK_LEN},
+    tracker::{effect, Phase, Tracker},
+    verdict::Role,
 };
 
 use super::streams::Flow;
-use crate::{
-    finding::Finding,
-    session::{apply_auth, finding_from_event_at},
-};
+use crate::session::{apply_auth, negotiation_of, Session};
 
 pub struct Replayed {
-    pub verdict: Verdict,
-    pub finding: Finding,
+    pub session: Session,
+    pub finding: crate::finding::Finding,
 }
 
 /// The most steps a session start can take (GSS, answer, SSL, answer, startup, auth,
@@ -30,27 +27,19 @@ pub fn replay(flow: &Flow) -> Option<Replayed> {
     let client = flow.client_stream.contiguous();
     let server = flow.server_stream.contiguous();
     let mut t = Tracker::NEW;
-    let mut msg_start = 0usize;
-    let mut msg_len = 0u32;
+    let mut message = MessageAssembly::NEW;
     let mut server_at = 0usize;
     let mut auth_known = false;
 
     for _ in 0..MAX_STEPS {
         let e = match t.phase() {
             Phase::ClientFirst | Phase::AwaitHello | Phase::AfterRefusal => {
-                let first = classify_bytes(client.get(msg_start..).unwrap_or(&[]));
+                let first = classify_bytes(client.get(message.start() as usize..).unwrap_or(&[]));
                 if first == FirstMessage::NeedMore {
                     break;
                 }
-                msg_len = first.message_len().unwrap_or(0);
-                let e = t.client_message(first);
-                if e & effect::NEXT_MESSAGE != 0
-                    && matches!(first, FirstMessage::SslRequest | FirstMessage::GssEncRequest)
-                {
-                    msg_start += 8;
-                    msg_len = 0;
-                }
-                e
+                message.classified(first);
+                t.client_message(first)
             }
             Phase::AwaitAnswer => {
                 let Some(&answer) = server.get(server_at) else { break };
@@ -60,80 +49,54 @@ pub fn replay(flow: &Flow) -> Option<Replayed> {
             Phase::AwaitAuth => {
                 let Some(&msg_type) = server.get(server_at) else { break };
                 let code = server
-                    .get(server_at + 5..server_at + 9)
-                    .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+                    .get(server_at..server_at + AUTH_PEEK_LEN)
+                    .and_then(|peek| peek.try_into().ok())
+                    .map(auth_code);
                 t.server_auth(msg_type, code)
             }
             Phase::AwaitPassword => {
-                let Some(&msg_type) = client.get(msg_start + msg_len as usize) else { break };
+                let at = message.reply_type_offset(0, client.len() as u32);
+                let Some(&msg_type) = at.and_then(|at| client.get(at as usize)) else { break };
                 t.client_auth_reply(msg_type)
             }
             Phase::Done => break,
         };
         auth_known |= e & effect::AUTH != 0;
     }
+    // The whole stream is one "segment": the assembly holds what the kernel would hold.
+    if let Placement::Append { at: 0, n, .. } = message.place(0, client.len() as u32) {
+        message.appended(n);
+    }
     if t.phase() != Phase::Done && flow.closed {
-        let partial = t.wants_client_message() && client.len() > msg_start;
+        let partial = t.wants_client_message() && message.have() > 0;
         auth_known |= t.closed(partial) & effect::AUTH != 0;
     }
 
     let verdict = t.verdict()?;
-    let limit =
-        if verdict == Verdict::Cancel { CANCEL_EVIDENCE_LEN } else { capture_limit(msg_len) };
-    let end = client.len().min(msg_start + limit as usize);
-    let evidence = client.get(msg_start..end).unwrap_or(&[]);
-    let ev = session_event(flow, &t, msg_len, evidence);
-    let mut finding = finding_from_event_at(&ev, flow.first_data.unwrap_or(SystemTime::UNIX_EPOCH));
+    let start = message.start() as usize;
+    let evidence_len = message.evidence_len(verdict) as usize;
+    let evidence = client.get(start..start + evidence_len).unwrap_or(&[]).to_vec();
+    let (requested, server_answers) = negotiation_of(t.requests(), t.answers());
+    let session = Session {
+        seen: flow.first_data.unwrap_or(SystemTime::UNIX_EPOCH),
+        cookie: None,
+        process: None,
+        client: flow.client.into(),
+        server: flow.server.into(),
+        role: Role::Client,
+        verdict,
+        reason: t.reason(),
+        requested,
+        server_answers,
+        evidence,
+        message_len: message.message_len(),
+        fast_open: flow.fast_open,
+        opened_before_start: false,
+        auth_follows: t.auth_follows(),
+    };
+    let mut finding = session.finding();
     if auth_known {
-        apply_auth(&mut finding, AuthMethod::from_u8(t.auth), t.password_sent != 0);
+        apply_auth(&mut finding, t.auth(), t.password_sent());
     }
-    Some(Replayed { verdict, finding })
-}
-
-fn session_event(flow: &Flow, t: &Tracker, msg_len: u32, evidence: &[u8]) -> SessionEvent {
-    let (ip_version, src_addr) = wire_addr(flow.client.0);
-    let (_, dst_addr) = wire_addr(flow.server.0);
-    let mut flags = 0;
-    if flow.fast_open {
-        flags |= event_flags::FAST_OPEN;
-    }
-    if msg_len as usize > evidence.len() {
-        flags |= event_flags::TRUNCATED;
-    }
-    let mut captured = [0u8; CAPTURE_LEN];
-    captured[..evidence.len()].copy_from_slice(evidence);
-    SessionEvent {
-        kind: sensor_common::event::EVENT_SESSION,
-        flags,
-        cookie: 0,
-        seen_ns: 0,
-        proc_: ProcRecord::EMPTY,
-        src_addr,
-        dst_addr,
-        src_port: flow.client.1,
-        dst_port: flow.server.1,
-        ip_version,
-        role: Role::Client as u8,
-        verdict: t.verdict,
-        reason: t.reason,
-        requests: t.requests,
-        answers: t.answers,
-        _pad: [0; 2],
-        message_len: msg_len,
-        captured_len: evidence.len() as u32,
-        _pad2: 0,
-        captured,
-    }
-}
-
-/// Addresses as the kernel reports them: IPv4 in the first four bytes.
-fn wire_addr(ip: IpAddr) -> (u8, [u8; 16]) {
-    let mut out = [0u8; 16];
-    match ip {
-        IpAddr::V4(v4) => {
-            out[..4].copy_from_slice(&v4.octets());
-            (AF_INET, out)
-        }
-        IpAddr::V6(v6) => (AF_INET6, v6.octets()),
-    }
+    Some(Replayed { session, finding })
 }

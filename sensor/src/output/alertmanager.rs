@@ -14,8 +14,10 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tracing::warn;
 
+use sensor_common::verdict::alert_name;
+
 use super::http::HttpState;
-use crate::finding::Finding;
+use crate::finding::{format_ts, Finding};
 
 /// Alerts waiting to be sent at most; past it new ones are dropped and counted.
 pub const QUEUE_LEN: usize = 1024;
@@ -39,24 +41,9 @@ pub struct Alert {
     pub generator_url: String,
 }
 
-/// The alert name for a finding: what an on-call engineer should read first.
-pub fn alertname(finding: &Finding) -> &'static str {
-    if finding.severity == "critical" {
-        return "PgwireCredentialsExposed";
-    }
-    match finding.verdict {
-        "plaintext" => "PgwirePlaintextSession",
-        "downgraded" => "PgwireDowngradedSession",
-        "refused" => "PgwireTlsRefused",
-        "cancel" => "PgwireCancelInPlaintext",
-        "rpc_plaintext" => "PgwireRpcPlaintext",
-        _ => "PgwireUnknownSession",
-    }
-}
-
 pub fn alert_from_finding(finding: &Finding, instance: &str, generator_url: &str) -> Alert {
     let mut labels = BTreeMap::new();
-    labels.insert("alertname", alertname(finding).to_string());
+    labels.insert("alertname", alert_name(finding.verdict, finding.severity).to_string());
     labels.insert("severity", finding.severity.to_string());
     labels.insert("verdict", finding.verdict.to_string());
     labels.insert("dst_port", finding.dst.port.to_string());
@@ -127,23 +114,21 @@ pub fn alert_from_finding(finding: &Finding, instance: &str, generator_url: &str
     }
     a.insert("finding", serde_json::to_string(finding).unwrap_or_default());
 
-    let ends_at = humantime::parse_rfc3339(&finding.ts)
-        .map(|t| humantime::format_rfc3339_micros(t + ALERT_LIFETIME).to_string())
-        .unwrap_or_default();
     Alert {
         labels,
         annotations: a,
-        starts_at: finding.ts.clone(),
-        ends_at,
+        starts_at: format_ts(finding.ts),
+        ends_at: format_ts(finding.ts + ALERT_LIFETIME),
         generator_url: generator_url.to_string(),
     }
 }
 
 /// Distinct per session, stable for the same finding.
 fn finding_id(finding: &Finding) -> String {
+    let ts = format_ts(finding.ts);
     match finding.socket_cookie {
-        Some(cookie) => format!("{}-{cookie}", finding.ts),
-        None => format!("{}-{}-{}", finding.ts, finding.src.ip, finding.src.port),
+        Some(cookie) => format!("{ts}-{cookie}"),
+        None => format!("{ts}-{}-{}", finding.src.ip, finding.src.port),
     }
 }
 
@@ -225,16 +210,20 @@ async fn post_with_retries(
 mod tests {
     use super::*;
     use crate::finding::{Auth, Endpoint, Process, Startup};
+    use sensor_common::{
+        tracker::AuthMethod,
+        verdict::{Role, Severity, Verdict},
+    };
 
-    fn finding(verdict: &'static str, severity: &'static str) -> Finding {
+    fn finding(verdict: Verdict, severity: Severity) -> Finding {
         Finding {
-            ts: "2026-11-28T12:00:00.000000Z".into(),
+            ts: humantime::parse_rfc3339("2026-11-28T12:00:00.000000Z").unwrap(),
             verdict,
             severity,
-            role: "client",
+            role: Role::Client,
             reason: None,
-            src: Endpoint { ip: "10.1.2.3".into(), port: 40000 },
-            dst: Endpoint { ip: "10.9.9.9".into(), port: 26257 },
+            src: Endpoint { ip: [10, 1, 2, 3].into(), port: 40000 },
+            dst: Endpoint { ip: [10, 9, 9, 9].into(), port: 26257 },
             process: Some(Process {
                 pid: 42,
                 tid: 42,
@@ -253,7 +242,7 @@ mod tests {
                 application_name: None,
                 truncated: false,
             }),
-            auth: Some(Auth { method: "cleartext", password_sent: true }),
+            auth: Some(Auth { method: AuthMethod::Cleartext, password_sent: true }),
             socket_cookie: Some(7),
             fast_open: false,
             opened_before_start: false,
@@ -262,7 +251,8 @@ mod tests {
 
     #[test]
     fn labels_are_bounded_and_detail_goes_in_annotations() {
-        let a = alert_from_finding(&finding("plaintext", "critical"), "app1", "http://x/");
+        let a =
+            alert_from_finding(&finding(Verdict::Plaintext, Severity::Critical), "app1", "http://x/");
         assert_eq!(a.labels["alertname"], "PgwireCredentialsExposed");
         assert_eq!(a.labels["severity"], "critical");
         assert_eq!(a.labels["verdict"], "plaintext");
@@ -276,6 +266,7 @@ mod tests {
         assert_eq!(a.annotations["db_user"], "app");
         assert_eq!(a.annotations["database"], "orders");
         assert!(a.annotations["description"].contains("cleartext password"));
+        assert_eq!(a.starts_at, "2026-11-28T12:00:00.000000Z");
         assert_eq!(a.ends_at, "2026-11-28T13:00:00.000000Z");
         let json = serde_json::to_value(&a).unwrap();
         assert!(json.get("startsAt").is_some() && json.get("generatorURL").is_some());
@@ -283,8 +274,9 @@ mod tests {
 
     #[test]
     fn alertnames_by_verdict() {
-        assert_eq!(alertname(&finding("downgraded", "high")), "PgwireDowngradedSession");
-        assert_eq!(alertname(&finding("refused", "medium")), "PgwireTlsRefused");
-        assert_eq!(alertname(&finding("plaintext", "high")), "PgwirePlaintextSession");
+        let name = |v, s| alert_from_finding(&finding(v, s), "h", "u").labels["alertname"].clone();
+        assert_eq!(name(Verdict::Downgraded, Severity::High), "PgwireDowngradedSession");
+        assert_eq!(name(Verdict::Refused, Severity::Medium), "PgwireTlsRefused");
+        assert_eq!(name(Verdict::Plaintext, Severity::High), "PgwirePlaintextSession");
     }
 }

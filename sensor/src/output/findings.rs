@@ -23,6 +23,8 @@ use std::{
 
 use anyhow::Context;
 
+use sensor_common::verdict::Severity;
+
 use crate::{config::FindingsTarget, finding::Finding};
 
 pub struct FindingsWriter {
@@ -31,7 +33,7 @@ pub struct FindingsWriter {
     /// Encoded lines not yet written.
     pending: Vec<u8>,
     /// Severity of each pending line, for the caller's per-severity counts.
-    severities: Vec<&'static str>,
+    severities: Vec<Severity>,
     /// (device, inode) of the open file, to notice it was moved or deleted.
     file_id: Option<(u64, u64)>,
     /// The last write stopped inside a line: end it before writing more.
@@ -42,7 +44,7 @@ pub struct FindingsWriter {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Flushed {
     /// Severities of the lines written.
-    pub written: Vec<&'static str>,
+    pub written: Vec<Severity>,
     /// Lines lost to a write error, and the error.
     pub failed: Option<(usize, String)>,
 }
@@ -192,13 +194,13 @@ mod tests {
 
     use super::*;
 
-    fn finding(severity: &'static str) -> Finding {
+    fn finding(severity: Severity) -> Finding {
         let ev = sensor_common::test_util::session_event(
             sensor_common::verdict::Verdict::Plaintext,
             b"",
             "app",
         );
-        Finding { severity, ..crate::session::finding_from_event(&ev) }
+        Finding { severity, ..crate::session::Session::from_event(&ev).finding() }
     }
 
     #[test]
@@ -208,10 +210,10 @@ mod tests {
         let path = dir.join("findings.jsonl");
         let _ = std::fs::remove_file(&path);
         let mut w = FindingsWriter::open(&FindingsTarget::File(path.clone())).unwrap();
-        w.push(&finding("high"));
-        w.push(&finding("critical"));
+        w.push(&finding(Severity::High));
+        w.push(&finding(Severity::Critical));
         assert_eq!(std::fs::read(&path).unwrap().len(), 0, "nothing before the flush");
-        assert_eq!(w.flush(), Flushed { written: vec!["high", "critical"], failed: None });
+        assert_eq!(w.flush(), Flushed { written: vec![Severity::High, Severity::Critical], failed: None });
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 2);
         assert!(text.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
@@ -221,7 +223,7 @@ mod tests {
         let rotated = dir.join("findings.jsonl.1");
         std::fs::rename(&path, &rotated).unwrap();
         w.reopen().unwrap();
-        w.push(&finding("high"));
+        w.push(&finding(Severity::High));
         assert!(w.flush().failed.is_none());
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
         assert_eq!(std::fs::read_to_string(&rotated).unwrap().lines().count(), 2);
@@ -251,19 +253,19 @@ mod tests {
     #[test]
     fn a_line_cut_by_a_full_disk_is_ended_and_counted_exactly() {
         let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let one_line = serde_json::to_vec(&finding("high")).unwrap().len() + 1;
+        let one_line = serde_json::to_vec(&finding(Severity::High)).unwrap().len() + 1;
         let mut w =
             FindingsWriter::to_writer(Box::new(FillsUp { room: one_line + 10, got: got.clone() }));
-        w.push(&finding("high"));
-        w.push(&finding("critical"));
-        w.push(&finding("low"));
+        w.push(&finding(Severity::High));
+        w.push(&finding(Severity::Critical));
+        w.push(&finding(Severity::Low));
         let flushed = w.flush();
-        assert_eq!(flushed.written, vec!["high"], "the whole first line made it");
+        assert_eq!(flushed.written, vec![Severity::High], "the whole first line made it");
         assert_eq!(flushed.failed.as_ref().map(|f| f.0), Some(2));
         // Space again: the torn line is ended first, the next line stands alone.
         w.out = Box::new(FillsUp { room: usize::MAX, got: got.clone() });
-        w.push(&finding("medium"));
-        assert_eq!(w.flush().written, vec!["medium"]);
+        w.push(&finding(Severity::Medium));
+        assert_eq!(w.flush().written, vec![Severity::Medium]);
         let text = String::from_utf8(got.lock().unwrap().clone()).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3, "{text}");
@@ -283,7 +285,7 @@ mod tests {
         assert!(!w.follow_path().unwrap(), "same file: nothing to do");
         std::fs::remove_file(&path).unwrap();
         assert!(w.follow_path().unwrap(), "deleted: reopened");
-        w.push(&finding("high"));
+        w.push(&finding(Severity::High));
         assert!(w.flush().failed.is_none());
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
         std::fs::rename(&path, dir.join("f.jsonl.1")).unwrap();
@@ -296,8 +298,8 @@ mod tests {
     fn a_failed_write_is_reported_and_the_writer_goes_on() {
         let full = FillsUp { room: 0, got: Default::default() };
         let mut w = FindingsWriter::to_writer(Box::new(full));
-        w.push(&finding("high"));
-        w.push(&finding("high"));
+        w.push(&finding(Severity::High));
+        w.push(&finding(Severity::High));
         let flushed = w.flush();
         assert!(flushed.written.is_empty());
         let (lines, err) = flushed.failed.unwrap();

@@ -73,9 +73,7 @@ impl Metrics {
             Opts::new(name("findings_total"), "Finding lines written, by severity."),
             &["severity"],
         )?;
-        for severity in
-            [Severity::Info, Severity::Low, Severity::Medium, Severity::High, Severity::Critical]
-        {
+        for severity in Severity::ALL {
             findings.with_label_values(&[severity.name()]);
         }
         registry.register(Box::new(findings.clone()))?;
@@ -120,8 +118,8 @@ impl Metrics {
         })
     }
 
-    pub fn finding_written(&self, severity: &str) {
-        self.findings.with_label_values(&[severity]).inc();
+    pub fn finding_written(&self, severity: Severity) {
+        self.findings.with_label_values(&[severity.name()]).inc();
     }
 
     /// The text exposition format.

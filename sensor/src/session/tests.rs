@@ -9,16 +9,20 @@ fn event(verdict: Verdict, captured: &[u8]) -> SessionEvent {
     ev
 }
 
+fn finding_from_event(ev: &SessionEvent) -> Finding {
+    Session::from_event(ev).finding()
+}
+
 #[test]
 fn plaintext_startup_becomes_a_finding_with_user_and_database() {
     let msg =
         startup_message(&[("user", "app"), ("database", "orders"), ("application_name", "psql")]);
     let f = finding_from_event(&event(Verdict::Plaintext, &msg));
-    assert_eq!(f.verdict, "plaintext");
-    assert_eq!(f.severity, "high");
-    assert_eq!(f.role, "client");
-    assert_eq!(f.src, Endpoint { ip: "127.0.0.1".into(), port: 40000 });
-    assert_eq!(f.dst, Endpoint { ip: "127.0.0.2".into(), port: 26257 });
+    assert_eq!(f.verdict, Verdict::Plaintext);
+    assert_eq!(f.severity, Severity::High);
+    assert_eq!(f.role, Role::Client);
+    assert_eq!(f.src, Endpoint { ip: [127, 0, 0, 1].into(), port: 40000 });
+    assert_eq!(f.dst, Endpoint { ip: [127, 0, 0, 2].into(), port: 26257 });
     let p = f.process.unwrap();
     assert_eq!((p.pid, p.tid, p.uid, p.gid, p.comm.as_str()), (4242, 4243, 1000, 100, "psql"));
     let s = f.startup.unwrap();
@@ -53,8 +57,11 @@ fn unknown_carries_its_reason_and_ipv6_addresses() {
     ev.ip_version = AF_INET6;
     ev.dst_addr = std::net::Ipv6Addr::LOCALHOST.octets();
     let f = finding_from_event(&ev);
-    assert_eq!((f.verdict, f.reason), ("unknown", Some("not_pgwire")));
-    assert_eq!(f.dst.ip, "::1");
+    assert_eq!((f.verdict, f.reason), (Verdict::Unknown, Some(UnknownReason::NotPgwire)));
+    assert_eq!(f.dst.ip, std::net::Ipv6Addr::LOCALHOST);
+    let json = serde_json::to_value(&f).unwrap();
+    assert_eq!((&json["verdict"], &json["reason"]), (&"unknown".into(), &"not_pgwire".into()));
+    assert_eq!(json["dst"]["ip"], "::1");
 }
 
 #[test]
@@ -78,15 +85,17 @@ fn downgraded_session_names_the_negotiation_and_cleartext_password_is_critical()
     ev.requests = REQUESTED_GSS | REQUESTED_SSL;
     ev.answers = (2 << 4) | 2; // N, N
     ev.flags |= event_flags::AUTH_FOLLOWS;
-    assert!(auth_follows(&ev));
+    assert!(Session::from_event(&ev).auth_follows);
     let mut f = finding_from_event(&ev);
     let n = f.negotiation.clone().unwrap();
-    assert_eq!(n.requested, vec!["gssenc", "ssl"]);
+    assert_eq!(n.requested, vec![Encryption::Gssenc, Encryption::Ssl]);
     assert_eq!(n.server_answers, "NN");
-    assert_eq!(f.severity, "high");
+    assert_eq!(f.severity, Severity::High);
     apply_auth(&mut f, AuthMethod::Cleartext, true);
-    assert_eq!(f.severity, "critical");
+    assert_eq!(f.severity, Severity::Critical);
     let json = serde_json::to_value(&f).unwrap();
+    assert_eq!(json["severity"], "critical");
+    assert_eq!(json["negotiation"]["requested"], serde_json::json!(["gssenc", "ssl"]));
     assert_eq!(json["auth"]["method"], "cleartext");
     assert_eq!(json["auth"]["password_sent"], true);
 }
