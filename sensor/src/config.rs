@@ -1,22 +1,209 @@
-//! Validated settings for `sensor run`. Everything is checked here, before anything is
-//! loaded into the kernel, so a bad value never leaves programs attached.
+//! Settings for `sensor run`: one schema ([`Settings`]) for the flags and the `--config`
+//! file, each default written once (in its `#[arg]`, shown by `--help`; the file's defaults
+//! are the same values, parsed from an empty command line). [`Settings::validate`] turns
+//! them into a [`RunConfig`] before anything is loaded into the kernel, so a bad value never
+//! leaves programs attached, and every error names the flag or the file key it came from.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use anyhow::{bail, ensure};
+use clap::{parser::ValueSource, ArgMatches, Args, Parser};
 use sensor_common::{
     limits::{CONNECTIONS_MAX, EVENTS_RING_BYTES, MAX_WATCHED_PORTS},
     verdict::{Role, Severity},
 };
+use serde::Deserialize;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where findings go: a file (appended) or stdout.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 pub enum FindingsTarget {
     Stdout,
     File(PathBuf),
 }
 
+impl FromStr for FindingsTarget {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        match value {
+            "" => Err("give a file path, or - for stdout".into()),
+            "-" => Ok(FindingsTarget::Stdout),
+            path => Ok(FindingsTarget::File(PathBuf::from(path))),
+        }
+    }
+}
+
+impl TryFrom<String> for FindingsTarget {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, String> {
+        value.parse()
+    }
+}
+
+/// Every `sensor run` setting. A flag `--some-name` is the file key `some_name`.
+#[derive(Debug, Clone, PartialEq, Args, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// TCP ports that carry pgwire (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "26257", value_name = "PORT[,PORT...]")]
+    pub ports: Vec<u16>,
+    /// cgroup v2 directory to attach at [default: the cgroup2 root from /proc/self/mountinfo].
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+    /// Where to serve /metrics and /healthz. Loopback by default: metrics reveal which
+    /// sessions are exposed.
+    #[arg(long, default_value = "127.0.0.1:9477", value_name = "ADDR:PORT")]
+    pub metrics_addr: SocketAddr,
+    /// Where to append findings (JSON lines); `-` is stdout.
+    #[arg(long, default_value = "-", value_name = "PATH|-")]
+    pub findings: FindingsTarget,
+    /// Size of the kernel-to-agent ring buffer in bytes, a power of two >= 4096. Counts stay
+    /// exact when it overflows; only evidence is lost.
+    #[arg(long, default_value_t = EVENTS_RING_BYTES, value_name = "BYTES")]
+    pub ring_buffer_bytes: u32,
+    /// How long a plaintext session's finding waits for its authentication outcome.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    pub auth_wait_ms: u64,
+    /// Connections the kernel follows at once (an LRU map: past it, the oldest not yet
+    /// judged are evicted and counted), 64 to 1048576.
+    #[arg(long, default_value_t = CONNECTIONS_MAX, value_name = "N")]
+    pub max_connections: u32,
+    /// Push each finding to this Alertmanager (v2 API) as an alert, e.g.
+    /// http://127.0.0.1:9093.
+    #[arg(long, value_name = "URL")]
+    pub alertmanager_url: Option<String>,
+    /// Push only findings at least this severe: low, medium, high, critical.
+    #[arg(long, default_value_t = Severity::Low, value_name = "SEVERITY")]
+    pub alertmanager_min_severity: Severity,
+    /// Which ends of sessions to watch: `client` (local processes connecting to a watched
+    /// port), `server` (sessions a local server accepts on a watched port), or both.
+    #[arg(long, value_delimiter = ',', default_value = "client", value_name = "ROLE[,ROLE]")]
+    pub roles: Vec<Role>,
+    /// Run even when another sensor already runs on this host (each finding and alert
+    /// then arrives twice, and every packet is inspected twice).
+    #[arg(long)]
+    pub allow_second_instance: bool,
+    /// Run on a kernel older than the oldest tested one (6.1), down to 5.8.
+    #[arg(long)]
+    pub allow_untested_kernel: bool,
+}
+
+impl Default for Settings {
+    /// The defaults of `sensor run` with no flags: the `#[arg]` defaults above.
+    fn default() -> Self {
+        #[derive(Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        Defaults::parse_from(["sensor"]).settings
+    }
+}
+
+/// Where a setting's value came from, for error messages that name it.
+pub struct Origins<'a> {
+    matches: Option<&'a ArgMatches>,
+    config: Option<&'a std::path::Path>,
+}
+
+impl<'a> Origins<'a> {
+    pub fn new(matches: Option<&'a ArgMatches>, config: Option<&'a std::path::Path>) -> Self {
+        Origins { matches, config }
+    }
+
+    fn on_command_line(&self, id: &str) -> bool {
+        self.matches.is_some_and(|m| m.value_source(id) == Some(ValueSource::CommandLine))
+    }
+
+    /// `--flag-name`, or `key `flag_name` in --config FILE` when the file set it.
+    fn name(&self, id: &str) -> String {
+        let flag = format!("--{}", id.replace('_', "-"));
+        match self.config {
+            Some(path) if !self.on_command_line(id) => {
+                format!("key `{id}` in --config {} ({flag})", path.display())
+            }
+            _ => flag,
+        }
+    }
+}
+
+impl Settings {
+    /// `file`'s settings with every flag given on the command line laid over them.
+    pub fn overlay(file: Settings, flags: Settings, origins: &Origins) -> Settings {
+        // A struct literal: a new setting that is not listed here does not compile.
+        macro_rules! pick {
+            ($($field:ident),* $(,)?) => {
+                Settings {
+                    $($field: if origins.on_command_line(stringify!($field)) {
+                        flags.$field
+                    } else {
+                        file.$field
+                    },)*
+                }
+            };
+        }
+        pick!(
+            ports,
+            cgroup,
+            metrics_addr,
+            findings,
+            ring_buffer_bytes,
+            auth_wait_ms,
+            max_connections,
+            alertmanager_url,
+            alertmanager_min_severity,
+            roles,
+            allow_second_instance,
+            allow_untested_kernel,
+        )
+    }
+
+    /// Check every value; errors name the flag or file key.
+    pub fn validate(self, origins: &Origins) -> anyhow::Result<RunConfig> {
+        let named = |id: &str, result: anyhow::Result<()>| {
+            result.map_err(|err| anyhow::anyhow!("{}: {err}", origins.name(id)))
+        };
+        named("ports", check_ports(&self.ports))?;
+        named("ring_buffer_bytes", check_ring_buffer_bytes(self.ring_buffer_bytes))?;
+        named("max_connections", check_max_connections(self.max_connections))?;
+        named("roles", ensure_nonempty(&self.roles))?;
+        named("alertmanager_min_severity", check_min_severity(self.alertmanager_min_severity))?;
+        let alertmanager = match self.alertmanager_url {
+            None => None,
+            Some(url) => {
+                named("alertmanager_url", check_alertmanager_url(&url))?;
+                Some(AlertmanagerConfig { url, min_severity: self.alertmanager_min_severity })
+            }
+        };
+        let mut ports = self.ports;
+        ports.sort_unstable();
+        ports.dedup();
+        let mut roles = self.roles;
+        roles.dedup();
+        roles.sort_unstable();
+        roles.dedup();
+        Ok(RunConfig {
+            ports,
+            cgroup: self.cgroup,
+            metrics_addr: self.metrics_addr,
+            findings: self.findings,
+            ring_buffer_bytes: self.ring_buffer_bytes,
+            auth_wait: Duration::from_millis(self.auth_wait_ms),
+            alertmanager,
+            max_connections: self.max_connections,
+            roles,
+            allow_second_instance: self.allow_second_instance,
+            allow_untested_kernel: self.allow_untested_kernel,
+        })
+    }
+}
+
+/// Validated settings, as `run` uses them.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
+    /// Sorted, no duplicates.
     pub ports: Vec<u16>,
     pub cgroup: Option<PathBuf>,
     pub metrics_addr: SocketAddr,
@@ -44,96 +231,41 @@ pub struct AlertmanagerConfig {
     pub min_severity: Severity,
 }
 
-impl AlertmanagerConfig {
-    pub fn new(url: &str, min_severity: &str) -> anyhow::Result<Self> {
-        ensure!(
-            (url.starts_with("http://") || url.starts_with("https://"))
-                && url.len() > "https://".len(),
-            "--alertmanager-url: {url:?} is not an http(s) URL, e.g. http://127.0.0.1:9093"
-        );
-        ensure!(
-            !url.starts_with("https://"),
-            "--alertmanager-url: https is not supported yet; reach Alertmanager over http on \
-             loopback or through a local proxy"
-        );
-        let min_severity = parse_severity(min_severity).ok_or_else(|| {
-            anyhow::anyhow!(
-                "--alertmanager-min-severity: {min_severity:?} is not one of low, medium, high, \
-                 critical"
-            )
-        })?;
-        Ok(AlertmanagerConfig { url: url.to_string(), min_severity })
-    }
-}
-
-fn parse_severity(name: &str) -> Option<Severity> {
-    [Severity::Low, Severity::Medium, Severity::High, Severity::Critical]
-        .into_iter()
-        .find(|s| s.name() == name)
-}
-
-/// The severity with this name (as findings spell it).
-pub fn severity_named(name: &str) -> Severity {
-    parse_severity(name).unwrap_or(Severity::Info)
-}
-
-impl Default for RunConfig {
-    /// The defaults of `sensor run` with no flags.
-    fn default() -> Self {
-        RunConfig {
-            ports: vec![DEFAULT_PORT],
-            cgroup: None,
-            metrics_addr: SocketAddr::from(([127, 0, 0, 1], DEFAULT_METRICS_PORT)),
-            findings: FindingsTarget::Stdout,
-            ring_buffer_bytes: EVENTS_RING_BYTES,
-            auth_wait: Duration::from_secs(1),
-            alertmanager: None,
-            max_connections: CONNECTIONS_MAX,
-            roles: vec![Role::Client],
-            allow_second_instance: false,
-            allow_untested_kernel: false,
-        }
-    }
-}
-
-/// CockroachDB's SQL port.
-pub const DEFAULT_PORT: u16 = 26257;
-pub const DEFAULT_METRICS_PORT: u16 = 9477;
-
-pub fn parse_metrics_addr(value: &str) -> anyhow::Result<SocketAddr> {
-    value.parse().map_err(|_| {
-        anyhow::anyhow!("--metrics-addr: {value:?} is not an address:port, e.g. 127.0.0.1:9477")
-    })
-}
-
-pub fn validate_ports(mut ports: Vec<u16>) -> anyhow::Result<Vec<u16>> {
-    ensure!(!ports.is_empty(), "--ports: give at least one port, e.g. --ports 26257");
+pub fn check_ports(ports: &[u16]) -> anyhow::Result<()> {
+    ensure!(!ports.is_empty(), "give at least one port, e.g. 26257");
     if ports.contains(&0) {
-        bail!("--ports: 0 is not a TCP port a database listens on; use 1-65535");
+        bail!("0 is not a TCP port a database listens on; use 1-65535");
     }
     ensure!(
         ports.len() <= MAX_WATCHED_PORTS,
-        "--ports: at most {MAX_WATCHED_PORTS} ports can be watched, got {}",
+        "at most {MAX_WATCHED_PORTS} ports can be watched, got {}",
         ports.len()
     );
-    ports.sort_unstable();
-    ports.dedup();
-    Ok(ports)
+    Ok(())
 }
 
-pub fn parse_roles(names: Vec<String>) -> anyhow::Result<Vec<Role>> {
-    let mut roles = Vec::new();
-    for name in &names {
-        let role = Role::ALL
-            .into_iter()
-            .find(|r| r.name() == name.trim())
-            .ok_or_else(|| anyhow::anyhow!("--roles: {name:?} is not client or server"))?;
-        if !roles.contains(&role) {
-            roles.push(role);
-        }
-    }
-    ensure!(!roles.is_empty(), "--roles: give client, server, or both");
-    Ok(roles)
+fn ensure_nonempty(roles: &[Role]) -> anyhow::Result<()> {
+    ensure!(!roles.is_empty(), "give client, server, or both");
+    Ok(())
+}
+
+fn check_min_severity(severity: Severity) -> anyhow::Result<()> {
+    ensure!(severity > Severity::Info, "{severity} is not one of low, medium, high, critical");
+    Ok(())
+}
+
+fn check_alertmanager_url(url: &str) -> anyhow::Result<()> {
+    ensure!(
+        (url.starts_with("http://") || url.starts_with("https://"))
+            && url.len() > "https://".len(),
+        "{url:?} is not an http(s) URL, e.g. http://127.0.0.1:9093"
+    );
+    ensure!(
+        !url.starts_with("https://"),
+        "https is not supported yet; reach Alertmanager over http on loopback or through a \
+         local proxy"
+    );
+    Ok(())
 }
 
 /// The kernel's role bitmask.
@@ -141,83 +273,33 @@ pub fn role_bits(roles: &[Role]) -> u32 {
     roles.iter().fold(0, |bits, r| bits | 1 << (*r as u32))
 }
 
-pub fn validate_max_connections(n: u32) -> anyhow::Result<u32> {
-    ensure!((64..=1 << 20).contains(&n), "--max-connections: {n} is outside 64 to 1048576");
-    Ok(n)
+fn check_max_connections(n: u32) -> anyhow::Result<()> {
+    ensure!((64..=1 << 20).contains(&n), "{n} is outside 64 to 1048576");
+    Ok(())
 }
 
-pub fn validate_ring_buffer_bytes(bytes: u32) -> anyhow::Result<u32> {
+fn check_ring_buffer_bytes(bytes: u32) -> anyhow::Result<()> {
     ensure!(
         bytes >= 4096 && bytes.is_power_of_two(),
-        "--ring-buffer-bytes: {bytes} is not a power of two of at least 4096"
+        "{bytes} is not a power of two of at least 4096"
     );
-    Ok(bytes)
+    Ok(())
 }
 
-pub fn parse_findings_target(value: &str) -> anyhow::Result<FindingsTarget> {
-    match value {
-        "" => bail!("--findings: give a file path, or - for stdout"),
-        "-" => Ok(FindingsTarget::Stdout),
-        path => Ok(FindingsTarget::File(PathBuf::from(path))),
+/// Parse `args` (after `sensor run`) as the command line would, for tests.
+#[cfg(test)]
+pub fn settings_from(args: &[&str]) -> (Settings, ArgMatches) {
+    #[derive(Parser)]
+    struct Run {
+        #[command(flatten)]
+        settings: Settings,
     }
+    let matches = <Run as clap::CommandFactory>::command()
+        .try_get_matches_from(std::iter::once("run").chain(args.iter().copied()))
+        .unwrap();
+    let settings = <Run as clap::FromArgMatches>::from_arg_matches(&matches).unwrap().settings;
+    (settings, matches)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ports_are_sorted_and_deduplicated() {
-        assert_eq!(validate_ports(vec![5432, 26257, 5432]).unwrap(), vec![5432, 26257]);
-    }
-
-    #[test]
-    fn port_zero_and_empty_lists_are_refused() {
-        assert!(validate_ports(vec![]).unwrap_err().to_string().contains("--ports"));
-        assert!(validate_ports(vec![0]).unwrap_err().to_string().contains("1-65535"));
-    }
-
-    #[test]
-    fn too_many_ports_are_refused() {
-        let many: Vec<u16> = (1..=(MAX_WATCHED_PORTS as u16 + 1)).collect();
-        assert!(validate_ports(many).is_err());
-    }
-
-    #[test]
-    fn alertmanager_settings() {
-        let am = AlertmanagerConfig::new("http://127.0.0.1:9093", "high").unwrap();
-        assert_eq!(am.min_severity, Severity::High);
-        assert!(AlertmanagerConfig::new("127.0.0.1:9093", "low").is_err());
-        let err = AlertmanagerConfig::new("http://am:9093", "loud").unwrap_err().to_string();
-        assert!(err.contains("--alertmanager-min-severity"), "{err}");
-        assert_eq!(severity_named("critical"), Severity::Critical);
-        assert_eq!(severity_named("info"), Severity::Info);
-    }
-
-    #[test]
-    fn roles() {
-        let both = parse_roles(vec!["client".into(), "server".into(), "client".into()]).unwrap();
-        assert_eq!(both, vec![Role::Client, Role::Server]);
-        assert_eq!(role_bits(&both), 3);
-        assert_eq!(role_bits(&[Role::Server]), 2);
-        assert!(parse_roles(vec!["proxy".into()]).unwrap_err().to_string().contains("--roles"));
-        assert!(parse_roles(vec![]).is_err());
-    }
-
-    #[test]
-    fn ring_buffer_sizes() {
-        assert_eq!(validate_ring_buffer_bytes(4096).unwrap(), 4096);
-        assert!(validate_ring_buffer_bytes(5000).is_err());
-        assert!(validate_ring_buffer_bytes(2048).is_err());
-    }
-
-    #[test]
-    fn findings_target() {
-        assert_eq!(parse_findings_target("-").unwrap(), FindingsTarget::Stdout);
-        assert_eq!(
-            parse_findings_target("/var/log/f.jsonl").unwrap(),
-            FindingsTarget::File("/var/log/f.jsonl".into())
-        );
-        assert!(parse_findings_target("").is_err());
-    }
-}
+mod tests;

@@ -1,37 +1,20 @@
-//! `--config FILE`: the same settings as the flags, in YAML (`.yaml`, `.yml`) or TOML
-//! (`.toml`). Unknown keys are errors that name the key; flags given on the command line win
-//! over the file.
+//! `--config FILE`: the same settings as the flags ([`Settings`]), in YAML (`.yaml`,
+//! `.yml`) or TOML (`.toml`). Unknown keys are errors that name the key; keys not given take
+//! the flags' defaults; flags given on the command line win over the file.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context as _};
-use serde::Deserialize;
 
-/// Every `sensor run` flag, as a file key (dashes become underscores).
-#[derive(Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct FileSettings {
-    pub ports: Option<Vec<u16>>,
-    pub cgroup: Option<PathBuf>,
-    pub metrics_addr: Option<String>,
-    pub findings: Option<String>,
-    pub ring_buffer_bytes: Option<u32>,
-    pub auth_wait_ms: Option<u64>,
-    pub max_connections: Option<u32>,
-    pub alertmanager_url: Option<String>,
-    pub alertmanager_min_severity: Option<String>,
-    pub roles: Option<Vec<String>>,
-    pub allow_second_instance: Option<bool>,
-    pub allow_untested_kernel: Option<bool>,
-}
+use crate::config::Settings;
 
-pub fn load(path: &Path) -> anyhow::Result<FileSettings> {
+pub fn load(path: &Path) -> anyhow::Result<Settings> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("--config {}: cannot read it", path.display()))?;
     parse(path, &text)
 }
 
-pub fn parse(path: &Path, text: &str) -> anyhow::Result<FileSettings> {
+pub fn parse(path: &Path, text: &str) -> anyhow::Result<Settings> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     let shown = path.display();
     match ext {
@@ -57,7 +40,8 @@ mod tests {
         let a = parse(Path::new("s.yaml"), yaml).unwrap();
         let b = parse(Path::new("s.toml"), toml).unwrap();
         assert_eq!(a, b);
-        assert_eq!(a.ports, Some(vec![26257, 5432]));
+        assert_eq!(a.ports, vec![26257, 5432]);
+        assert_eq!(a.max_connections, Settings::default().max_connections, "unset: the default");
     }
 
     #[test]
@@ -68,6 +52,10 @@ mod tests {
         assert!(format!("{err:#}").contains("metrics_adress"), "{err:#}");
         let err = parse(Path::new("s.yaml"), "ports: [70000]\n").unwrap_err().to_string();
         assert!(err.contains("ports"), "{err}");
+        let err = parse(Path::new("s.yaml"), "metrics_addr: nowhere\n").unwrap_err().to_string();
+        assert!(err.contains("metrics_addr"), "{err}");
+        let err = parse(Path::new("s.yaml"), "roles: [proxy]\n").unwrap_err().to_string();
+        assert!(err.contains("roles") && err.contains("client, server"), "{err}");
         assert!(parse(Path::new("s.ini"), "").is_err());
     }
 }

@@ -1,0 +1,113 @@
+use std::path::Path;
+
+use super::*;
+
+fn validate(args: &[&str]) -> anyhow::Result<RunConfig> {
+    let (settings, matches) = settings_from(args);
+    settings.validate(&Origins::new(Some(&matches), None))
+}
+
+#[test]
+fn ports_are_sorted_and_deduplicated() {
+    assert_eq!(validate(&["--ports", "5432,26257,5432"]).unwrap().ports, vec![5432, 26257]);
+}
+
+#[test]
+fn port_zero_and_empty_lists_are_refused() {
+    let mut empty = Settings::default();
+    empty.ports.clear();
+    let err = empty.validate(&Origins::new(None, None)).unwrap_err().to_string();
+    assert!(err.contains("--ports"), "{err}");
+    let err = validate(&["--ports", "0"]).unwrap_err().to_string();
+    assert!(err.contains("1-65535") && err.contains("--ports"), "{err}");
+}
+
+#[test]
+fn too_many_ports_are_refused() {
+    let many: Vec<String> = (1..=(MAX_WATCHED_PORTS as u16 + 1)).map(|p| p.to_string()).collect();
+    assert!(validate(&["--ports", &many.join(",")]).is_err());
+}
+
+#[test]
+fn alertmanager_settings() {
+    let am = validate(&[
+        "--alertmanager-url",
+        "http://127.0.0.1:9093",
+        "--alertmanager-min-severity",
+        "high",
+    ])
+    .unwrap()
+    .alertmanager
+    .unwrap();
+    assert_eq!(am.min_severity, Severity::High);
+    assert!(validate(&["--alertmanager-url", "127.0.0.1:9093"]).is_err());
+    let err = validate(&["--alertmanager-url", "http://am:9093", "--alertmanager-min-severity", "info"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--alertmanager-min-severity"), "{err}");
+    assert_eq!(Settings::default().alertmanager_min_severity, Severity::Low);
+}
+
+#[test]
+fn roles() {
+    let both = validate(&["--roles", "server,client,server"]).unwrap().roles;
+    assert_eq!(both, vec![Role::Client, Role::Server]);
+    assert_eq!(role_bits(&both), 3);
+    assert_eq!(role_bits(&[Role::Server]), 2);
+    assert_eq!(Settings::default().roles, vec![Role::Client]);
+}
+
+#[test]
+fn ring_buffer_sizes() {
+    assert_eq!(validate(&["--ring-buffer-bytes", "4096"]).unwrap().ring_buffer_bytes, 4096);
+    assert!(validate(&["--ring-buffer-bytes", "5000"]).is_err());
+    assert!(validate(&["--ring-buffer-bytes", "2048"]).is_err());
+}
+
+#[test]
+fn findings_target() {
+    assert_eq!("-".parse::<FindingsTarget>().unwrap(), FindingsTarget::Stdout);
+    assert_eq!(
+        "/var/log/f.jsonl".parse::<FindingsTarget>().unwrap(),
+        FindingsTarget::File("/var/log/f.jsonl".into())
+    );
+    assert!("".parse::<FindingsTarget>().is_err());
+}
+
+#[test]
+fn defaults_come_from_the_flags() {
+    let d = validate(&[]).unwrap();
+    assert_eq!(d.ports, vec![26257]);
+    assert_eq!(d.metrics_addr, SocketAddr::from(([127, 0, 0, 1], 9477)));
+    assert_eq!(d.findings, FindingsTarget::Stdout);
+    assert_eq!(d.ring_buffer_bytes, EVENTS_RING_BYTES);
+    assert_eq!(d.auth_wait, Duration::from_secs(1));
+    assert_eq!(d.max_connections, CONNECTIONS_MAX);
+}
+
+#[test]
+fn file_values_apply_and_flags_given_win() {
+    let file = crate::config_file::parse(
+        Path::new("s.yaml"),
+        "ports: [5432]\nmax_connections: 128\nroles: [server]\n",
+    )
+    .unwrap();
+    let (flags, matches) = settings_from(&["--max-connections", "256"]);
+    let path = Path::new("s.yaml");
+    let origins = Origins::new(Some(&matches), Some(path));
+    let merged = Settings::overlay(file, flags, &origins).validate(&origins).unwrap();
+    assert_eq!(merged.ports, vec![5432], "from the file");
+    assert_eq!(merged.roles, vec![Role::Server], "from the file");
+    assert_eq!(merged.max_connections, 256, "the flag wins");
+    assert_eq!(merged.metrics_addr.port(), 9477, "neither: the default");
+}
+
+#[test]
+fn errors_name_the_file_key_when_the_file_set_it() {
+    let file = crate::config_file::parse(Path::new("s.toml"), "ports = [0]\n").unwrap();
+    let (flags, matches) = settings_from(&[]);
+    let path = Path::new("s.toml");
+    let origins = Origins::new(Some(&matches), Some(path));
+    let err = Settings::overlay(file, flags, &origins).validate(&origins).unwrap_err();
+    assert!(err.to_string().contains("key `ports` in --config s.toml"), "{err}");
+}
