@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up of everything the sensor needs to build on a fresh machine of this kind:
-#   - rust-src for the preinstalled nightly (build-std for bpfel-unknown-none),
-#   - bpf-linker 0.13.0 linked against nightly's own libLLVM 22 (no apt LLVM needed),
+#   - the pinned nightly named in ebpf-toolchain (a frozen copy of the preinstalled one,
+#     with rust-src for build-std on bpfel-unknown-none),
+#   - bpf-linker 0.13.0 linked against that nightly's own libLLVM 22 (no apt LLVM needed),
 #   - the musl target for the static release binary (cargo xtask dist).
 # Pass --test-deps to also install what the test suite drives (PostgreSQL 15, openssl,
 # Prometheus, systemd-analyze, cargo-fuzz...), --vm-deps for `cargo xtask vm-test` (QEMU,
@@ -38,30 +39,57 @@ apt_ensure() {
 start=$(date +%s)
 export PATH="$HOME/.cargo/bin:$PATH"
 
-# bpf-linker must match nightly's LLVM major; never `rustup update` the nightly here.
-NIGHTLY=${SENSOR_NIGHTLY:-nightly}
+# The pinned nightly (ebpf-toolchain names it): a frozen copy of an installed nightly with
+# exactly that rustc commit, so `rustup update` cannot change what builds the kernel programs.
+root="$(cd "$(dirname "$0")/.." && pwd)"
+# shellcheck source=../ebpf-toolchain
+. "$root/ebpf-toolchain"
 BPF_LINKER_VERSION=0.13.0
+frozen="$HOME/.local/share/pgwire-sensor/toolchains/$EBPF_TOOLCHAIN"
 
-if ! rustup component list --toolchain "$NIGHTLY" --installed 2>/dev/null | grep -q '^rust-src'; then
-  log "adding rust-src to $NIGHTLY"
-  rustup component add rust-src --toolchain "$NIGHTLY"
+rustc_commit() { rustc +"$1" -vV 2>/dev/null | sed -n 's/^commit-hash: //p'; }
+
+if [ "$(rustc_commit "$EBPF_TOOLCHAIN")" != "$EBPF_RUSTC_COMMIT" ]; then
+  source_tc=""
+  for tc in $(rustup toolchain list | cut -d' ' -f1); do
+    if [ "$(rustc_commit "$tc")" = "$EBPF_RUSTC_COMMIT" ]; then source_tc=$tc; break; fi
+  done
+  if [ -z "$source_tc" ]; then
+    log "no installed toolchain has rustc commit $EBPF_RUSTC_COMMIT (ebpf-toolchain)."
+    log "install that nightly (rustup toolchain install nightly-<its date + 1 day>), or move"
+    log "ebpf-toolchain to an installed nightly whose LLVM major bpf-linker supports."
+    exit 1
+  fi
+  # build-std for bpfel-unknown-none needs the standard library's source.
+  if ! rustup component list --toolchain "$source_tc" --installed | grep -q '^rust-src'; then
+    log "adding rust-src to $source_tc"
+    rustup component add rust-src --toolchain "$source_tc"
+  fi
+  log "freezing $source_tc as $EBPF_TOOLCHAIN (hard links, no extra disk)"
+  rm -rf "$frozen" && mkdir -p "$(dirname "$frozen")"
+  cp -al "$(rustc +"$source_tc" --print sysroot)" "$frozen"
+  rustup toolchain link "$EBPF_TOOLCHAIN" "$frozen"
 fi
 
-if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
-  sysroot=$(rustc +"$NIGHTLY" --print sysroot)
-  libllvm=$(ls "$sysroot"/lib/libLLVM.so.* 2>/dev/null | head -n1 || true)
-  if [ -z "$libllvm" ]; then
-    log "no libLLVM.so.* in $sysroot/lib: this nightly cannot host bpf-linker"; exit 1
-  fi
-  # The prefix must stay on disk: bpf-linker finds libLLVM through its rpath.
-  prefix="$HOME/.local/share/sensor-llvm-prefix"
+# bpf-linker must match the pinned nightly's LLVM: it is built against, and finds through its
+# rpath, the frozen copy's own libLLVM.
+libllvm=$(ls "$frozen"/lib/libLLVM.so.* 2>/dev/null | head -n1 || true)
+if [ -z "$libllvm" ]; then
+  log "no libLLVM.so.* in $frozen/lib: this nightly cannot host bpf-linker"; exit 1
+fi
+prefix="$HOME/.local/share/sensor-llvm-prefix"
+if [ "$(readlink "$prefix/lib/libLLVM.so" 2>/dev/null)" != "$libllvm" ]; then
+  # The prefix must stay on disk. The binary asks for libLLVM by its soname
+  # (libLLVM.so.22.1-rust-...): link that name too.
   mkdir -p "$prefix/lib"
   ln -sf "$libllvm" "$prefix/lib/libLLVM.so"
-  # The binary asks for libLLVM by its soname (libLLVM.so.22.1-rust-...): link that name too.
   ln -sf "$libllvm" "$prefix/lib/$(basename "$libllvm")"
+fi
+if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
   log "building bpf-linker $BPF_LINKER_VERSION against $libllvm (a few minutes)"
   LLVM_PREFIX="$prefix" RUSTFLAGS="-C link-arg=-Wl,-rpath,$prefix/lib" \
-    cargo install --force --locked "bpf-linker@$BPF_LINKER_VERSION" --no-default-features --features llvm-22
+    cargo install --force --locked "bpf-linker@$BPF_LINKER_VERSION" --no-default-features \
+    --features "llvm-$EBPF_LLVM_MAJOR"
 fi
 
 if ! rustup target list --installed | grep -q '^x86_64-unknown-linux-musl$'; then
