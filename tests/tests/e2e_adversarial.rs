@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use sensor_common::pgwire::{classify_bytes, FirstMessage};
+use sensor_common::{pgwire::classify_bytes, tracker::Tracker};
 use serde_json::Value;
 use tests::{
     pg::{PgOptions, PgServer, DB_PORT},
@@ -139,10 +139,11 @@ fn oversized_truncated_and_garbage_starts_are_never_a_false_plaintext() -> anyho
 
     let mut expected_unknown = 1.0; // the oversized one
     for (port, bytes) in &garbage {
-        let expected = match classify_bytes(bytes) {
-            FirstMessage::NeedMore => "unknown", // closed before a decision
-            other => other.verdict().name(),
-        };
+        // What the shared tracker decides for these bytes followed by the close.
+        let mut tracker = Tracker::NEW;
+        tracker.client_message(classify_bytes(bytes));
+        tracker.closed(true);
+        let expected = tracker.verdict().expect("bytes then a close get a verdict").name();
         assert_ne!(
             expected, "plaintext",
             "seeded garbage happens to be a startup; pick a new seed"
