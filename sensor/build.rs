@@ -3,6 +3,8 @@
 //! the object in OUT_DIR for `include_bytes_aligned!`.
 //! Set AYA_BUILD_SKIP=1 for metadata-only work (clippy on a machine without bpf-linker).
 use anyhow::Context as _;
+// Declared only so cargo rebuilds the agent when the kernel crate changes.
+use sensor_ebpf as _;
 
 fn main() -> anyhow::Result<()> {
     let pin_file = concat!(env!("CARGO_MANIFEST_DIR"), "/../ebpf-toolchain");

@@ -42,42 +42,38 @@ pub const CAPTURE_LEN: usize = 512;
 /// Bytes the classifier needs to decide in every case (the HTTP/2 preface is the longest).
 pub const PREFIX_LEN: usize = 24;
 
-/// Indices into the per-CPU `STATS` array.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stat {
-    /// Events written to the ring buffer.
-    EventsSent = 0,
-    /// Session events the ring buffer had no room for (the verdict was still counted).
-    EventsLost = 1,
-    /// Packets to or from a watched port, with data or SYN/FIN/RST, that the packet hooks
-    /// looked at (pure ACKs are skipped unread).
-    PacketsInspected = 2,
-    /// Connections to a watched port recorded by the connect hooks.
-    ConnectionsTracked = 3,
-    /// Packets to a watched port on a connection not (or no longer) tracked: opened before
-    /// the sensor started, or already classified.
-    PacketsUntracked = 4,
-    /// Connect records that could not be stored.
-    TrackFailed = 5,
-    /// Connections adopted after start because the socket proved it had sent nothing yet.
-    ConnectionsAdopted = 6,
-    /// Sessions that went to `unknown` because their capture buffer was evicted.
-    CapturesEvicted = 7,
-    /// Cleartext passwords sent on plaintext or downgraded sessions.
-    PasswordsCleartext = 8,
-    /// MD5 password hashes sent on plaintext or downgraded sessions.
-    PasswordsMd5 = 9,
-    /// Authentication outcomes followed (auth events decided).
-    AuthSeen = 10,
-    /// Auth events the ring buffer had no room for (the password counters still moved).
-    AuthEventsLost = 11,
-    /// Connections forgotten because nothing more was to be learned (or they closed).
-    ConnectionsForgotten = 12,
-}
-
-impl Stat {
-    pub const COUNT: u32 = 13;
+crate::named_enum! {
+    /// Indices into the per-CPU `STATS` array.
+    pub enum Stat ("kernel stat") {
+        /// Events written to the ring buffer.
+        EventsSent = 0 => "events_sent",
+        /// Session events the ring buffer had no room for (the verdict was still counted).
+        EventsLost = 1 => "events_lost",
+        /// Packets to or from a watched port, with data or SYN/FIN/RST, that the packet hooks
+        /// looked at (pure ACKs are skipped unread).
+        PacketsInspected = 2 => "packets_inspected",
+        /// Connections to a watched port recorded by the connect hooks.
+        ConnectionsTracked = 3 => "connections_tracked",
+        /// Packets to a watched port on a connection not (or no longer) tracked: opened
+        /// before the sensor started, or already classified.
+        PacketsUntracked = 4 => "packets_untracked",
+        /// Connect records that could not be stored.
+        TrackFailed = 5 => "track_failed",
+        /// Connections adopted after start because the socket proved it had sent nothing yet.
+        ConnectionsAdopted = 6 => "connections_adopted",
+        /// Sessions that went to `unknown` because their capture buffer was evicted.
+        CapturesEvicted = 7 => "captures_evicted",
+        /// Cleartext passwords sent on plaintext or downgraded sessions.
+        PasswordsCleartext = 8 => "passwords_cleartext",
+        /// MD5 password hashes sent on plaintext or downgraded sessions.
+        PasswordsMd5 = 9 => "passwords_md5",
+        /// Authentication outcomes followed (auth events decided).
+        AuthSeen = 10 => "auth_seen",
+        /// Auth events the ring buffer had no room for (the password counters still moved).
+        AuthEventsLost = 11 => "auth_events_lost",
+        /// Connections forgotten because nothing more was to be learned (or they closed).
+        ConnectionsForgotten = 12 => "connections_forgotten",
+    }
 }
 
 /// Size of the per-CPU session counter array: one counter per (watched port, role, verdict).

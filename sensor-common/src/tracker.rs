@@ -299,9 +299,7 @@ impl Tracker {
                 self.phase = Phase::AwaitHello as u8;
                 0
             }
-            b'G' if self.last_request == REQUESTED_GSS => {
-                self.finish(Verdict::Gssenc)
-            }
+            b'G' if self.last_request == REQUESTED_GSS => self.finish(Verdict::Gssenc),
             b'N' | b'E' => {
                 self.phase = Phase::AfterRefusal as u8;
                 0
@@ -349,9 +347,7 @@ impl Tracker {
     #[inline(always)]
     pub fn closed(&mut self, partial: bool) -> u8 {
         match self.phase() {
-            Phase::ClientFirst if partial => {
-                self.finish_unknown(UnknownReason::IncompleteMessage)
-            }
+            Phase::ClientFirst if partial => self.finish_unknown(UnknownReason::IncompleteMessage),
             // Nothing was sent (a port check, a health probe): no session to judge.
             Phase::ClientFirst => {
                 self.phase = Phase::Done as u8;

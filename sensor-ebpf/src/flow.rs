@@ -3,6 +3,7 @@
 //! verdict, report the session, report authentication, forget the connection).
 
 use aya_ebpf::{helpers::generated::bpf_ktime_get_ns, programs::SkBuffContext};
+use aya_log_ebpf::info;
 use sensor_common::{
     assembly::Placement,
     event::{
@@ -64,6 +65,7 @@ impl Flow<'_> {
     #[inline(always)]
     fn assemble(&mut self, rel: u32, payload_offset: u32, len: u32) {
         let Some(capture) = self.capture() else {
+            info!(self.ctx, "capture evicted (too many sessions starting at once): unknown");
             return self.abandon(UnknownReason::CaptureEvicted, Stat::CapturesEvicted);
         };
         self.store(capture, rel, payload_offset, len);

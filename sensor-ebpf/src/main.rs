@@ -4,6 +4,10 @@
 #![no_std]
 #![no_main]
 
+// This package's library is only the host stub (lib.rs) that lets the agent's build script
+// depend on the kernel crate.
+use sensor_ebpf as _;
+
 mod connect;
 mod counters;
 mod flow;

@@ -47,7 +47,7 @@ pub static SESSION_COUNTERS: PerCpuArray<u64> =
 
 /// Operational counters, indexed by `Stat`.
 #[map]
-pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT, 0);
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT as u32, 0);
 
 #[inline(always)]
 pub fn is_watched(port: u16) -> bool {

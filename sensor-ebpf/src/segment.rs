@@ -5,6 +5,7 @@
 //! a connection whose first byte the socket itself proves; then the bytes go to the flow.
 
 use aya_ebpf::{helpers::generated::bpf_get_socket_cookie, programs::SkBuffContext, EbpfContext};
+use aya_log_ebpf::info;
 use sensor_common::{
     event::{conn_flags, ConnState, ProcRecord},
     limits::Stat,
@@ -53,13 +54,15 @@ pub fn on_segment(ctx: &SkBuffContext, hook: Hook) {
     let state = match maps::CONNECTIONS.get_ptr_mut(cookie) {
         Some(state) => state,
         // Only the client's bytes can start tracking a connection nobody recorded.
-        None if direction == Direction::ClientToServer => match adopt(ctx, cookie, &tcp, role) {
-            Some(state) => state,
-            None => {
-                counters::stat(Stat::PacketsUntracked);
-                return;
+        None if direction == Direction::ClientToServer => {
+            match adopt(ctx, cookie, &tcp, role, ports) {
+                Some(state) => state,
+                None => {
+                    counters::stat(Stat::PacketsUntracked);
+                    return;
+                }
             }
-        },
+        }
         None => return,
     };
     // SAFETY: from a successful lookup; the socket's packets are serialised by its lock.
@@ -93,6 +96,12 @@ fn client_segment(flow: &mut Flow, tcp: &TcpHeader) {
         && !proof::client_start(flow.ctx, tcp, flow.role, flow.state)
     {
         // The SYN went by unseen and the socket cannot prove this is byte 0: never guess.
+        info!(
+            flow.ctx,
+            "port {} -> {}: start not seen (no SYN, byte 0 unproven): unknown",
+            flow.ports.src,
+            flow.ports.dst
+        );
         flow.abandon(UnknownReason::StartNotSeen, Stat::PacketsUntracked);
         return;
     }
@@ -150,16 +159,31 @@ fn server_segment(flow: &mut Flow, tcp: &TcpHeader) {
 /// evicted, or (role server) accepted from a remote client. Tracked only if this data
 /// segment provably starts the client's stream.
 #[inline(always)]
-fn adopt(ctx: &SkBuffContext, cookie: u64, tcp: &TcpHeader, role: Role) -> Option<*mut ConnState> {
+fn adopt(
+    ctx: &SkBuffContext,
+    cookie: u64,
+    tcp: &TcpHeader,
+    role: Role,
+    ports: packet::Ports,
+) -> Option<*mut ConnState> {
     if tcp.payload_len == 0 || tcp.flags & TCP_SYN != 0 {
         return None;
     }
     let role_flag = if role == Role::Server { conn_flags::ROLE_SERVER } else { 0 };
     let mut state = ConnState::new(ProcRecord::EMPTY, conn_flags::ADOPTED | role_flag);
     if !proof::client_start(ctx, tcp, role, &mut state) {
+        // Verbose by nature (every later packet of a judged connection lands here too):
+        // that is why kernel logging is off unless --kernel-log.
+        info!(
+            ctx,
+            "port {} -> {}: not adopted (untracked, and its socket cannot prove byte 0)",
+            ports.src,
+            ports.dst
+        );
         return None;
     }
     maps::CONNECTIONS.insert(cookie, state, 0).ok()?;
+    info!(ctx, "port {} -> {}: adopted (opened before start, byte 0 proven)", ports.src, ports.dst);
     counters::stat(Stat::ConnectionsAdopted);
     maps::CONNECTIONS.get_ptr_mut(cookie)
 }

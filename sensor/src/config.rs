@@ -88,6 +88,11 @@ pub struct Settings {
     /// Run on a kernel older than the oldest tested one (6.1), down to 5.8.
     #[arg(long)]
     pub allow_untested_kernel: bool,
+    /// Log the kernel programs' diagnostics at info: why a connection was not adopted, a
+    /// session's start not seen, a capture cut or evicted, an event lost. Verbose (every
+    /// later packet of a judged connection reports "not adopted"): for debugging a host.
+    #[arg(long)]
+    pub kernel_log: bool,
 }
 
 impl Default for Settings {
@@ -157,6 +162,7 @@ impl Settings {
             roles,
             allow_second_instance,
             allow_untested_kernel,
+            kernel_log,
         )
     }
 
@@ -196,6 +202,7 @@ impl Settings {
             roles,
             allow_second_instance: self.allow_second_instance,
             allow_untested_kernel: self.allow_untested_kernel,
+            kernel_log: self.kernel_log,
         })
     }
 }
@@ -221,6 +228,8 @@ pub struct RunConfig {
     pub allow_second_instance: bool,
     /// Run on a kernel older than the oldest tested one (down to 5.8).
     pub allow_untested_kernel: bool,
+    /// Forward the kernel programs' diagnostics to the log.
+    pub kernel_log: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -256,8 +265,7 @@ fn check_min_severity(severity: Severity) -> anyhow::Result<()> {
 
 fn check_alertmanager_url(url: &str) -> anyhow::Result<()> {
     ensure!(
-        (url.starts_with("http://") || url.starts_with("https://"))
-            && url.len() > "https://".len(),
+        (url.starts_with("http://") || url.starts_with("https://")) && url.len() > "https://".len(),
         "{url:?} is not an http(s) URL, e.g. http://127.0.0.1:9093"
     );
     ensure!(

@@ -4,6 +4,10 @@
 //! buffer -> `session` turns each event into a `finding::Finding` with the shared classifier
 //! -> `output` writes findings and serves metrics (kernel counters read at scrape time).
 
+// criterion is the benches' dev-dependency, which every test target of this crate sees.
+#[cfg(test)]
+use criterion as _;
+
 pub mod analyze;
 pub mod bpf;
 pub mod cgroup;
@@ -16,6 +20,7 @@ pub mod error;
 pub mod events;
 pub mod finding;
 pub mod instance;
+pub mod kernel_log;
 pub mod output;
 pub mod pending;
 pub mod pipeline;

@@ -19,12 +19,12 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    bpf::{Attached, MapSizes},
+    bpf::{Attached, LoadOptions},
     cgroup,
     config::{role_bits, RunConfig},
     error::Failure,
     events::{EventStream, KernelEvent},
-    instance,
+    instance, kernel_log,
     output::{
         findings::FindingsWriter,
         http::{self, HttpState},
@@ -72,12 +72,16 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
         instance::acquire().map_err(Failure::runtime)?
     };
 
-    let sizes = MapSizes {
+    let options = LoadOptions {
         ring_buffer_bytes: config.ring_buffer_bytes,
         max_connections: config.max_connections,
         roles: role_bits(&config.roles),
+        kernel_log: config.kernel_log,
     };
-    let mut attached = Attached::load_and_attach(&config.ports, &cgroup_dir, sizes)?;
+    let mut attached = Attached::load_and_attach(&config.ports, &cgroup_dir, options)?;
+    if let Some(logger) = attached.kernel_log.take() {
+        tokio::spawn(kernel_log::forward(logger));
+    }
     let counters = Arc::new(attached.take_counters()?);
     let still_reads =
         || counters.read().is_ok() && attached.check.as_ref().is_none_or(|check| check.healthy());

@@ -66,7 +66,9 @@ impl Session {
             server: SocketAddr::new(ip_of(ev.ip_version, &ev.dst_addr), ev.dst_port),
             role: Role::from_u8(ev.role).unwrap_or(Role::Client),
             verdict,
-            reason: (verdict == Verdict::Unknown).then(|| UnknownReason::from_u8(ev.reason)).flatten(),
+            reason: (verdict == Verdict::Unknown)
+                .then(|| UnknownReason::from_u8(ev.reason))
+                .flatten(),
             requested,
             server_answers,
             evidence: ev.captured().to_vec(),

@@ -65,7 +65,7 @@ fn refusal_then_startup_is_downgraded_and_auth_is_followed() {
         Reply(b'p'),
     ]);
     assert_eq!(t.auth(), AuthMethod::Cleartext);
-    assert_eq!(t.password_sent(), true);
+    assert!(t.password_sent());
     assert_ne!(e & effect::AUTH, 0);
     assert_eq!(t.phase(), Phase::Done);
 }
@@ -158,7 +158,7 @@ fn auth_methods() {
 fn no_password_when_the_client_hangs_up_at_the_prompt() {
     // psql asks the user for the password on a new connection after closing this one.
     let (t, e) = run(&[Client(STARTUP), Auth(b'R', Some(3)), Close]);
-    assert_eq!(t.password_sent(), false);
+    assert!(!t.password_sent());
     assert_ne!(e & effect::AUTH, 0);
 }
 

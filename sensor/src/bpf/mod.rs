@@ -13,6 +13,7 @@ use aya::{
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr},
     Ebpf, EbpfLoader,
 };
+use aya_log::EbpfLogger;
 use sensor_common::limits::{map_names, program_names, CONFIG_ROLES};
 
 use attachment::attach_type;
@@ -24,11 +25,24 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 
 /// Map sizes and settings chosen at load time.
 #[derive(Debug, Clone, Copy)]
-pub struct MapSizes {
+pub struct LoadOptions {
     pub ring_buffer_bytes: u32,
     pub max_connections: u32,
     /// Bit `1 << Role as u32` for each end of sessions to watch.
     pub roles: u32,
+    /// Turn the kernel programs' diagnostics on (`--kernel-log`).
+    pub kernel_log: bool,
+}
+
+/// The kernel programs' log level (aya-log's `AYA_LOG_LEVEL`, read-only data fixed at load).
+/// Off is 0: no level passes, and the verifier drops the logging code as dead, so the
+/// default costs nothing per packet. On is `info`, the level every kernel log line uses.
+fn kernel_log_level(on: bool) -> u8 {
+    if on {
+        aya_log::Level::Info as u8
+    } else {
+        0
+    }
 }
 
 /// The loaded and attached programs. Dropping it detaches everything.
@@ -37,7 +51,12 @@ pub struct Attached {
     pub programs: usize,
     /// Asks the kernel whether each program is still attached.
     pub check: Option<AttachmentCheck>,
+    /// The kernel programs' log, with `--kernel-log` (see [`crate::kernel_log`]).
+    pub kernel_log: Option<KernelLogger>,
 }
+
+/// aya-log's reader of the kernel programs' log records, handing them to the `log` crate.
+pub type KernelLogger = EbpfLogger<&'static dyn log::Log>;
 
 /// Kernels before 5.11 charge BPF maps and programs to RLIMIT_MEMLOCK, whose default (8 MiB
 /// or less) is below what the ring buffer and maps need. Lift it where we may; newer
@@ -62,12 +81,14 @@ impl Attached {
     pub fn load_and_attach(
         ports: &[u16],
         cgroup_dir: &Path,
-        sizes: MapSizes,
+        options: LoadOptions,
     ) -> anyhow::Result<Attached> {
         raise_memlock_limit();
+        let level = kernel_log_level(options.kernel_log);
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries(map_names::EVENTS, sizes.ring_buffer_bytes)
-            .map_max_entries(map_names::CONNECTIONS, sizes.max_connections)
+            .map_max_entries(map_names::EVENTS, options.ring_buffer_bytes)
+            .map_max_entries(map_names::CONNECTIONS, options.max_connections)
+            .override_global("AYA_LOG_LEVEL", &level, true)
             .load(EBPF_OBJECT)
             .map_err(|err| {
                 anyhow!(err).context(
@@ -76,7 +97,12 @@ impl Attached {
                 )
             })?;
         write_watched_ports(&mut ebpf, ports)?;
-        write_config(&mut ebpf, sizes.roles)?;
+        write_config(&mut ebpf, options.roles)?;
+        let kernel_log = if options.kernel_log {
+            Some(EbpfLogger::init(&mut ebpf).context("cannot read the kernel programs' log")?)
+        } else {
+            None
+        };
 
         let cgroup = File::open(cgroup_dir)
             .with_context(|| format!("cannot open cgroup directory {}", cgroup_dir.display()))?;
@@ -111,7 +137,7 @@ impl Attached {
             programs += 1;
         }
         let check = Some(AttachmentCheck::new(cgroup, expected));
-        Ok(Attached { ebpf, programs, check })
+        Ok(Attached { ebpf, programs, check, kernel_log })
     }
 
     /// The ring buffer the programs send events through (taken once).

@@ -41,9 +41,10 @@ fn alertmanager_settings() {
     .unwrap();
     assert_eq!(am.min_severity, Severity::High);
     assert!(validate(&["--alertmanager-url", "127.0.0.1:9093"]).is_err());
-    let err = validate(&["--alertmanager-url", "http://am:9093", "--alertmanager-min-severity", "info"])
-        .unwrap_err()
-        .to_string();
+    let err =
+        validate(&["--alertmanager-url", "http://am:9093", "--alertmanager-min-severity", "info"])
+            .unwrap_err()
+            .to_string();
     assert!(err.contains("--alertmanager-min-severity"), "{err}");
     assert_eq!(Settings::default().alertmanager_min_severity, Severity::Low);
 }

@@ -251,8 +251,11 @@ mod tests {
 
     #[test]
     fn labels_are_bounded_and_detail_goes_in_annotations() {
-        let a =
-            alert_from_finding(&finding(Verdict::Plaintext, Severity::Critical), "app1", "http://x/");
+        let a = alert_from_finding(
+            &finding(Verdict::Plaintext, Severity::Critical),
+            "app1",
+            "http://x/",
+        );
         assert_eq!(a.labels["alertname"], "PgwireCredentialsExposed");
         assert_eq!(a.labels["severity"], "critical");
         assert_eq!(a.labels["verdict"], "plaintext");

@@ -213,7 +213,10 @@ mod tests {
         w.push(&finding(Severity::High));
         w.push(&finding(Severity::Critical));
         assert_eq!(std::fs::read(&path).unwrap().len(), 0, "nothing before the flush");
-        assert_eq!(w.flush(), Flushed { written: vec![Severity::High, Severity::Critical], failed: None });
+        assert_eq!(
+            w.flush(),
+            Flushed { written: vec![Severity::High, Severity::Critical], failed: None }
+        );
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 2);
         assert!(text.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
