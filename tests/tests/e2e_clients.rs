@@ -1,7 +1,7 @@
 //! Issue 4's client matrix: independent implementations of the wire protocol, each driven
 //! against the real PostgreSQL 15 with TLS on 127.0.0.1:26257, each verdict asserted from
 //! the sensor's finding (with the driver's own pid) or, for encrypted sessions, from the
-//! kernel count and the absence of a finding. The README's table lists these cells.
+//! kernel count and the absence of a finding. docs/clients.md lists these cells.
 
 use std::{
     io::{Read, Write},

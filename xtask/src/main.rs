@@ -1,15 +1,18 @@
-//! Developer tasks: `cargo xtask <task>`.
+//! Developer tasks: `cargo xtask <task>`; `cargo xtask --help` and `cargo xtask <task> --help`
+//! describe each task and its options.
 //!
 //! - `setup [--test-deps]`: idempotent bootstrap of a fresh machine (scripts/bootstrap.sh).
 //! - `run [SENSOR ARGS...]`: setup, release build, then `sensor run` with those arguments.
 //! - `test`: setup with test dependencies, fmt and clippy checks, build, then every test
 //!   (as root: the end-to-end tests load and attach real eBPF programs), then a smoke run
 //!   of the benchmark.
-//! - `bench [--smoke] [--pairs N] [--seconds S] [--threads N] [--flood N]`: the sensor's
-//!   cost, attached versus detached (see bench/mod.rs).
+//! - `bench [--smoke] [--pairs N] [--seconds S] [--threads N] [--flood SESSIONS]
+//!   [--latency-rate PER_SECOND]`: the sensor's cost, attached versus detached (see
+//!   bench/mod.rs).
 //! - `dist`: the release binary, static (musl), as target/dist/pgwire-sensor.
-//! - `vm-test`: boot Debian's 6.1 and 6.12 kernels under QEMU/KVM and run a smoke test of
-//!   the sensor in each (see vm/mod.rs); `vm-guest` is its part inside the VM.
+//! - `vm-test [--accel tcg|kvm]`: boot Debian's 6.1 and 6.12 kernels under QEMU and run a
+//!   smoke test of the sensor in each (see vm/mod.rs); `vm-guest` (hidden) is its part
+//!   inside the VM.
 mod bench;
 mod vm;
 
@@ -22,32 +25,119 @@ use std::{
 };
 
 use anyhow::{bail, Context};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+
+/// Developer tasks for pgwire-sensor.
+#[derive(Parser, Debug)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Option<Task>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Task {
+    /// Set up this machine (idempotent).
+    ///
+    /// Runs scripts/bootstrap.sh: rust-src for the preinstalled nightly, bpf-linker, the musl
+    /// target.
+    Setup {
+        /// Also install what the tests need (PostgreSQL 15, Prometheus, Alertmanager, client
+        /// drivers, QEMU, cargo-fuzz, ...).
+        #[arg(long)]
+        test_deps: bool,
+    },
+    /// Set up, build, and run the sensor (`sensor run SENSOR ARGS...`).
+    ///
+    /// Every argument goes to `sensor run`, `--help` included: `cargo xtask run -- --ports
+    /// 26257,5432` and `cargo xtask run --ports 26257,5432` are the same.
+    #[command(disable_help_flag = true)]
+    Run {
+        /// Arguments for `sensor run` (`cargo xtask run --help` shows the sensor's own).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "SENSOR ARGS")]
+        args: Vec<String>,
+    },
+    /// Set up with the test dependencies and run every check and test, as root.
+    ///
+    /// fmt, clippy (host and BPF target), promtool and amtool checks, debug, release and
+    /// static builds, every test, a smoke run of the bench, vm-test, and 30 s of each fuzz
+    /// target.
+    Test,
+    /// Measure the sensor's cost, attached versus detached, as root.
+    ///
+    /// Short sessions and bulk throughput with the sensor detached (A) and attached (B),
+    /// the kernel's own cost per program (bpf_stats), the finding latency at a steady rate,
+    /// and a flood into a 4 KiB ring buffer. Tables on stdout, JSON in
+    /// target/bench/results.json.
+    Bench(bench::BenchArgs),
+    /// Build the static (musl) release binary as target/dist/pgwire-sensor.
+    Dist,
+    /// Smoke-test the sensor on Debian's 6.1 and 6.12 kernels under QEMU, as root.
+    VmTest {
+        /// QEMU accelerator (TCG by default: nested KVM hangs these kernels at boot).
+        #[arg(long, value_enum, default_value_t)]
+        accel: vm::Accel,
+    },
+    /// The part of vm-test that runs inside the VM.
+    #[command(hide = true)]
+    VmGuest,
+}
+
+/// The top-level help's list of every task with its options, built from the definitions
+/// above so that it cannot drift from them.
+fn task_synopsis(cmd: &clap::Command) -> String {
+    let mut text = String::from("Tasks and their options (`cargo xtask <TASK> --help` for more):");
+    for task in cmd.get_subcommands().filter(|t| !t.is_hide_set()) {
+        text.push_str("\n  ");
+        text.push_str(task.get_name());
+        for arg in task.get_arguments().filter(|a| !a.is_hide_set()) {
+            let choices = arg.get_possible_values();
+            let value = if choices.is_empty() {
+                arg.get_value_names().unwrap_or_default().join(" ")
+            } else {
+                choices.iter().map(|v| v.get_name()).collect::<Vec<_>>().join("|")
+            };
+            let many =
+                if arg.is_positional() && arg.get_num_args().is_some_and(|n| n.max_values() > 1) {
+                    "..."
+                } else {
+                    ""
+                };
+            match arg.get_long() {
+                Some(long) if arg.get_action().takes_values() => {
+                    text.push_str(&format!(" [--{long} {value}]"))
+                }
+                Some(long) => text.push_str(&format!(" [--{long}]")),
+                None => text.push_str(&format!(" [{value}{many}]")),
+            }
+        }
+    }
+    text
+}
+
+/// The command line, its help ending with the synopsis of every task.
+fn command() -> clap::Command {
+    let command = Cli::command();
+    let synopsis = task_synopsis(&command);
+    command.after_help(synopsis)
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = env::args().skip(1).collect();
-    let (task, rest) = match args.split_first() {
-        Some((task, rest)) => (task.as_str(), rest),
-        None => ("help", &[][..]),
-    };
-    let result = match task {
-        "setup" => setup(rest.iter().any(|a| a == "--test-deps")),
-        "run" => run_sensor(rest),
-        "test" => test(),
-        "bench" => bench_cmd(rest),
-        "dist" => dist().map(|_| ()),
-        "vm-test" => vm_test(rest),
-        "vm-guest" => vm::guest::run(),
-        "help" | "--help" | "-h" => {
-            println!(
-                "usage: cargo xtask <setup [--test-deps] | run [ARGS...] | test | \
-                 bench [--smoke] | dist | vm-test>"
-            );
+    // Usage errors exit 2 with clap's message; `--help` exits 0.
+    let cli = Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|err| err.exit());
+    let result = match cli.task {
+        None => {
+            // A bare `cargo xtask` shows the usage, as before.
+            let _ = command().print_help();
             return ExitCode::SUCCESS;
         }
-        other => {
-            eprintln!("xtask: unknown task {other:?}; try `cargo xtask help`");
-            return ExitCode::from(2);
-        }
+        Some(Task::Setup { test_deps }) => setup(test_deps),
+        Some(Task::Run { args }) => run_sensor(&args),
+        Some(Task::Test) => test(),
+        Some(Task::Bench(args)) => bench_cmd(&args),
+        Some(Task::Dist) => dist().map(|_| ()),
+        Some(Task::VmTest { accel }) => vm_test(accel),
+        Some(Task::VmGuest) => vm::guest::run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -90,19 +180,12 @@ fn setup(test_deps: bool) -> anyhow::Result<()> {
 }
 
 fn run_sensor(args: &[String]) -> anyhow::Result<()> {
-    let args = sensor_args(args);
     setup(false)?;
     status(cargo().args(["build", "--release", "--package", "sensor"]))?;
     let binary = root_dir().join("target/release/sensor");
     // Replace this process: signals (Ctrl-C, SIGTERM) then reach the sensor directly.
     let err = Command::new(&binary).arg("run").args(args).exec();
     Err(err).with_context(|| format!("cannot exec {}", binary.display()))
-}
-
-/// `cargo xtask run -- ARGS` and `cargo xtask run ARGS` both mean ARGS for the sensor (the
-/// cargo alias already ends in `--`, so a user's own `--` arrives here).
-fn sensor_args(args: &[String]) -> &[String] {
-    args.strip_prefix(&["--".to_string()]).unwrap_or(args)
 }
 
 fn test() -> anyhow::Result<()> {
@@ -144,9 +227,9 @@ fn test() -> anyhow::Result<()> {
     // Default members only: the kernel crate cannot build for the host.
     status(cargo().args(["test", "--", "--nocapture"]))?;
     // The benchmark must keep running; no targets are asserted in this short form.
-    bench_cmd(&["--smoke".to_string()])?;
+    bench_cmd(&bench::BenchArgs { smoke: true, ..Default::default() })?;
     // Debian's 6.1 and 6.12 kernels: check, attach and classify in each.
-    vm_test(&[])?;
+    vm_test(vm::Accel::Tcg)?;
     fuzz_smoke()
 }
 
@@ -175,11 +258,11 @@ fn fuzz_smoke() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn bench_cmd(args: &[String]) -> anyhow::Result<()> {
+fn bench_cmd(args: &bench::BenchArgs) -> anyhow::Result<()> {
     if effective_uid() != 0 {
         bail!("the benchmark attaches eBPF programs: run as root");
     }
-    let opts = bench::Options::parse(args, &root_dir())?;
+    let opts = args.options(&root_dir());
     setup(false)?;
     status(cargo().args(["build", "--release", "--package", "sensor"]))?;
     bench::run(&root_dir(), opts)
@@ -206,8 +289,7 @@ fn dist() -> anyhow::Result<PathBuf> {
     Ok(out)
 }
 
-fn vm_test(args: &[String]) -> anyhow::Result<()> {
-    let accel = vm::Accel::parse(args)?;
+fn vm_test(accel: vm::Accel) -> anyhow::Result<()> {
     if effective_uid() != 0 {
         bail!("the VM test builds an initramfs with device nodes: run as root");
     }
@@ -228,15 +310,147 @@ fn effective_uid() -> u32 {
 
 #[cfg(test)]
 mod tests {
-    use super::sensor_args;
+    use clap::{error::ErrorKind, CommandFactory, Parser};
+
+    use super::{bench, vm, Cli, Task};
+
+    fn parse(args: &[&str]) -> Result<Option<Task>, clap::Error> {
+        Cli::try_parse_from(std::iter::once("xtask").chain(args.iter().copied())).map(|c| c.task)
+    }
+
+    fn sensor_args(args: &[&str]) -> Vec<String> {
+        match parse(args) {
+            Ok(Some(Task::Run { args })) => args,
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
 
     #[test]
+    fn the_cli_definition_is_consistent() {
+        super::command().debug_assert();
+    }
+
+    #[test]
+    fn the_top_level_help_lists_every_task_with_its_options() {
+        let synopsis = super::task_synopsis(&Cli::command());
+        let lines: Vec<&str> = synopsis.lines().skip(1).map(str::trim).collect();
+        assert_eq!(
+            lines,
+            [
+                "setup [--test-deps]",
+                "run [SENSOR ARGS...]",
+                "test",
+                "bench [--smoke] [--pairs N] [--seconds S] [--threads N] [--flood SESSIONS] \
+                 [--latency-rate PER_SECOND]",
+                "dist",
+                "vm-test [--accel tcg|kvm]",
+            ]
+        );
+    }
+
+    /// `cargo xtask run -- ARGS` and `cargo xtask run ARGS` both mean ARGS for the sensor
+    /// (the cargo alias already ends in `--`, so a user's own `--` arrives here).
+    #[test]
     fn a_leading_double_dash_is_not_passed_to_the_sensor() {
-        let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let with = owned(&["--", "--ports", "5432"]);
-        let without = owned(&["--ports", "5432"]);
-        assert_eq!(sensor_args(&with), &without[..]);
-        assert_eq!(sensor_args(&without), &without[..]);
-        assert!(sensor_args(&[]).is_empty());
+        let want = ["--ports", "5432"].map(String::from);
+        assert_eq!(sensor_args(&["run", "--", "--ports", "5432"]), want);
+        assert_eq!(sensor_args(&["run", "--ports", "5432"]), want);
+        assert!(sensor_args(&["run"]).is_empty());
+        assert!(sensor_args(&["run", "--"]).is_empty());
+    }
+
+    #[test]
+    fn run_passes_every_argument_through_help_included() {
+        assert_eq!(sensor_args(&["run", "--help"]), ["--help"]);
+        assert_eq!(
+            sensor_args(&["run", "--config", "s.yaml", "--findings", "-", "-h"]),
+            ["--config", "s.yaml", "--findings", "-", "-h"]
+        );
+    }
+
+    #[test]
+    fn bench_defaults_and_smoke() {
+        let root = std::path::Path::new("/r");
+        let options = |args: &[&str]| match parse(args) {
+            Ok(Some(Task::Bench(b))) => b.options(root),
+            other => panic!("{args:?}: {other:?}"),
+        };
+        let defaults = options(&["bench"]);
+        assert_eq!(
+            defaults,
+            bench::Options {
+                pairs: 3,
+                seconds: 5.0,
+                threads: 4,
+                flood: 100_000,
+                latency_rate: 500.0,
+                out: root.join("target/bench/results.json"),
+            }
+        );
+        let smoke = options(&["bench", "--smoke"]);
+        assert_eq!((smoke.pairs, smoke.seconds, smoke.flood), (1, 1.0, 2_000));
+        assert_eq!(smoke, bench::BenchArgs { smoke: true, ..Default::default() }.options(root));
+        let given = options(&[
+            "bench",
+            "--pairs",
+            "5",
+            "--smoke",
+            "--seconds",
+            "3",
+            "--threads",
+            "2",
+            "--flood",
+            "10",
+            "--latency-rate",
+            "250",
+        ]);
+        assert_eq!(
+            (given.pairs, given.seconds, given.threads, given.flood, given.latency_rate),
+            (5, 3.0, 2, 10, 250.0)
+        );
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors() {
+        for args in [
+            &["bench", "--pairs", "0"][..],
+            &["bench", "--threads", "0"],
+            &["bench", "--seconds", "-1"],
+            &["bench", "--seconds", "nan"],
+            &["bench", "--latency-rate", "0"],
+            &["bench", "--flood", "many"],
+            &["bench", "--frobnicate"],
+            &["vm-test", "--accel", "foo"],
+            &["setup", "--bogus"],
+            &["no-such-task"],
+        ] {
+            let err = parse(args).expect_err(&format!("{args:?}"));
+            assert_ne!(err.kind(), ErrorKind::DisplayHelp, "{args:?}");
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn vm_test_accel() {
+        let accel = |args: &[&str]| match parse(args) {
+            Ok(Some(Task::VmTest { accel })) => accel,
+            other => panic!("{args:?}: {other:?}"),
+        };
+        assert_eq!(accel(&["vm-test"]), vm::Accel::Tcg);
+        assert_eq!(accel(&["vm-test", "--accel", "tcg"]), vm::Accel::Tcg);
+        assert_eq!(accel(&["vm-test", "--accel", "kvm"]), vm::Accel::Kvm);
+    }
+
+    #[test]
+    fn other_tasks() {
+        assert!(matches!(parse(&[]), Ok(None)));
+        assert!(matches!(parse(&["setup"]), Ok(Some(Task::Setup { test_deps: false }))));
+        assert!(matches!(
+            parse(&["setup", "--test-deps"]),
+            Ok(Some(Task::Setup { test_deps: true }))
+        ));
+        assert!(matches!(parse(&["test"]), Ok(Some(Task::Test))));
+        assert!(matches!(parse(&["dist"]), Ok(Some(Task::Dist))));
+        assert!(matches!(parse(&["vm-guest"]), Ok(Some(Task::VmGuest))));
     }
 }

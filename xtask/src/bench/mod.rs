@@ -20,6 +20,50 @@ use loadgen::Session;
 use report::{Flood, Report, Row};
 use sensor_proc::SensorProc;
 
+/// `cargo xtask bench`'s command line. Flags left out take their default, or with `--smoke`
+/// the smoke run's; a flag given explicitly wins over `--smoke`.
+#[derive(clap::Args, Debug, Default)]
+pub struct BenchArgs {
+    /// A short run that only proves the bench still works (`--pairs 1 --seconds 1
+    /// --flood 2000`), as `cargo xtask test` runs it; no targets are asserted.
+    #[arg(long)]
+    pub smoke: bool,
+    /// Detached/attached pairs per workload [default: 3; 1 with --smoke].
+    #[arg(long, value_name = "N", value_parser = positive_usize)]
+    pub pairs: Option<usize>,
+    /// Seconds each run of a workload lasts [default: 5; 1 with --smoke].
+    #[arg(long, value_name = "S", value_parser = positive_f64)]
+    pub seconds: Option<f64>,
+    /// Load generator threads (one connection per session) [default: 4].
+    #[arg(long, value_name = "N", value_parser = positive_usize)]
+    pub threads: Option<usize>,
+    /// Plaintext sessions sent into a 4 KiB ring buffer, whose counts must stay exact
+    /// [default: 100000; 2000 with --smoke].
+    #[arg(long, value_name = "SESSIONS")]
+    pub flood: Option<u64>,
+    /// Steady rate of the finding-latency run, sessions per second [default: 500].
+    #[arg(long, value_name = "PER_SECOND", value_parser = positive_f64)]
+    pub latency_rate: Option<f64>,
+}
+
+fn positive_usize(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        Ok(_) => Err("must be at least 1".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn positive_f64(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        Ok(_) => Err("must be a positive number".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// What one bench run does, resolved from [`BenchArgs`].
+#[derive(Debug, PartialEq)]
 pub struct Options {
     pub pairs: usize,
     pub seconds: f64,
@@ -31,41 +75,17 @@ pub struct Options {
     pub out: PathBuf,
 }
 
-impl Options {
-    pub fn parse(args: &[String], root: &std::path::Path) -> anyhow::Result<Options> {
-        let mut o = Options {
-            pairs: 3,
-            seconds: 5.0,
-            threads: 4,
-            flood: 100_000,
-            latency_rate: 500.0,
+impl BenchArgs {
+    pub fn options(&self, root: &Path) -> Options {
+        let (pairs, seconds, flood) = if self.smoke { (1, 1.0, 2_000) } else { (3, 5.0, 100_000) };
+        Options {
+            pairs: self.pairs.unwrap_or(pairs),
+            seconds: self.seconds.unwrap_or(seconds),
+            threads: self.threads.unwrap_or(4),
+            flood: self.flood.unwrap_or(flood),
+            latency_rate: self.latency_rate.unwrap_or(500.0),
             out: root.join("target/bench/results.json"),
-        };
-        let mut it = args.iter();
-        while let Some(arg) = it.next() {
-            let mut value = || it.next().context(format!("{arg} needs a value"));
-            match arg.as_str() {
-                "--smoke" => {
-                    o.pairs = 1;
-                    o.seconds = 1.0;
-                    o.flood = 2_000;
-                }
-                "--pairs" => o.pairs = value()?.parse().context("--pairs")?,
-                "--seconds" => o.seconds = value()?.parse().context("--seconds")?,
-                "--threads" => o.threads = value()?.parse().context("--threads")?,
-                "--flood" => o.flood = value()?.parse().context("--flood")?,
-                "--latency-rate" => o.latency_rate = value()?.parse().context("--latency-rate")?,
-                other => anyhow::bail!(
-                    "bench: unknown option {other} (--smoke, --pairs N, --seconds S, \
-                     --threads N, --flood SESSIONS, --latency-rate PER_SECOND)"
-                ),
-            }
         }
-        anyhow::ensure!(
-            o.pairs >= 1 && o.seconds > 0.0 && o.threads >= 1 && o.latency_rate > 0.0,
-            "bench: --pairs, --threads and --latency-rate must be positive"
-        );
-        Ok(o)
     }
 }
 

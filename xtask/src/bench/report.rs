@@ -1,4 +1,4 @@
-//! The bench's results: markdown tables for the terminal (and the README) and one JSON file.
+//! The bench's results: markdown tables (terminal, docs/performance.md) and one JSON file.
 
 use std::fmt::Write as _;
 

@@ -64,22 +64,17 @@ impl Outcome {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// QEMU's accelerator for the test VMs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Accel {
+    /// Software emulation: works everywhere, about 10 s per kernel.
+    #[default]
     Tcg,
+    /// Hardware virtualisation, where /dev/kvm works.
     Kvm,
 }
 
 impl Accel {
-    pub fn parse(args: &[String]) -> anyhow::Result<Accel> {
-        match args {
-            [] => Ok(Accel::Tcg),
-            [flag, value] if flag == "--accel" && value == "tcg" => Ok(Accel::Tcg),
-            [flag, value] if flag == "--accel" && value == "kvm" => Ok(Accel::Kvm),
-            other => bail!("vm-test: unexpected arguments {other:?} (--accel tcg|kvm)"),
-        }
-    }
-
     fn qemu_args(self) -> [&'static str; 4] {
         match self {
             Accel::Tcg => ["-machine", "accel=tcg", "-cpu", "max"],
