@@ -11,6 +11,7 @@ mod analyze;
 mod cli_errors;
 mod clients;
 mod daemon;
+mod docs_examples;
 mod first_bytes;
 mod hosts;
 mod negotiation;
