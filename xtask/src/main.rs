@@ -8,6 +8,8 @@
 //! - `bench [--smoke] [--pairs N] [--seconds S] [--threads N] [--flood N]`: the sensor's
 //!   cost, attached versus detached (see bench/mod.rs).
 //! - `dist`: the release binary, static (musl), as target/dist/pgwire-sensor.
+//! - `docs`: regenerate the documentation's examples (docs/examples/) from a real run, and
+//!   the markdown blocks that embed them (as root; see docs/examples/README.md).
 //! - `vm-test`: boot Debian's 6.1 and 6.12 kernels under QEMU/KVM and run a smoke test of
 //!   the sensor in each (see vm/mod.rs); `vm-guest` is its part inside the VM.
 mod bench;
@@ -35,6 +37,7 @@ fn main() -> ExitCode {
         "test" => test(),
         "bench" => bench_cmd(rest),
         "dist" => dist().map(|_| ()),
+        "docs" => docs(),
         "vm-test" => vm_test(rest),
         "vm-guest" => vm::guest::run(),
         "help" | "--help" | "-h" => {
@@ -204,6 +207,21 @@ fn dist() -> anyhow::Result<PathBuf> {
     std::fs::write(dist.join("pgwire-sensor.sha256"), &sum.stdout)?;
     eprintln!("xtask: {}", out.display());
     Ok(out)
+}
+
+/// The examples under docs/examples/ and every generated block embedding them, rewritten
+/// from a real run by the `docs_examples` end-to-end test (which otherwise only checks them).
+fn docs() -> anyhow::Result<()> {
+    if effective_uid() != 0 {
+        bail!("the examples come from real sessions seen by the attached sensor: run as root");
+    }
+    setup(true)?;
+    status(cargo().args(["build", "--package", "sensor"]))?;
+    status(
+        cargo()
+            .args(["test", "--package", "tests", "--", "docs_examples", "--nocapture"])
+            .env("PGWIRE_UPDATE_DOCS", "1"),
+    )
 }
 
 fn vm_test(args: &[String]) -> anyhow::Result<()> {
