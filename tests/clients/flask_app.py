@@ -1,5 +1,5 @@
 """The project's story, as a real app: a Flask service using psycopg2. One route connects
-without TLS, one with verify-full. Started by tests/tests/e2e_clients.rs.
+without TLS, one with verify-full. Started by tests/tests/e2e/clients.rs.
 
 usage: flask_app.py HTTP_PORT DB_HOST DB_PORT CA_FILE
 """

@@ -1,5 +1,5 @@
 """Connect to the test server with one Python driver and one setting, run a query, print
-one JSON line: {"pid": ..., "ok": bool, "error": ...}. Driven by tests/tests/e2e_clients.rs.
+one JSON line: {"pid": ..., "ok": bool, "error": ...}. Driven by tests/tests/e2e/clients.rs.
 
 usage: py_driver.py DRIVER MODE HOST PORT CA_FILE
 """

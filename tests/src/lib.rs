@@ -8,6 +8,7 @@
 pub mod capture;
 pub mod certs;
 pub mod clients;
+pub mod docs;
 pub mod hosts;
 pub mod kerberos;
 pub mod memscan;

@@ -5,28 +5,58 @@
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     thread,
+    time::Duration,
 };
 
 use anyhow::Context;
 
 pub struct Mitm {
     pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    acceptor: Option<thread::JoinHandle<()>>,
 }
 
 impl Mitm {
-    /// Listen on `listen`, relay to `upstream`. Runs until the test process exits.
+    /// Listen on `listen`, relay to `upstream`, until dropped. (All the end-to-end tests are
+    /// one process: a listener left behind would keep its address from the next test.)
     pub fn start(listen: &str, upstream: SocketAddr) -> anyhow::Result<Mitm> {
         let listener = TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
         let addr = listener.local_addr()?;
-        thread::spawn(move || {
-            for client in listener.incoming().flatten() {
-                thread::spawn(move || {
-                    let _ = relay(client, upstream);
-                });
+        // Polled, not blocking: waking a blocked accept would take a connection to the
+        // watched port, which the sensor under test would see.
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let acceptor = thread::spawn(move || {
+            while !stopped.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        let _ = client.set_nonblocking(false);
+                        thread::spawn(move || {
+                            let _ = relay(client, upstream);
+                        });
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(10)),
+                }
             }
         });
-        Ok(Mitm { addr })
+        Ok(Mitm { addr, stop, acceptor: Some(acceptor) })
+    }
+}
+
+impl Drop for Mitm {
+    /// Stop listening (the address is free again when this returns); relays already running
+    /// finish on their own.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
     }
 }
 

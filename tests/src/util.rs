@@ -10,7 +10,8 @@ use anyhow::bail;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// Run end-to-end tests one at a time within a test binary (they share ports and a host).
+/// Run end-to-end tests one at a time (they share ports and a host). A process-wide lock:
+/// it holds across modules because all of them are one test binary (tests/tests/e2e).
 pub fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

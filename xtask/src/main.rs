@@ -10,6 +10,8 @@
 //!   [--latency-rate PER_SECOND]`: the sensor's cost, attached versus detached (see
 //!   bench/mod.rs).
 //! - `dist`: the release binary, static (musl), as target/dist/pgwire-sensor.
+//! - `docs`: regenerate the documentation's examples (docs/examples/) from a real run, and
+//!   the markdown blocks that embed them (as root; see docs/examples/README.md).
 //! - `vm-test [--accel tcg|kvm]`: boot Debian's 6.1 and 6.12 kernels under QEMU and run a
 //!   smoke test of the sensor in each (see vm/mod.rs); `vm-guest` (hidden) is its part
 //!   inside the VM.
@@ -70,6 +72,12 @@ enum Task {
     /// and a flood into a 4 KiB ring buffer. Tables on stdout, JSON in
     /// target/bench/results.json.
     Bench(bench::BenchArgs),
+    /// Regenerate the documentation's examples from a real run, as root.
+    ///
+    /// Runs the `docs_examples` end-to-end test with PGWIRE_UPDATE_DOCS=1: docs/examples/
+    /// and every markdown block that embeds them are rewritten (the test suite otherwise
+    /// only checks that they match).
+    Docs,
     /// Build the static (musl) release binary as target/dist/pgwire-sensor.
     Dist,
     /// Smoke-test the sensor on Debian's 6.1 and 6.12 kernels under QEMU, as root.
@@ -136,6 +144,7 @@ fn main() -> ExitCode {
         Some(Task::Test) => test(),
         Some(Task::Bench(args)) => bench_cmd(&args),
         Some(Task::Dist) => dist().map(|_| ()),
+        Some(Task::Docs) => docs(),
         Some(Task::VmTest { accel }) => vm_test(accel),
         Some(Task::VmGuest) => vm::guest::run(),
     };
@@ -287,6 +296,21 @@ fn dist() -> anyhow::Result<PathBuf> {
     std::fs::write(dist.join("pgwire-sensor.sha256"), &sum.stdout)?;
     eprintln!("xtask: {}", out.display());
     Ok(out)
+}
+
+/// The examples under docs/examples/ and every generated block embedding them, rewritten
+/// from a real run by the `docs_examples` end-to-end test (which otherwise only checks them).
+fn docs() -> anyhow::Result<()> {
+    if effective_uid() != 0 {
+        bail!("the examples come from real sessions seen by the attached sensor: run as root");
+    }
+    setup(true)?;
+    status(cargo().args(["build", "--package", "sensor"]))?;
+    status(
+        cargo()
+            .args(["test", "--package", "tests", "--", "docs_examples", "--nocapture"])
+            .env("PGWIRE_UPDATE_DOCS", "1"),
+    )
 }
 
 fn vm_test(accel: vm::Accel) -> anyhow::Result<()> {

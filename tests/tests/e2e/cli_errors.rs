@@ -39,7 +39,7 @@ fn metrics_address_in_use_exits_1_and_says_so() {
     assert!(stderr.contains("--metrics-addr") && stderr.contains(&addr), "{stderr}");
 }
 
-// Missing capabilities, one by one: e2e_daemon.rs.
+// Missing capabilities, one by one: daemon.rs.
 
 #[test]
 fn check_passes_as_root_and_version_prints() {
