@@ -41,8 +41,8 @@ struct Cli {
 enum Task {
     /// Set up this machine (idempotent).
     ///
-    /// Runs scripts/bootstrap.sh: rust-src for the preinstalled nightly, bpf-linker, the musl
-    /// target.
+    /// Runs scripts/bootstrap.sh: the pinned nightly (ebpf-toolchain) with rust-src,
+    /// bpf-linker, the musl target.
     Setup {
         /// Also install what the tests need (PostgreSQL 15, Prometheus, Alertmanager, client
         /// drivers, QEMU, cargo-fuzz, ...).
@@ -205,11 +205,12 @@ fn test() -> anyhow::Result<()> {
     status(cargo().args(["fmt", "--all", "--", "--check"]))?;
     status(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     // The kernel crate only builds for the BPF target, with the pinned nightly (through
-    // rustup: $CARGO is the stable cargo itself and ignores `+nightly`).
+    // rustup: $CARGO is the stable cargo itself and ignores `+toolchain`).
+    let nightly = ebpf_toolchain()?;
     status(
         Command::new("rustup")
             .current_dir(root_dir().join("sensor-ebpf"))
-            .args(["run", "nightly", "cargo", "clippy", "--release"])
+            .args(["run", &nightly, "cargo", "clippy", "--release"])
             .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
             .args(["--", "-D", "warnings"]),
     )?;
@@ -249,6 +250,7 @@ const FUZZ_SECONDS: u32 = 30;
 /// inputs go to target/fuzz-corpus, so CI leaves the checkout as it found it; a crash fails
 /// the run and leaves its input in the fuzz crate's artifacts/ directory.
 fn fuzz_smoke() -> anyhow::Result<()> {
+    let nightly = ebpf_toolchain()?;
     for (crate_dir, target) in [("sensor-common/fuzz", "session_start"), ("sensor/fuzz", "capture")]
     {
         let dir = root_dir().join(crate_dir);
@@ -257,7 +259,7 @@ fn fuzz_smoke() -> anyhow::Result<()> {
         status(
             Command::new("rustup")
                 .current_dir(&dir)
-                .args(["run", "nightly", "cargo", "fuzz", "run", target])
+                .args(["run", &nightly, "cargo", "fuzz", "run", target])
                 .arg(&scratch)
                 .arg(dir.join("corpus").join(target))
                 .arg("--")
@@ -319,6 +321,17 @@ fn vm_test(accel: vm::Accel) -> anyhow::Result<()> {
     }
     status(Command::new("bash").arg(root_dir().join("scripts/bootstrap.sh")).arg("--vm-deps"))?;
     vm::run(&root_dir(), accel)
+}
+
+/// The pinned nightly's rustup name, from the one file that names it (ebpf-toolchain).
+fn ebpf_toolchain() -> anyhow::Result<String> {
+    let path = root_dir().join("ebpf-toolchain");
+    let pins = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    pins.lines()
+        .find_map(|line| line.trim().strip_prefix("EBPF_TOOLCHAIN="))
+        .map(str::to_string)
+        .with_context(|| format!("{} names no EBPF_TOOLCHAIN", path.display()))
 }
 
 fn effective_uid() -> u32 {

@@ -272,6 +272,43 @@ fn connections_opened_before_start_are_judged_only_from_a_proven_byte_zero() -> 
     Ok(())
 }
 
+/// `--kernel-log` says, per connection, why the kernel followed it or not; without the flag
+/// the same traffic logs nothing from the kernel.
+#[test]
+fn kernel_log_says_which_connections_were_adopted_and_which_not() -> anyhow::Result<()> {
+    let _serial = serial();
+    let pg = dual_stack_server("adv-kernel-log")?;
+    let msg = startup_message(&[("user", "postgres"), ("application_name", "kernel-log")]);
+    for kernel_log in [true, false] {
+        let mut idle = connect_nodelay(v4())?;
+        let idle_port = idle.local_addr()?.port();
+        let mut busy = connect_nodelay(v4())?;
+        let busy_port = busy.local_addr()?.port();
+        busy.write_all(&msg)?;
+        assert_eq!(first_reply(&mut busy), Some(b'R'));
+
+        let sensor = Sensor::start(if kernel_log { &["--kernel-log"] } else { &[] })?;
+        idle.write_all(&msg)?;
+        assert_eq!(first_reply(&mut idle), Some(b'R'));
+        busy.write_all(b"Q\0\0\0\rselect 1\0")?;
+        thread::sleep(Duration::from_millis(500));
+        // The kernel's judgement is the same either way.
+        assert_eq!(finding_of_port(&sensor, idle_port)?["opened_before_start"], true);
+        let log = sensor.stderr();
+        let adopted = format!("port {idle_port} -> {}: adopted", pg.port);
+        let not_adopted = format!("port {busy_port} -> {}: not adopted", pg.port);
+        if kernel_log {
+            assert!(log.contains(&adopted), "{adopted:?} missing from:\n{log}");
+            assert!(log.contains(&not_adopted), "{not_adopted:?} missing from:\n{log}");
+        } else {
+            assert!(!log.contains("adopted"), "no kernel log without --kernel-log:\n{log}");
+        }
+        sensor.stop()?;
+    }
+    drop(pg);
+    Ok(())
+}
+
 #[test]
 fn a_full_ring_buffer_loses_evidence_but_never_counts() -> anyhow::Result<()> {
     let _serial = serial();
