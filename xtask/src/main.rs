@@ -326,8 +326,8 @@ fn vm_test(accel: vm::Accel) -> anyhow::Result<()> {
 /// The pinned nightly's rustup name, from the one file that names it (ebpf-toolchain).
 fn ebpf_toolchain() -> anyhow::Result<String> {
     let path = root_dir().join("ebpf-toolchain");
-    let pins = std::fs::read_to_string(&path)
-        .with_context(|| format!("reading {}", path.display()))?;
+    let pins =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     pins.lines()
         .find_map(|line| line.trim().strip_prefix("EBPF_TOOLCHAIN="))
         .map(str::to_string)
