@@ -203,13 +203,19 @@ mod tests {
         Finding { severity, ..crate::session::Session::from_event(&ev).finding() }
     }
 
-    #[test]
-    fn a_batch_is_one_write_of_whole_lines_created_0600() {
-        let dir = std::env::temp_dir().join(format!("findings-test-{}", std::process::id()));
+    /// A writer on a new, empty file in a directory of this test process's own.
+    fn fresh_file(tag: &str) -> (std::path::PathBuf, FindingsWriter) {
+        let dir = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("findings.jsonl");
         let _ = std::fs::remove_file(&path);
-        let mut w = FindingsWriter::open(&FindingsTarget::File(path.clone())).unwrap();
+        let writer = FindingsWriter::open(&FindingsTarget::File(path.clone())).unwrap();
+        (path, writer)
+    }
+
+    #[test]
+    fn a_batch_is_one_write_of_whole_lines_created_0600() {
+        let (path, mut w) = fresh_file("findings-test");
         w.push(&finding(Severity::High));
         w.push(&finding(Severity::Critical));
         assert_eq!(std::fs::read(&path).unwrap().len(), 0, "nothing before the flush");
@@ -280,11 +286,7 @@ mod tests {
 
     #[test]
     fn a_moved_or_deleted_file_is_followed() {
-        let dir = std::env::temp_dir().join(format!("findings-follow-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("f.jsonl");
-        let _ = std::fs::remove_file(&path);
-        let mut w = FindingsWriter::open(&FindingsTarget::File(path.clone())).unwrap();
+        let (path, mut w) = fresh_file("findings-follow");
         assert!(!w.follow_path().unwrap(), "same file: nothing to do");
         std::fs::remove_file(&path).unwrap();
         assert!(w.follow_path().unwrap(), "deleted: reopened");

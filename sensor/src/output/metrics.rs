@@ -46,6 +46,17 @@ pub struct Metrics {
     pub alerts_failed: IntCounterVec,
 }
 
+/// A counter named `pgwire_sensor_<suffix>`, registered in `registry`.
+fn registered_counter(
+    registry: &Registry,
+    suffix: &str,
+    help: &str,
+) -> prometheus::Result<IntCounter> {
+    let counter = IntCounter::new(name(suffix), help)?;
+    registry.register(Box::new(counter.clone()))?;
+    Ok(counter)
+}
+
 fn name(suffix: &str) -> String {
     format!("{PREFIX}_{suffix}")
 }
@@ -78,22 +89,21 @@ impl Metrics {
         }
         registry.register(Box::new(findings.clone()))?;
 
-        let findings_write_errors = IntCounter::new(
-            name("findings_write_errors_total"),
+        let findings_write_errors = registered_counter(
+            &registry,
+            "findings_write_errors_total",
             "Finding lines that could not be written (disk full, I/O error).",
         )?;
-        registry.register(Box::new(findings_write_errors.clone()))?;
-        let http_connections_refused = IntCounter::new(
-            name("http_connections_refused_total"),
+        let http_connections_refused = registered_counter(
+            &registry,
+            "http_connections_refused_total",
             "Connections to this endpoint closed unserved: too many open at once.",
         )?;
-        registry.register(Box::new(http_connections_refused.clone()))?;
-
-        let alerts_sent = IntCounter::new(
-            name("alerts_sent_total"),
+        let alerts_sent = registered_counter(
+            &registry,
+            "alerts_sent_total",
             "Findings pushed to Alertmanager and accepted by it.",
         )?;
-        registry.register(Box::new(alerts_sent.clone()))?;
         let alerts_failed = IntCounterVec::new(
             Opts::new(
                 name("alerts_failed_total"),

@@ -50,6 +50,37 @@ impl<T> WithFindings<T> for anyhow::Result<T> {
     }
 }
 
+/// A StartupMessage for user and database `postgres` from `application_name`.
+fn startup_from(application_name: &str) -> Vec<u8> {
+    startup_message(&[
+        ("user", "postgres"),
+        ("database", "postgres"),
+        ("application_name", application_name),
+    ])
+}
+
+/// Two connections opened before the sensor starts: `idle` has sent nothing yet (its socket
+/// can prove byte 0 later), `busy` is mid-session (its later bytes must never look like a
+/// session start).
+struct OpenedBeforeStart {
+    idle: TcpStream,
+    idle_port: u16,
+    busy: TcpStream,
+    busy_port: u16,
+}
+
+impl OpenedBeforeStart {
+    fn open(msg: &[u8]) -> anyhow::Result<Self> {
+        let idle = connect_nodelay(v4())?;
+        let idle_port = idle.local_addr()?.port();
+        let mut busy = connect_nodelay(v4())?;
+        let busy_port = busy.local_addr()?.port();
+        busy.write_all(msg)?;
+        assert_eq!(first_reply(&mut busy), Some(b'R'));
+        Ok(OpenedBeforeStart { idle, idle_port, busy, busy_port })
+    }
+}
+
 fn findings_of_port(sensor: &Sensor, port: u16) -> Vec<Value> {
     sensor.findings().unwrap().into_iter().filter(|f| f["src"]["port"] == port).collect()
 }
@@ -61,11 +92,7 @@ fn a_startup_split_into_one_byte_segments_is_reassembled() -> anyhow::Result<()>
     let sensor = Sensor::start(&[])?;
     let before = sensor.metrics()?;
 
-    let msg = startup_message(&[
-        ("user", "postgres"),
-        ("database", "postgres"),
-        ("application_name", "split-by-one"),
-    ]);
+    let msg = startup_from("split-by-one");
     let mut s = connect_nodelay(v4())?;
     let port = s.local_addr()?.port();
     send_in_pieces(&mut s, &msg, 1)?;
@@ -241,14 +268,10 @@ fn connections_opened_before_start_are_judged_only_from_a_proven_byte_zero() -> 
     let pg = dual_stack_server("adv-before")?;
     let msg = startup_message(&[("user", "postgres"), ("application_name", "early-bird")]);
 
-    // Connected before the sensor, first byte after: the socket proves byte 0.
-    let mut idle = connect_nodelay(v4())?;
-    let idle_port = idle.local_addr()?.port();
-    // Mid-session before the sensor: its later bytes must never look like a session start.
-    let mut busy = connect_nodelay(v4())?;
-    let busy_port = busy.local_addr()?.port();
-    busy.write_all(&msg)?;
-    assert_eq!(first_reply(&mut busy), Some(b'R'));
+    // Connected before the sensor, first byte after: the socket proves byte 0. Mid-session
+    // before the sensor: its later bytes must never look like a session start.
+    let OpenedBeforeStart { mut idle, idle_port, mut busy, busy_port } =
+        OpenedBeforeStart::open(&msg)?;
 
     let sensor = Sensor::start(&[])?;
     let before = sensor.metrics()?;
@@ -280,13 +303,8 @@ fn kernel_log_says_which_connections_were_adopted_and_which_not() -> anyhow::Res
     let pg = dual_stack_server("adv-kernel-log")?;
     let msg = startup_message(&[("user", "postgres"), ("application_name", "kernel-log")]);
     for kernel_log in [true, false] {
-        let mut idle = connect_nodelay(v4())?;
-        let idle_port = idle.local_addr()?.port();
-        let mut busy = connect_nodelay(v4())?;
-        let busy_port = busy.local_addr()?.port();
-        busy.write_all(&msg)?;
-        assert_eq!(first_reply(&mut busy), Some(b'R'));
-
+        let OpenedBeforeStart { mut idle, idle_port, mut busy, busy_port } =
+            OpenedBeforeStart::open(&msg)?;
         let sensor = Sensor::start(if kernel_log { &["--kernel-log"] } else { &[] })?;
         idle.write_all(&msg)?;
         assert_eq!(first_reply(&mut idle), Some(b'R'));
@@ -351,11 +369,7 @@ fn retransmitted_segments_are_counted_once_and_reassembled() -> anyhow::Result<(
     let pg = dual_stack_server("adv-loss")?;
     let sensor = Sensor::start(&[])?;
     let before = sensor.metrics()?;
-    let msg = startup_message(&[
-        ("user", "postgres"),
-        ("database", "postgres"),
-        ("application_name", "lossy-link"),
-    ]);
+    let msg = startup_from("lossy-link");
 
     // Retry until the kernel really retransmitted something (loss is random).
     let mut sessions = 0.0;

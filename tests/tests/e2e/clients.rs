@@ -59,15 +59,24 @@ fn expect(
     Ok(())
 }
 
+/// Every matrix test's start: the serial guard held (dropped last), a TLS PostgreSQL, the
+/// sensor attached.
+fn arranged(
+    name: &'static str,
+) -> anyhow::Result<(std::sync::MutexGuard<'static, ()>, PgServer, Sensor)> {
+    let serial = serial();
+    let pg = tls_server(name)?;
+    let sensor = Sensor::start(&[])?;
+    Ok((serial, pg, sensor))
+}
+
 fn tls_server(name: &'static str) -> anyhow::Result<PgServer> {
     PgServer::start(PgOptions::tls(name))
 }
 
 #[test]
 fn libpq_psql_every_sslmode() -> anyhow::Result<()> {
-    let _serial = serial();
-    let pg = tls_server("matrix-psql")?;
-    let sensor = Sensor::start(&[])?;
+    let (_serial, pg, sensor) = arranged("matrix-psql")?;
     let ca = pg.certs.as_ref().unwrap().ca_cert.display().to_string();
     for (mode, verdict) in [
         ("disable", "plaintext"),
@@ -88,9 +97,7 @@ fn libpq_psql_every_sslmode() -> anyhow::Result<()> {
 
 #[test]
 fn python_drivers() -> anyhow::Result<()> {
-    let _serial = serial();
-    let pg = tls_server("matrix-python")?;
-    let sensor = Sensor::start(&[])?;
+    let (_serial, pg, sensor) = arranged("matrix-python")?;
     for (driver, mode, verdict, must_connect) in [
         ("psycopg2", "disable", "plaintext", true),
         ("psycopg2", "verify-full", "tls", true),
@@ -114,9 +121,7 @@ fn python_drivers() -> anyhow::Result<()> {
 
 #[test]
 fn node_postgres_and_pgjdbc() -> anyhow::Result<()> {
-    let _serial = serial();
-    let pg = tls_server("matrix-node-jdbc")?;
-    let sensor = Sensor::start(&[])?;
+    let (_serial, pg, sensor) = arranged("matrix-node-jdbc")?;
     expect(&sensor, "node-postgres ssl: false", "plaintext", true, || node_driver("disable", &pg))?;
     expect(&sensor, "node-postgres ssl: {ca}", "tls", true, || node_driver("require", &pg))?;
     expect(&sensor, "pgjdbc sslmode=disable", "plaintext", true, || {
@@ -130,9 +135,7 @@ fn node_postgres_and_pgjdbc() -> anyhow::Result<()> {
 
 #[test]
 fn tokio_postgres() -> anyhow::Result<()> {
-    let _serial = serial();
-    let pg = tls_server("matrix-tokio")?;
-    let sensor = Sensor::start(&[])?;
+    let (_serial, pg, sensor) = arranged("matrix-tokio")?;
     let me = std::process::id();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let config = format!("host={} port={} user=postgres dbname=postgres", pg.host, pg.port);
@@ -193,9 +196,7 @@ fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
 
 #[test]
 fn flask_app_using_psycopg2_is_named_in_the_finding() -> anyhow::Result<()> {
-    let _serial = serial();
-    let pg = tls_server("matrix-flask")?;
-    let sensor = Sensor::start(&[])?;
+    let (_serial, pg, sensor) = arranged("matrix-flask")?;
     let dir = clients_dir();
     let http_port = free_port();
     let ca = pg.certs.as_ref().unwrap().ca_cert.display().to_string();
