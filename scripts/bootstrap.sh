@@ -67,29 +67,38 @@ if [ "$(rustc_commit "$EBPF_TOOLCHAIN")" != "$EBPF_RUSTC_COMMIT" ]; then
   fi
   log "freezing $source_tc as $EBPF_TOOLCHAIN (hard links, no extra disk)"
   rm -rf "$frozen" && mkdir -p "$(dirname "$frozen")"
-  cp -al "$(rustc +"$source_tc" --print sysroot)" "$frozen"
+  src_sysroot=$(rustc +"$source_tc" --print sysroot)
+  # Hard links need one filesystem; elsewhere a real copy (about 1 GiB) does the same.
+  cp -al "$src_sysroot" "$frozen" 2>/dev/null || { rm -rf "$frozen"; cp -a "$src_sysroot" "$frozen"; }
+  rustup toolchain uninstall "$EBPF_TOOLCHAIN" >/dev/null 2>&1 || true
   rustup toolchain link "$EBPF_TOOLCHAIN" "$frozen"
 fi
 
 # bpf-linker must match the pinned nightly's LLVM: it is built against, and finds through its
-# rpath, the frozen copy's own libLLVM.
-libllvm=$(ls "$frozen"/lib/libLLVM.so.* 2>/dev/null | head -n1 || true)
+# rpath, that toolchain's own libLLVM. A stamp says what it was built for, so moving the pin
+# rebuilds it.
+sysroot=$(rustc +"$EBPF_TOOLCHAIN" --print sysroot)
+libllvm=$(ls "$sysroot"/lib/libLLVM.so.* 2>/dev/null | head -n1 || true)
 if [ -z "$libllvm" ]; then
-  log "no libLLVM.so.* in $frozen/lib: this nightly cannot host bpf-linker"; exit 1
+  log "no libLLVM.so.* in $sysroot/lib: this nightly cannot host bpf-linker"; exit 1
 fi
 prefix="$HOME/.local/share/sensor-llvm-prefix"
+want_linker="bpf-linker $BPF_LINKER_VERSION llvm-$EBPF_LLVM_MAJOR $libllvm"
 if [ "$(readlink "$prefix/lib/libLLVM.so" 2>/dev/null)" != "$libllvm" ]; then
   # The prefix must stay on disk. The binary asks for libLLVM by its soname
   # (libLLVM.so.22.1-rust-...): link that name too.
+  rm -f "$prefix"/lib/libLLVM.so*
   mkdir -p "$prefix/lib"
   ln -sf "$libllvm" "$prefix/lib/libLLVM.so"
   ln -sf "$libllvm" "$prefix/lib/$(basename "$libllvm")"
 fi
-if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
+if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION" \
+  || [ "$(cat "$prefix/built-for" 2>/dev/null)" != "$want_linker" ]; then
   log "building bpf-linker $BPF_LINKER_VERSION against $libllvm (a few minutes)"
   LLVM_PREFIX="$prefix" RUSTFLAGS="-C link-arg=-Wl,-rpath,$prefix/lib" \
     cargo install --force --locked "bpf-linker@$BPF_LINKER_VERSION" --no-default-features \
     --features "llvm-$EBPF_LLVM_MAJOR"
+  echo "$want_linker" > "$prefix/built-for"
 fi
 
 if ! rustup target list --installed | grep -q '^x86_64-unknown-linux-musl$'; then

@@ -139,7 +139,9 @@ impl MessageAssembly {
     }
 
     /// The classifier read `first` from the held bytes: remember its length, and when it is
-    /// a complete SSLRequest/GSSENCRequest start the client's next message right after it.
+    /// a complete SSLRequest/GSSENCRequest start the client's next message right after it
+    /// (the server's one-byte answer comes between; whatever the tracker then decides, the
+    /// next client bytes are a new message).
     #[inline(always)]
     pub fn classified(&mut self, first: FirstMessage) {
         if first.is_encryption_request() {
@@ -163,11 +165,6 @@ impl MessageAssembly {
             n = CANCEL_EVIDENCE_LEN;
         }
         n
-    }
-
-    /// The message's header claims more bytes than the evidence holds.
-    pub const fn truncated(&self, evidence_len: u32) -> bool {
-        self.len > evidence_len
     }
 
     /// Where, in a segment of `len` bytes at client stream offset `rel`, the first byte after

@@ -90,8 +90,6 @@ pub mod conn_flags {
 /// `SessionEvent::flags` (a superset of the connection flags).
 pub mod event_flags {
     pub use super::conn_flags::{ADOPTED, FAST_OPEN, PROC_KNOWN};
-    /// The captured message was longer than `CAPTURE_LEN`, or the capture stopped early.
-    pub const TRUNCATED: u32 = 64;
     /// An `AuthEvent` for this cookie follows once authentication is seen.
     pub const AUTH_FOLLOWS: u32 = 128;
 }

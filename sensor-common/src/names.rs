@@ -94,6 +94,7 @@ macro_rules! named_enum {
 
         // `from_u8` relies on this: wire values one after another, in declaration order.
         const _: () = {
+            assert!($name::COUNT <= u8::MAX as usize, "named_enum! values are one byte");
             let mut i = 0;
             while i < $name::COUNT {
                 assert!(

@@ -3,8 +3,9 @@
 //!
 //! Pure transitions over small `#[repr(C)]` state, shared by the kernel (which feeds it from
 //! packets and counts verdicts the moment they are decided) and by `sensor analyze` (which
-//! feeds it from a capture). Byte plumbing (reassembly, offsets) is the caller's job; every
-//! decision is made here.
+//! feeds it from a capture). Every verdict is decided here; where the bytes of each client
+//! message are (reassembly, the request skipped, the evidence kept) is decided by
+//! [`crate::assembly`], shared the same way. The caller only moves bytes.
 
 use crate::pgwire::FirstMessage;
 use crate::verdict::{UnknownReason, Verdict, NO_REASON};
@@ -99,16 +100,14 @@ pub mod effect {
     pub const AUTH: u8 = 2;
     /// Stop tracking: nothing more will be learned.
     pub const DONE: u8 = 4;
-    /// The current client message is complete: the next client bytes start a new message.
-    pub const NEXT_MESSAGE: u8 = 8;
 }
 
 /// Per-connection decision state. 8 bytes, `Copy`, kernel-friendly.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 ///
 /// Its fields are private: the kernel and `sensor analyze` drive it only through the
 /// transitions below and read it through the typed getters, so every decision is made here.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tracker {
     /// `Phase`.
     phase: u8,
@@ -219,13 +218,13 @@ impl Tracker {
     #[inline(always)]
     fn finish(&mut self, verdict: Verdict) -> u8 {
         self.phase = Phase::Done as u8;
-        self.decide(verdict, NO_REASON) | effect::DONE | effect::NEXT_MESSAGE
+        self.decide(verdict, NO_REASON) | effect::DONE
     }
 
     #[inline(always)]
     fn finish_unknown(&mut self, reason: UnknownReason) -> u8 {
         self.phase = Phase::Done as u8;
-        self.decide(Verdict::Unknown, reason as u8) | effect::DONE | effect::NEXT_MESSAGE
+        self.decide(Verdict::Unknown, reason as u8) | effect::DONE
     }
 
     /// The caller cannot follow the session any further (its start was not seen, its
@@ -233,11 +232,11 @@ impl Tracker {
     /// done either way.
     #[inline(always)]
     pub fn abandon(&mut self, reason: UnknownReason) -> u8 {
+        // Done either way: no authentication outcome will follow a session given up on.
+        self.phase = Phase::Done as u8;
         if self.verdict().is_some() {
-            self.phase = Phase::Done as u8;
             return effect::DONE;
         }
-        self.phase = Phase::Done as u8;
         self.decide(Verdict::Unknown, reason as u8) | effect::DONE
     }
 
@@ -257,7 +256,7 @@ impl Tracker {
                         self.phase = Phase::AwaitAuth as u8;
                         let verdict =
                             if after_refusal { Verdict::Downgraded } else { Verdict::Plaintext };
-                        self.decide(verdict, NO_REASON) | effect::NEXT_MESSAGE
+                        self.decide(verdict, NO_REASON)
                     }
                     FirstMessage::CancelRequest { .. } if !after_refusal => {
                         self.finish(Verdict::Cancel)
@@ -284,7 +283,7 @@ impl Tracker {
         self.requests |= which;
         self.last_request = which;
         self.phase = Phase::AwaitAnswer as u8;
-        effect::NEXT_MESSAGE
+        0
     }
 
     /// The server's one-byte answer to the pending SSLRequest/GSSENCRequest.

@@ -216,9 +216,6 @@ impl Flow<'_> {
             flags |= event_flags::AUTH_FOLLOWS;
         }
         let mut captured_len = message.evidence_len(verdict);
-        if message.truncated(captured_len) {
-            flags |= event_flags::TRUNCATED;
-        }
         // SAFETY: `ev` points at a reserved, exclusively owned SessionEvent-sized record.
         unsafe {
             (*ev).kind = EVENT_SESSION;

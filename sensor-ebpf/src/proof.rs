@@ -10,10 +10,7 @@ use sensor_common::{
     verdict::Role,
 };
 
-use crate::{
-    flow::Direction,
-    packet::{self, TcpHeader},
-};
+use crate::packet::{self, TcpHeader};
 
 #[inline(always)]
 fn sender_at_start(sock: &bpf_tcp_sock, seq: u32) -> bool {
@@ -25,38 +22,22 @@ fn receiver_at_start(sock: &bpf_tcp_sock, seq: u32) -> bool {
     sock.bytes_received == 0 && seq == sock.rcv_nxt
 }
 
-/// Is the segment at `seq` byte 0 of its stream, judged by the sending socket's counters when
-/// this socket `sent` it, else by the receiving socket's?
+/// Is this client segment byte 0 of the client's stream? Learns the server's byte 0 too
+/// when the server has not spoken yet.
 #[inline(always)]
-fn at_start(sock: &bpf_tcp_sock, seq: u32, sent: bool) -> bool {
-    if sent {
-        sender_at_start(sock, seq)
-    } else {
-        receiver_at_start(sock, seq)
-    }
-}
-
-/// Is this segment byte 0 of its stream (the client's or the server's, by `direction`)?
-/// Records the base it proves; a client segment also proves the server's byte 0 when the
-/// server has not spoken yet.
-#[inline(always)]
-pub fn stream_start(
+pub fn client_start(
     ctx: &SkBuffContext,
     tcp: &TcpHeader,
     role: Role,
-    direction: Direction,
     state: &mut ConnState,
 ) -> bool {
     let Some(sock) = packet::tcp_sock(ctx) else { return false };
-    let from_client = direction == Direction::ClientToServer;
-    // This socket sent the segment when it is the end the segment comes from.
-    if !at_start(sock, tcp.seq, from_client == (role == Role::Client)) {
+    let proven = match role {
+        Role::Client => sender_at_start(sock, tcp.seq),
+        Role::Server => receiver_at_start(sock, tcp.seq),
+    };
+    if !proven {
         return false;
-    }
-    if !from_client {
-        state.server_base = tcp.seq;
-        state.flags |= conn_flags::SERVER_BASE;
-        return true;
     }
     state.client_base = tcp.seq;
     state.flags |= conn_flags::CLIENT_BASE;
@@ -71,4 +52,24 @@ pub fn stream_start(
         }
     }
     true
+}
+
+/// Is this server segment byte 0 of the server's stream?
+#[inline(always)]
+pub fn server_start(
+    ctx: &SkBuffContext,
+    tcp: &TcpHeader,
+    role: Role,
+    state: &mut ConnState,
+) -> bool {
+    let Some(sock) = packet::tcp_sock(ctx) else { return false };
+    let proven = match role {
+        Role::Client => receiver_at_start(sock, tcp.seq),
+        Role::Server => sender_at_start(sock, tcp.seq),
+    };
+    if proven {
+        state.server_base = tcp.seq;
+        state.flags |= conn_flags::SERVER_BASE;
+    }
+    proven
 }

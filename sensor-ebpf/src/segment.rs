@@ -93,7 +93,7 @@ fn client_segment(flow: &mut Flow, tcp: &TcpHeader) {
         return;
     }
     if flow.state.flags & conn_flags::CLIENT_BASE == 0
-        && !proof::stream_start(flow.ctx, tcp, flow.role, flow.direction, flow.state)
+        && !proof::client_start(flow.ctx, tcp, flow.role, flow.state)
     {
         // The SYN went by unseen and the socket cannot prove this is byte 0: never guess.
         info!(
@@ -117,7 +117,7 @@ fn server_segment(flow: &mut Flow, tcp: &TcpHeader) {
         flow.state.flags |= conn_flags::SERVER_BASE;
     } else if tcp.payload_len > 0
         && flow.state.flags & conn_flags::SERVER_BASE == 0
-        && !proof::stream_start(flow.ctx, tcp, flow.role, flow.direction, flow.state)
+        && !proof::server_start(flow.ctx, tcp, flow.role, flow.state)
     {
         return;
     }
@@ -171,7 +171,7 @@ fn adopt(
     }
     let role_flag = if role == Role::Server { conn_flags::ROLE_SERVER } else { 0 };
     let mut state = ConnState::new(ProcRecord::EMPTY, conn_flags::ADOPTED | role_flag);
-    if !proof::stream_start(ctx, tcp, role, Direction::ClientToServer, &mut state) {
+    if !proof::client_start(ctx, tcp, role, &mut state) {
         // Verbose by nature (every later packet of a judged connection lands here too):
         // that is why kernel logging is off unless --kernel-log.
         info!(

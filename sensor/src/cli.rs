@@ -6,7 +6,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::{
     analyze::{self, AnalyzeConfig},
-    config::{check_ports, FindingsTarget, Origins, RunConfig, Settings},
+    config::{check_ports, normalized_ports, FindingsTarget, Origins, RunConfig, Settings},
     config_file,
     error::Failure,
     preflight, run,
@@ -123,8 +123,6 @@ fn run_config(args: RunArgs, matches: Option<&clap::ArgMatches>) -> Result<RunCo
 fn analyze_config(args: AnalyzeArgs) -> Result<AnalyzeConfig, Failure> {
     // The same validation as `run`'s flag of the same name.
     check_ports(&args.ports).map_err(|err| Failure::config(err.context("--ports")))?;
-    let mut ports = args.ports;
-    ports.sort_unstable();
-    ports.dedup();
+    let ports = normalized_ports(args.ports);
     Ok(AnalyzeConfig { pcap: args.pcap, ports, findings: args.findings })
 }

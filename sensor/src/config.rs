@@ -88,8 +88,8 @@ pub struct Settings {
     /// Run on a kernel older than the oldest tested one (6.1), down to 5.8.
     #[arg(long)]
     pub allow_untested_kernel: bool,
-    /// Log the kernel programs' diagnostics at info: why a connection was not adopted, a
-    /// session's start not seen, a capture cut or evicted, an event lost. Verbose (every
+    /// Log the kernel programs' diagnostics at info, with the ports: a connection adopted or
+    /// not adopted after start, a session's start not seen, a capture evicted. Verbose (every
     /// later packet of a judged connection reports "not adopted"): for debugging a host.
     #[arg(long)]
     pub kernel_log: bool,
@@ -122,7 +122,8 @@ impl<'a> Origins<'a> {
         self.matches.is_some_and(|m| m.value_source(id) == Some(ValueSource::CommandLine))
     }
 
-    /// `--flag-name`, or `key `flag_name` in --config FILE` when the file set it.
+    /// `--flag-name` when given on the command line (or with no file), else
+    /// `key `flag_name` in --config FILE`: the file set it, or left it to the default.
     fn name(&self, id: &str) -> String {
         let flag = format!("--{}", id.replace('_', "-"));
         match self.config {
@@ -175,23 +176,20 @@ impl Settings {
         named("ring_buffer_bytes", check_ring_buffer_bytes(self.ring_buffer_bytes))?;
         named("max_connections", check_max_connections(self.max_connections))?;
         named("roles", ensure_nonempty(&self.roles))?;
-        named("alertmanager_min_severity", check_min_severity(self.alertmanager_min_severity))?;
         let alertmanager = match self.alertmanager_url {
             None => None,
             Some(url) => {
                 named("alertmanager_url", check_alertmanager_url(&url))?;
-                Some(AlertmanagerConfig { url, min_severity: self.alertmanager_min_severity })
+                let min_severity = self.alertmanager_min_severity;
+                named("alertmanager_min_severity", check_min_severity(min_severity))?;
+                Some(AlertmanagerConfig { url, min_severity })
             }
         };
-        let mut ports = self.ports;
-        ports.sort_unstable();
-        ports.dedup();
         let mut roles = self.roles;
-        roles.dedup();
         roles.sort_unstable();
         roles.dedup();
         Ok(RunConfig {
-            ports,
+            ports: normalized_ports(self.ports),
             cgroup: self.cgroup,
             metrics_addr: self.metrics_addr,
             findings: self.findings,
@@ -251,6 +249,13 @@ pub fn check_ports(ports: &[u16]) -> anyhow::Result<()> {
         ports.len()
     );
     Ok(())
+}
+
+/// Ports in order, each once.
+pub fn normalized_ports(mut ports: Vec<u16>) -> Vec<u16> {
+    ports.sort_unstable();
+    ports.dedup();
+    ports
 }
 
 fn ensure_nonempty(roles: &[Role]) -> anyhow::Result<()> {

@@ -52,7 +52,7 @@ pub use sensor_common::tracker::Encryption;
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Negotiation {
-    /// `gssenc`, `ssl`, in the order asked.
+    /// `gssenc`, `ssl`: what the client asked for, in libpq's order (GSS before TLS).
     pub requested: Vec<Encryption>,
     /// The server's one-byte answers in order, e.g. "N" or "NN".
     pub server_answers: String,

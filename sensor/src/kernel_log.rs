@@ -1,6 +1,7 @@
-//! `--kernel-log`: the kernel programs' own diagnostics (why a connection was not adopted,
-//! a session's start was not seen, a capture was cut or evicted, an event was lost), read
-//! with aya-log and written to this process's log (stderr) at `info`.
+//! `--kernel-log`: the kernel programs' own diagnostics, with the ports (a connection adopted
+//! or not adopted after start, a session's start not seen, a capture evicted), read with
+//! aya-log and written to this process's log (stderr) at `info`. Lost events are not logged
+//! here: they are counted exactly (`pgwire_sensor_events_lost_total`).
 //!
 //! Off by default: in the kernel, the log level is read-only data fixed at load time, so with
 //! logging off the verifier removes the logging code and packets pay nothing for it.

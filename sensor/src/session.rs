@@ -38,14 +38,12 @@ pub struct Session {
     pub verdict: Verdict,
     /// Why the verdict is `unknown`.
     pub reason: Option<UnknownReason>,
-    /// What the client asked for, in the order asked.
+    /// What the client asked for, in libpq's order (GSS before TLS).
     pub requested: Vec<Encryption>,
     /// The server's one-byte answers, in order.
     pub server_answers: String,
     /// The message that decided the verdict, as far as it may be kept.
     pub evidence: Vec<u8>,
-    /// The message's length from its header (0 if unknown).
-    pub message_len: u32,
     pub fast_open: bool,
     pub opened_before_start: bool,
     /// The authentication outcome is still to come (plaintext or downgraded sessions).
@@ -72,7 +70,6 @@ impl Session {
             requested,
             server_answers,
             evidence: ev.captured().to_vec(),
-            message_len: ev.message_len,
             fast_open: ev.flags & event_flags::FAST_OPEN != 0,
             opened_before_start: ev.flags & event_flags::ADOPTED != 0,
             auth_follows: ev.flags & event_flags::AUTH_FOLLOWS != 0,

@@ -379,6 +379,7 @@ mod tests {
                 "test",
                 "bench [--smoke] [--pairs N] [--seconds S] [--threads N] [--flood SESSIONS] \
                  [--latency-rate PER_SECOND]",
+                "docs",
                 "dist",
                 "vm-test [--accel tcg|kvm]",
             ]

@@ -29,6 +29,23 @@ enum Step {
 use Step::*;
 
 #[test]
+fn abandon_decides_unknown_once_and_expects_no_auth_after_a_verdict() {
+    let mut t = Tracker::NEW;
+    assert_eq!(t.abandon(UnknownReason::StartNotSeen), effect::VERDICT | effect::DONE);
+    assert_eq!(
+        (t.verdict(), t.reason()),
+        (Some(Verdict::Unknown), Some(UnknownReason::StartNotSeen))
+    );
+    // A plaintext session given up on (its capture evicted) keeps its verdict, and nothing
+    // waits for an authentication outcome that will never be followed.
+    let (mut t, _) = run(&[Client(STARTUP)]);
+    assert!(t.auth_follows());
+    assert_eq!(t.abandon(UnknownReason::CaptureEvicted), effect::DONE);
+    assert_eq!((t.verdict(), t.reason()), (Some(Verdict::Plaintext), None));
+    assert!(!t.auth_follows());
+}
+
+#[test]
 fn ssl_accepted_then_client_hello_is_tls() {
     let (t, e) = run(&[Client(M::SslRequest), Answer(b'S'), Client(M::TlsClientHello)]);
     assert_eq!(t.verdict(), Some(Verdict::Tls));

@@ -54,7 +54,7 @@ fn judge<R: std::io::BufRead>(mut packets: capture::Packets<R>, ports: &[u16]) -
     let mut findings = Vec::new();
     for flow in table.finish() {
         let Some(replayed) = replay::replay(&flow) else { continue };
-        let verdict = replayed.session.verdict;
+        let verdict = replayed.verdict;
         *counts.entry(verdict).or_default() += 1;
         if !verdict.is_encrypted() {
             findings.push(replayed.finding);

@@ -15,7 +15,7 @@ use super::streams::Flow;
 use crate::session::{apply_auth, negotiation_of, Session};
 
 pub struct Replayed {
-    pub session: Session,
+    pub verdict: sensor_common::verdict::Verdict,
     pub finding: crate::finding::Finding,
 }
 
@@ -89,7 +89,6 @@ pub fn replay(flow: &Flow) -> Option<Replayed> {
         requested,
         server_answers,
         evidence,
-        message_len: message.message_len(),
         fast_open: flow.fast_open,
         opened_before_start: false,
         auth_follows: t.auth_follows(),
@@ -98,5 +97,5 @@ pub fn replay(flow: &Flow) -> Option<Replayed> {
     if auth_known {
         apply_auth(&mut finding, t.auth(), t.password_sent());
     }
-    Some(Replayed { session, finding })
+    Some(Replayed { verdict, finding })
 }

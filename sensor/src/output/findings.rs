@@ -204,18 +204,19 @@ mod tests {
     }
 
     /// A writer on a new, empty file in a directory of this test process's own.
-    fn fresh_file(tag: &str) -> (std::path::PathBuf, FindingsWriter) {
+    /// Returns the directory, the file's path and the writer.
+    fn fresh_file(tag: &str) -> (std::path::PathBuf, std::path::PathBuf, FindingsWriter) {
         let dir = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("findings.jsonl");
         let _ = std::fs::remove_file(&path);
         let writer = FindingsWriter::open(&FindingsTarget::File(path.clone())).unwrap();
-        (path, writer)
+        (dir, path, writer)
     }
 
     #[test]
     fn a_batch_is_one_write_of_whole_lines_created_0600() {
-        let (path, mut w) = fresh_file("findings-test");
+        let (dir, path, mut w) = fresh_file("findings-test");
         w.push(&finding(Severity::High));
         w.push(&finding(Severity::Critical));
         assert_eq!(std::fs::read(&path).unwrap().len(), 0, "nothing before the flush");
@@ -286,14 +287,14 @@ mod tests {
 
     #[test]
     fn a_moved_or_deleted_file_is_followed() {
-        let (path, mut w) = fresh_file("findings-follow");
+        let (dir, path, mut w) = fresh_file("findings-follow");
         assert!(!w.follow_path().unwrap(), "same file: nothing to do");
         std::fs::remove_file(&path).unwrap();
         assert!(w.follow_path().unwrap(), "deleted: reopened");
         w.push(&finding(Severity::High));
         assert!(w.flush().failed.is_none());
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
-        std::fs::rename(&path, dir.join("f.jsonl.1")).unwrap();
+        std::fs::rename(&path, dir.join("findings.jsonl.1")).unwrap();
         assert!(w.follow_path().unwrap(), "moved: reopened");
         assert!(path.exists());
         std::fs::remove_dir_all(&dir).unwrap();

@@ -20,6 +20,7 @@ use prometheus::{
 };
 use sensor_common::{
     limits::Stat,
+    tracker::AuthMethod,
     verdict::{Role, Severity, Verdict},
 };
 
@@ -297,10 +298,12 @@ impl KernelCollector {
                 }
                 f.lost.with_label_values(&["session"]).inc_by(stats.stat(Stat::EventsLost));
                 f.lost.with_label_values(&["auth"]).inc_by(stats.stat(Stat::AuthEventsLost));
-                f.passwords
-                    .with_label_values(&["cleartext"])
-                    .inc_by(stats.stat(Stat::PasswordsCleartext));
-                f.passwords.with_label_values(&["md5"]).inc_by(stats.stat(Stat::PasswordsMd5));
+                for (method, stat) in [
+                    (AuthMethod::Cleartext, Stat::PasswordsCleartext),
+                    (AuthMethod::Md5, Stat::PasswordsMd5),
+                ] {
+                    f.passwords.with_label_values(&[method.name()]).inc_by(stats.stat(stat));
+                }
                 for (counter, stat) in &f.plain {
                     counter.inc_by(stats.stat(*stat));
                 }

@@ -65,32 +65,20 @@ fn server_without_tls_downgrades_prefer_refuses_require_and_exposes_passwords() 
     assert_eq!(f["negotiation"]["server_answers"], "N");
     assert!(f.get("startup").is_none(), "no startup message was sent");
 
+    // A successful password login by `user`, and its one finding.
+    let login = |settings: &str, user: &str, password: &str| -> anyhow::Result<Value> {
+        let run = psql_at(host, port, settings, user, "postgres", Some(password))?;
+        only_finding(&sensor, run.expect_success()?.pid)
+    };
+
     // pg_hba `password`: the password itself crosses in clear.
-    let clear = psql_at(
-        host,
-        port,
-        "sslmode=disable gssencmode=disable",
-        "clear_user",
-        "postgres",
-        Some(CLEAR_PASSWORD),
-    )?
-    .expect_success()?;
-    let f = only_finding(&sensor, clear.pid)?;
+    let f = login("sslmode=disable gssencmode=disable", "clear_user", CLEAR_PASSWORD)?;
     assert_eq!((&f["verdict"], &f["severity"]), (&"plaintext".into(), &"critical".into()));
     assert_eq!(f["auth"], serde_json::json!({"method": "cleartext", "password_sent": true}));
     assert_eq!(f["startup"]["user"], "clear_user");
 
     // pg_hba `md5` after a downgrade: a replayable hash crosses in clear.
-    let md5 = psql_at(
-        host,
-        port,
-        "sslmode=prefer gssencmode=disable",
-        "md5_user",
-        "postgres",
-        Some(MD5_PASSWORD),
-    )?
-    .expect_success()?;
-    let f = only_finding(&sensor, md5.pid)?;
+    let f = login("sslmode=prefer gssencmode=disable", "md5_user", MD5_PASSWORD)?;
     assert_eq!((&f["verdict"], &f["severity"]), (&"downgraded".into(), &"high".into()));
     assert_eq!(f["auth"], serde_json::json!({"method": "md5", "password_sent": true}));
 

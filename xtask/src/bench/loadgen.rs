@@ -1,5 +1,6 @@
 //! Multi-threaded load: short sessions as fast as possible, or one long bulk stream.
 
+use sensor_common::verdict::Verdict;
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
@@ -32,11 +33,11 @@ impl Session {
     }
 
     /// The verdict the sensor must count for it.
-    pub fn verdict(self) -> &'static str {
+    pub fn verdict(self) -> Verdict {
         match self {
-            Session::Plaintext => "plaintext",
-            Session::Downgrade => "downgraded",
-            Session::Tls => "tls",
+            Session::Plaintext => Verdict::Plaintext,
+            Session::Downgrade => Verdict::Downgraded,
+            Session::Tls => Verdict::Tls,
         }
     }
 }

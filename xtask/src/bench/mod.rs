@@ -13,6 +13,7 @@ mod report;
 pub mod sensor_proc;
 pub mod server;
 
+use sensor_common::verdict::Verdict;
 use std::{net::SocketAddr, path::Path, path::PathBuf, time::Duration, time::Instant};
 
 use anyhow::Context;
@@ -276,7 +277,7 @@ fn flood(sensor_bin: &Path, sessions: u64, threads: usize) -> anyhow::Result<Flo
         sent: burst.sessions - burst.errors,
         errors: burst.errors,
         seconds,
-        counted: after.counted("plaintext") - before.counted("plaintext"),
+        counted: after.counted(Verdict::Plaintext) - before.counted(Verdict::Plaintext),
         findings: after.findings - before.findings,
         lost_session: after.lost_of("session") - before.lost_of("session"),
         lost_auth: after.lost_of("auth") - before.lost_of("auth"),

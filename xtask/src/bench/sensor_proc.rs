@@ -1,6 +1,7 @@
 //! The release sensor as the bench runs it: started, sampled (kernel counts from /metrics,
 //! CPU and peak RSS from /proc), stopped.
 
+use sensor_common::verdict::{Role, Verdict};
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
@@ -34,9 +35,10 @@ impl Sample {
     }
 
     /// Client sessions of `verdict`, over all ports.
-    pub fn counted(&self, verdict: &str) -> u64 {
+    pub fn counted(&self, verdict: Verdict) -> u64 {
         let verdict = format!("verdict=\"{verdict}\"");
-        sum_where(&self.text, "pgwire_sensor_sessions_total", &[&verdict, "role=\"client\""])
+        let role = format!("role=\"{}\"", Role::Client);
+        sum_where(&self.text, "pgwire_sensor_sessions_total", &[&verdict, &role])
     }
 }
 

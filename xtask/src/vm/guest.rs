@@ -6,6 +6,7 @@
 //! tls_count=<ok|fail> caps_after_attach=<CapPrm>` (which capabilities the sensor kept
 //! once attached: CAP_BPF stays where the kernel refuses map reads without it).
 
+use sensor_common::verdict::Verdict;
 use std::{net::SocketAddr, path::Path, process::Command, time::Duration};
 
 use anyhow::Context;
@@ -64,8 +65,8 @@ pub fn run() -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_millis(300));
             match sensor.sample() {
                 Ok(sample) => {
-                    tls_ok = tls.errors == 0 && sample.counted("tls") == 1;
-                    plain_ok &= sample.counted("plaintext") == 1;
+                    tls_ok = tls.errors == 0 && sample.counted(Verdict::Tls) == 1;
+                    plain_ok &= sample.counted(Verdict::Plaintext) == 1;
                 }
                 Err(err) => println!("metrics: {err:#}"),
             }
