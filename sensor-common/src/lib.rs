@@ -14,6 +14,9 @@
 #[cfg(any(test, feature = "test-util"))]
 extern crate std;
 
+#[cfg(feature = "user")]
+extern crate alloc;
+
 pub mod assembly;
 pub mod event;
 pub mod limits;

@@ -126,7 +126,8 @@ macro_rules! named_enum {
     };
 }
 
-/// serde by name, with the `user` feature only (the kernel has no serde).
+/// serde by name and a JSON Schema of the names, with the `user` feature only (the kernel
+/// has neither).
 #[cfg(feature = "user")]
 #[doc(hidden)]
 #[macro_export]
@@ -135,6 +136,16 @@ macro_rules! __named_enum_serde {
         impl serde::Serialize for $name {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 s.serialize_str(self.name())
+            }
+        }
+
+        impl schemars::JsonSchema for $name {
+            fn schema_name() -> alloc::borrow::Cow<'static, str> {
+                alloc::borrow::Cow::Borrowed(stringify!($name))
+            }
+
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!({ "type": "string", "enum": $name::NAMES })
             }
         }
 

@@ -51,10 +51,11 @@ fn classifier(c: &mut Criterion) {
 
 fn finding_encoder(c: &mut Criterion) {
     let ev = session_event(Verdict::Plaintext, &startup(), "python");
+    let origin = sensor::identity::Origin::example();
     c.bench_function("finding_from_event", |b| {
-        b.iter(|| Session::from_event(black_box(&ev)).finding())
+        b.iter(|| Session::from_event(black_box(&ev)).finding(&origin))
     });
-    let finding = Session::from_event(&ev).finding();
+    let finding = Session::from_event(&ev).finding(&origin);
     c.bench_function("finding_to_json_line", |b| {
         b.iter(|| serde_json::to_vec(black_box(&finding)).map(|v| v.len()))
     });

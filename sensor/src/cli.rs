@@ -6,7 +6,9 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::{
     analyze::{self, AnalyzeConfig},
-    config::{check_ports, normalized_ports, FindingsTarget, Origins, RunConfig, Settings},
+    config::{
+        check_ports, normalized_ports, FindingLines, FindingsTarget, Origins, RunConfig, Settings,
+    },
     config_file,
     error::Failure,
     preflight, run,
@@ -58,6 +60,8 @@ pub struct AnalyzeArgs {
     /// Where to write findings (JSON lines); `-` is stdout.
     #[arg(long, default_value = "-", value_name = "PATH|-")]
     pub findings: FindingsTarget,
+    #[command(flatten)]
+    pub lines: FindingLines,
 }
 
 #[derive(Debug, Args)]
@@ -124,5 +128,5 @@ fn analyze_config(args: AnalyzeArgs) -> Result<AnalyzeConfig, Failure> {
     // The same validation as `run`'s flag of the same name.
     check_ports(&args.ports).map_err(|err| Failure::config(err.context("--ports")))?;
     let ports = normalized_ports(args.ports);
-    Ok(AnalyzeConfig { pcap: args.pcap, ports, findings: args.findings })
+    Ok(AnalyzeConfig { pcap: args.pcap, ports, findings: args.findings, lines: args.lines })
 }

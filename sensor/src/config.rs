@@ -42,6 +42,57 @@ impl TryFrom<String> for FindingsTarget {
     }
 }
 
+/// A duration written as people write them: `60s`, `5m`, `1h 30m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct HumanDuration(pub Duration);
+
+impl FromStr for HumanDuration {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        humantime::parse_duration(value)
+            .map(HumanDuration)
+            .map_err(|err| format!("{value:?} is not a duration like 60s or 5m: {err}"))
+    }
+}
+
+impl TryFrom<String> for HumanDuration {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, String> {
+        value.parse()
+    }
+}
+
+impl std::fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+/// `--repeat-window`'s default, for `run` and `analyze` alike.
+pub const REPEAT_WINDOW: &str = "60s";
+
+/// How findings are written, for `sensor analyze` (`run` has the same two settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Args)]
+pub struct FindingLines {
+    /// Sessions of one identity after the first, within this window, are counted and written
+    /// as one summary line when it closes, as the live sensor does.
+    #[arg(long, default_value = REPEAT_WINDOW, value_name = "DURATION")]
+    pub repeat_window: HumanDuration,
+    /// Write one line per session instead (every line has `sessions: 1`).
+    #[arg(long)]
+    pub findings_every_session: bool,
+}
+
+impl FindingLines {
+    /// The repeat window, or `None` for one line per session.
+    pub fn window(&self) -> Option<Duration> {
+        (!self.findings_every_session).then_some(self.repeat_window.0)
+    }
+}
+
 /// Every `sensor run` setting. A flag `--some-name` is the file key `some_name`.
 #[derive(Debug, Clone, PartialEq, Args, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -59,6 +110,14 @@ pub struct Settings {
     /// Where to append findings (JSON lines); `-` is stdout.
     #[arg(long, default_value = "-", value_name = "PATH|-")]
     pub findings: FindingsTarget,
+    /// Sessions of one identity (verdict, severity, process, destination, database user and
+    /// database) after the first, within this window, are counted and written as one summary
+    /// line when it closes (`sessions: N`, `repeats`).
+    #[arg(long, default_value = REPEAT_WINDOW, value_name = "DURATION")]
+    pub repeat_window: HumanDuration,
+    /// Write one line per session instead (a Zeek-like log; every line has `sessions: 1`).
+    #[arg(long)]
+    pub findings_every_session: bool,
     /// Size of the kernel-to-agent ring buffer in bytes, a power of two >= 4096. Counts stay
     /// exact when it overflows; only evidence is lost.
     #[arg(long, default_value_t = EVENTS_RING_BYTES, value_name = "BYTES")]
@@ -88,6 +147,14 @@ pub struct Settings {
     /// Run on a kernel older than the oldest tested one (6.1), down to 5.8.
     #[arg(long)]
     pub allow_untested_kernel: bool,
+    /// The Kubernetes node this sensor runs on, stamped on findings and used as the alerts'
+    /// `instance` (the DaemonSet sets NODE_NAME from the downward API).
+    #[arg(long, env = "NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// Where the host's machine id is (findings' `host.id`) [default: /etc/machine-id, then
+    /// /var/lib/dbus/machine-id, then the boot id]. In a container, mount the host's file.
+    #[arg(long, value_name = "PATH")]
+    pub machine_id_file: Option<PathBuf>,
     /// Log the kernel programs' diagnostics at info, with the ports: a connection adopted or
     /// not adopted after start, a session's start not seen, a capture evicted. Verbose (every
     /// later packet of a judged connection reports "not adopted"): for debugging a host.
@@ -118,8 +185,12 @@ impl<'a> Origins<'a> {
         Origins { matches, config }
     }
 
+    /// Given on the command line, or in the flag's environment variable (both win over the
+    /// file).
     fn on_command_line(&self, id: &str) -> bool {
-        self.matches.is_some_and(|m| m.value_source(id) == Some(ValueSource::CommandLine))
+        self.matches.is_some_and(|m| {
+            matches!(m.value_source(id), Some(ValueSource::CommandLine | ValueSource::EnvVariable))
+        })
     }
 
     /// `--flag-name` when given on the command line (or with no file), else
@@ -155,6 +226,8 @@ impl Settings {
             cgroup,
             metrics_addr,
             findings,
+            repeat_window,
+            findings_every_session,
             ring_buffer_bytes,
             auth_wait_ms,
             max_connections,
@@ -163,6 +236,8 @@ impl Settings {
             roles,
             allow_second_instance,
             allow_untested_kernel,
+            node_name,
+            machine_id_file,
             kernel_log,
         )
     }
@@ -176,6 +251,7 @@ impl Settings {
         named("ring_buffer_bytes", check_ring_buffer_bytes(self.ring_buffer_bytes))?;
         named("max_connections", check_max_connections(self.max_connections))?;
         named("roles", ensure_nonempty(&self.roles))?;
+        named("repeat_window", check_repeat_window(self.repeat_window))?;
         let alertmanager = match self.alertmanager_url {
             None => None,
             Some(url) => {
@@ -193,6 +269,10 @@ impl Settings {
             cgroup: self.cgroup,
             metrics_addr: self.metrics_addr,
             findings: self.findings,
+            finding_lines: FindingLines {
+                repeat_window: self.repeat_window,
+                findings_every_session: self.findings_every_session,
+            },
             ring_buffer_bytes: self.ring_buffer_bytes,
             auth_wait: Duration::from_millis(self.auth_wait_ms),
             alertmanager,
@@ -200,6 +280,8 @@ impl Settings {
             roles,
             allow_second_instance: self.allow_second_instance,
             allow_untested_kernel: self.allow_untested_kernel,
+            node_name: self.node_name,
+            machine_id_file: self.machine_id_file,
             kernel_log: self.kernel_log,
         })
     }
@@ -213,6 +295,8 @@ pub struct RunConfig {
     pub cgroup: Option<PathBuf>,
     pub metrics_addr: SocketAddr,
     pub findings: FindingsTarget,
+    /// Aggregated per identity, or one line per session.
+    pub finding_lines: FindingLines,
     pub ring_buffer_bytes: u32,
     /// How long a plaintext session's finding waits for its authentication outcome.
     pub auth_wait: Duration,
@@ -228,6 +312,10 @@ pub struct RunConfig {
     pub allow_untested_kernel: bool,
     /// Forward the kernel programs' diagnostics to the log.
     pub kernel_log: bool,
+    /// The Kubernetes node name, if told.
+    pub node_name: Option<String>,
+    /// The file holding the host's machine id, if not the usual places.
+    pub machine_id_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -256,6 +344,14 @@ pub fn normalized_ports(mut ports: Vec<u16>) -> Vec<u16> {
     ports.sort_unstable();
     ports.dedup();
     ports
+}
+
+fn check_repeat_window(window: HumanDuration) -> anyhow::Result<()> {
+    ensure!(
+        (Duration::from_secs(1)..=Duration::from_secs(86400)).contains(&window.0),
+        "{window} is outside 1s to 24h"
+    );
+    Ok(())
 }
 
 fn ensure_nonempty(roles: &[Role]) -> anyhow::Result<()> {

@@ -7,16 +7,32 @@
 
 use std::{net::IpAddr, time::SystemTime};
 
+use schemars::JsonSchema;
 use sensor_common::{
     tracker::AuthMethod,
     verdict::{Role, Severity, UnknownReason, Verdict},
 };
 use serde::{Serialize, Serializer};
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+use crate::identity::Host;
+
+/// The finding line's schema version (docs/finding.schema.json). It changes when a field
+/// changes meaning or goes away; new optional fields do not change it.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// One session start that a man in the middle could read (or that could not be judged):
+/// one JSON object per line.
+#[derive(Debug, Clone, Serialize, PartialEq, JsonSchema)]
+#[schemars(title = "pgwire-sensor finding", deny_unknown_fields)]
 pub struct Finding {
-    /// When the session's first bytes were seen; written as RFC 3339 UTC, microseconds.
+    /// The version of this schema (see `SCHEMA_VERSION`).
+    pub schema_version: u32,
+    /// Unique per line: a UUID v7 (time-ordered), for deduplication in a SIEM.
+    pub id: String,
+    /// When the session's verdict was decided (live) or its first bytes were seen (capture);
+    /// RFC 3339 UTC, microseconds.
     #[serde(serialize_with = "rfc3339_micros")]
+    #[schemars(with = "String", extend("format" = "date-time"))]
     pub ts: SystemTime,
     pub verdict: Verdict,
     pub severity: Severity,
@@ -24,6 +40,15 @@ pub struct Finding {
     /// Why the verdict is `unknown`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<UnknownReason>,
+    /// How many sessions this line stands for: 1 for a single session. A SIEM sums it.
+    pub sessions: u64,
+    /// The host the sensor runs on.
+    pub host: Host,
+    /// The Kubernetes node, when the sensor was told it (`--node-name`, `NODE_NAME`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The sensor's version.
+    pub sensor_version: String,
     pub src: Endpoint,
     pub dst: Endpoint,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -46,11 +71,33 @@ pub struct Finding {
     /// The connection was opened before the sensor started; its start was still proven.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub opened_before_start: bool,
+    /// On summary lines only: `sessions` more sessions of this line's identity, after the
+    /// one written in full (see `--repeat-window`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repeats: Option<Repeats>,
+}
+
+/// What a summary line adds: when the sessions it counts were seen, and a few of them.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Repeats {
+    /// The first and the last session counted; RFC 3339 UTC, microseconds.
+    #[serde(serialize_with = "rfc3339_micros")]
+    #[schemars(with = "String", extend("format" = "date-time"))]
+    pub first_seen: SystemTime,
+    #[serde(serialize_with = "rfc3339_micros")]
+    #[schemars(with = "String", extend("format" = "date-time"))]
+    pub last_seen: SystemTime,
+    /// A few of their client ports (at most 5).
+    pub sample_src_ports: Vec<u16>,
+    /// A few of their processes' pids (at most 5).
+    pub sample_pids: Vec<u32>,
 }
 
 pub use sensor_common::tracker::Encryption;
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Negotiation {
     /// `gssenc`, `ssl`: what the client asked for, in libpq's order (GSS before TLS).
     pub requested: Vec<Encryption>,
@@ -58,7 +105,8 @@ pub struct Negotiation {
     pub server_answers: String,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Auth {
     /// trust, cleartext, md5, sasl, gss, other, error, or unknown (not seen in time).
     pub method: AuthMethod,
@@ -67,7 +115,8 @@ pub struct Auth {
     pub password_sent: bool,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Endpoint {
     pub ip: IpAddr,
     pub port: u16,
@@ -75,7 +124,8 @@ pub struct Endpoint {
 
 /// The process that opened the session: what the kernel recorded at connect() (pid, tid,
 /// comm, uid, gid, cgroup id), and what procfs added while the process still ran.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Default, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Process {
     /// Userspace pid (the kernel's tgid).
     pub pid: u32,
@@ -102,6 +152,9 @@ pub struct Process {
     pub cgroup: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub container_id: Option<String>,
+    /// The Kubernetes pod's UID, from the cgroup path (no API server asked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub systemd_unit: Option<String>,
     /// The process was gone (or its pid reused) when the finding was written: only the
@@ -112,7 +165,8 @@ pub struct Process {
 
 /// What a plaintext StartupMessage said. Only these keys are copied out; other parameters
 /// (`options`, driver-specific ones) are not needed and could carry secrets.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Default, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Startup {
     /// Protocol version, e.g. "3.0".
     pub protocol: String,
@@ -128,6 +182,29 @@ pub struct Startup {
     pub truncated: bool,
 }
 
+impl Finding {
+    /// A plaintext psql session's finding from `Origin::example()`, for tests.
+    #[cfg(test)]
+    pub fn example() -> Finding {
+        use sensor_common::test_util::{session_event, startup_message};
+        let ev = session_event(Verdict::Plaintext, &startup_message(&[("user", "app")]), "psql");
+        crate::session::Session::from_event(&ev).finding(&crate::identity::Origin::example())
+    }
+
+    /// The JSON Schema (2020-12) of a finding line, as docs/finding.schema.json holds it.
+    /// Described as written (a field left out when empty or false is not required).
+    pub fn json_schema() -> serde_json::Value {
+        let generator =
+            schemars::generate::SchemaSettings::draft2020_12().for_serialize().into_generator();
+        serde_json::to_value(generator.into_root_schema_for::<Finding>()).unwrap_or_default()
+    }
+}
+
+/// A new line id: a UUID v7, time-ordered, unique.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
 /// The one place a finding's time becomes text.
 pub fn format_ts(ts: SystemTime) -> String {
     humantime::format_rfc3339_micros(ts).to_string()
@@ -135,4 +212,50 @@ pub fn format_ts(ts: SystemTime) -> String {
 
 fn rfc3339_micros<S: Serializer>(ts: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&humantime::format_rfc3339_micros(*ts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/finding.schema.json is generated from these types; `cargo xtask docs` (or
+    /// `PGWIRE_UPDATE_DOCS=1 cargo test -p sensor -- finding_schema`) rewrites it.
+    #[test]
+    fn the_published_finding_schema_is_the_types_own() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/finding.schema.json");
+        let generated = serde_json::to_string_pretty(&Finding::json_schema()).unwrap() + "\n";
+        if std::env::var("PGWIRE_UPDATE_DOCS").as_deref() == Ok("1") {
+            std::fs::write(path, &generated).unwrap();
+            return;
+        }
+        let published = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            published == generated,
+            "docs/finding.schema.json differs from the Finding type: run `cargo xtask docs`"
+        );
+    }
+
+    #[test]
+    fn a_finding_has_the_identity_a_siem_joins_on() {
+        let f = serde_json::to_value(Finding::example()).unwrap();
+        assert_eq!(f["schema_version"], SCHEMA_VERSION);
+        assert_eq!(f["sessions"], 1);
+        assert_eq!(f["host"]["id"], "0123456789abcdef0123456789abcdef");
+        assert_eq!(f["sensor_version"], env!("CARGO_PKG_VERSION"));
+        assert!(f.get("node").is_none());
+        assert_ne!(Finding::example().id, Finding::example().id, "an id per line");
+        let schema = Finding::json_schema();
+        assert_eq!(schema["$schema"], "https://json-schema.org/draft/2020-12/schema");
+        assert_eq!(schema["additionalProperties"], false);
+        let required = schema["required"].as_array().unwrap();
+        for optional in ["fast_open", "opened_before_start", "node", "repeats", "reason"] {
+            assert!(!required.contains(&optional.into()), "{optional} is left out when empty");
+        }
+        assert!(required.contains(&"sessions".into()));
+        assert_eq!(
+            schema["properties"]["verdict"],
+            serde_json::json!({"$ref": "#/$defs/Verdict"}),
+            "the shared enum, by name"
+        );
+    }
 }

@@ -88,26 +88,10 @@ impl PendingAuth {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::finding::Endpoint;
-    use sensor_common::verdict::{Role, Severity, Verdict};
+    use sensor_common::verdict::Severity;
 
     fn finding(cookie: u64) -> Finding {
-        Finding {
-            ts: std::time::SystemTime::UNIX_EPOCH,
-            verdict: Verdict::Plaintext,
-            severity: Severity::High,
-            role: Role::Client,
-            reason: None,
-            src: Endpoint { ip: [127, 0, 0, 1].into(), port: 1 },
-            dst: Endpoint { ip: [127, 0, 0, 1].into(), port: 26257 },
-            process: None,
-            negotiation: None,
-            startup: None,
-            auth: None,
-            socket_cookie: Some(cookie),
-            fast_open: false,
-            opened_before_start: false,
-        }
+        Finding { socket_cookie: Some(cookie), auth: None, ..Finding::example() }
     }
 
     #[test]

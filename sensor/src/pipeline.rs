@@ -1,6 +1,9 @@
 //! Events in, findings out: the agent's one stage between the ring buffer and the outputs.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Instant, SystemTime},
+};
 
 use sensor_common::{tracker::AuthMethod, verdict::Severity};
 use tracing::{error, info};
@@ -10,12 +13,14 @@ use crate::{
     enrich::Enricher,
     events::KernelEvent,
     finding::Finding,
+    identity::Origin,
     output::{
         alertmanager::{alert_from_finding, AlertPusher},
         findings::FindingsWriter,
         http::HttpState,
     },
     pending::PendingAuth,
+    repeats::Repeater,
     session::Session,
 };
 
@@ -26,6 +31,10 @@ pub struct Pipeline {
     pending: PendingAuth,
     state: Arc<HttpState>,
     alerts: Option<Alerts>,
+    /// This host (and node), stamped on every finding.
+    origin: Origin,
+    /// Sessions of one identity counted into summary lines; `None`: one line per session.
+    repeater: Option<Repeater>,
 }
 
 /// Where and what to push to Alertmanager.
@@ -40,6 +49,7 @@ impl Pipeline {
     /// Must run inside the tokio runtime (the Alertmanager worker is spawned on it).
     pub fn new(
         config: &RunConfig,
+        origin: Origin,
         findings: FindingsWriter,
         state: Arc<HttpState>,
     ) -> anyhow::Result<Self> {
@@ -48,7 +58,7 @@ impl Pipeline {
             Some(am) => Some(Alerts {
                 pusher: AlertPusher::spawn(&am.url, state.clone())?,
                 min_severity: am.min_severity,
-                instance: hostname(),
+                instance: origin.instance().to_string(),
                 generator_url: format!("http://{}/", config.metrics_addr),
             }),
         };
@@ -59,6 +69,8 @@ impl Pipeline {
             pending: PendingAuth::new(config.auth_wait),
             state,
             alerts,
+            origin,
+            repeater: config.finding_lines.window().map(Repeater::new),
         })
     }
 
@@ -69,7 +81,7 @@ impl Pipeline {
                 if session.verdict.is_encrypted() {
                     return; // counted in the kernel; no evidence to report
                 }
-                let mut finding = session.finding();
+                let mut finding = session.finding(&self.origin);
                 // Now, while the process most likely still runs: not when the finding is
                 // written, which may wait for the auth outcome.
                 if let Some(process) = &mut finding.process {
@@ -77,10 +89,10 @@ impl Pipeline {
                 }
                 if session.auth_follows {
                     if let Some(oldest) = self.pending.hold(ev.cookie, finding, now) {
-                        self.write(&oldest);
+                        self.report(oldest);
                     }
                 } else {
-                    self.write(&finding);
+                    self.report(finding);
                 }
             }
             KernelEvent::Auth(ev) => {
@@ -89,7 +101,7 @@ impl Pipeline {
                 if let Some(finding) =
                     self.pending.resolve(ev.cookie, method, ev.password_sent != 0)
                 {
-                    self.write(&finding);
+                    self.report(finding);
                 }
             }
         }
@@ -99,7 +111,11 @@ impl Pipeline {
     /// was moved or deleted.
     pub fn tick(&mut self, now: Instant) {
         for finding in self.pending.expired(now) {
-            self.write(&finding);
+            self.report(finding);
+        }
+        if let Some(repeater) = &mut self.repeater {
+            let lines = repeater.due(SystemTime::now());
+            lines.iter().for_each(|line| self.write(line));
         }
         match self.findings.follow_path() {
             Ok(true) => info!("the findings file was moved or deleted; reopened it at its path"),
@@ -109,12 +125,37 @@ impl Pipeline {
         self.flush();
     }
 
-    /// Write everything still held (shutdown).
+    /// Write everything still held (shutdown): findings waiting for their auth outcome, then
+    /// every pending summary.
     pub fn finish(&mut self) {
         for finding in self.pending.drain() {
-            self.write(&finding);
+            self.report(finding);
         }
+        self.flush_summaries();
         self.flush();
+    }
+
+    /// A session's complete finding: written now, or counted toward its identity's summary.
+    fn report(&mut self, finding: Finding) {
+        match &mut self.repeater {
+            None => self.write(&finding),
+            Some(repeater) => {
+                let evicted_before = repeater.evicted;
+                let lines = repeater.observe(finding);
+                let evicted = repeater.evicted - evicted_before;
+                self.state.metrics.repeat_windows_evicted.inc_by(evicted);
+                lines.iter().for_each(|line| self.write(line));
+            }
+        }
+    }
+
+    /// Write every pending summary now (SIGTERM, SIGHUP): nothing counted waits in memory
+    /// across a rotation or a stop.
+    fn flush_summaries(&mut self) {
+        if let Some(repeater) = &mut self.repeater {
+            let lines = repeater.flush();
+            lines.iter().for_each(|line| self.write(line));
+        }
     }
 
     /// Write the findings queued by `handle` (call once per batch of events).
@@ -129,8 +170,11 @@ impl Pipeline {
         }
     }
 
-    /// Open the findings file again (SIGHUP after logrotate).
+    /// Open the findings file again (SIGHUP after logrotate), after writing the pending
+    /// summaries to the old one.
     pub fn reopen_findings(&mut self) {
+        self.flush_summaries();
+        self.flush();
         match self.findings.reopen() {
             Ok(()) => info!("findings file reopened"),
             Err(err) => error!("{err:#}; still writing to the previously open file"),
@@ -180,10 +224,4 @@ impl ErrorLog {
         self.lines_since = 0;
         self.errors_since = 0;
     }
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
 }

@@ -24,6 +24,7 @@ use crate::{
     config::{role_bits, RunConfig},
     error::Failure,
     events::{EventStream, KernelEvent},
+    identity::Origin,
     instance, kernel_log,
     output::{
         findings::FindingsWriter,
@@ -57,6 +58,8 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
     let cgroup_dir = resolve_cgroup(&config)?;
     preflight::require_all(config.allow_untested_kernel)?;
 
+    let origin = Origin::detect(config.machine_id_file.as_deref(), config.node_name.clone())
+        .map_err(Failure::config)?;
     let findings = FindingsWriter::open(&config.findings).map_err(Failure::config)?;
     let listener = TcpListener::bind(config.metrics_addr).await.map_err(|err| {
         Failure::runtime(anyhow::anyhow!(
@@ -100,8 +103,8 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
         attachment,
     });
     let server = tokio::spawn(http::serve(listener, state.clone()));
-    let mut pipeline =
-        Pipeline::new(&config, findings, state.clone()).context("cannot set up alerting")?;
+    let mut pipeline = Pipeline::new(&config, origin, findings, state.clone())
+        .context("cannot set up alerting")?;
     info!(
         programs = attached.programs,
         cgroup = %cgroup_dir.display(),

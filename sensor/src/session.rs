@@ -17,7 +17,8 @@ use sensor_common::{
 
 use crate::{
     clock,
-    finding::{Auth, Endpoint, Finding, Negotiation, Process, Startup},
+    finding::{new_id, Auth, Endpoint, Finding, Negotiation, Process, Startup, SCHEMA_VERSION},
+    identity::Origin,
 };
 
 /// Startup values longer than this are cut: enough for any real user or database name.
@@ -76,9 +77,9 @@ impl Session {
         }
     }
 
-    /// The finding for this session. Its `auth` is filled in by [`apply_auth`] when the
-    /// outcome is known.
-    pub fn finding(&self) -> Finding {
+    /// The finding for this session, reported from `origin`. Its `auth` is filled in by
+    /// [`apply_auth`] when the outcome is known.
+    pub fn finding(&self, origin: &Origin) -> Finding {
         // The evidence is the message that decided the verdict; for plaintext and
         // downgraded sessions that is the StartupMessage.
         let startup = match classify_bytes(&self.evidence) {
@@ -95,11 +96,17 @@ impl Session {
             ..Process::default()
         });
         Finding {
+            schema_version: SCHEMA_VERSION,
+            id: new_id(),
             ts: self.seen,
             verdict: self.verdict,
             severity: self.verdict.severity(),
             role: self.role,
             reason: self.reason,
+            sessions: 1,
+            host: origin.host.clone(),
+            node: origin.node.clone(),
+            sensor_version: env!("CARGO_PKG_VERSION").to_string(),
             src: Endpoint { ip: self.client.ip(), port: self.client.port() },
             dst: Endpoint { ip: self.server.ip(), port: self.server.port() },
             process,
@@ -112,6 +119,7 @@ impl Session {
             socket_cookie: self.cookie,
             fast_open: self.fast_open,
             opened_before_start: self.opened_before_start,
+            repeats: None,
         }
     }
 }

@@ -141,3 +141,56 @@ pub fn jdbc_driver(params: &str, pg: &PgServer) -> anyhow::Result<DriverRun> {
             .arg(url),
     )
 }
+
+/// The project's story as a real app: tests/clients/flask_app.py (Flask + psycopg2, one
+/// database connection per request) serving on a free port. Killed when dropped.
+pub struct FlaskApp {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl FlaskApp {
+    /// Start it against `pg` (whose CA, if any, the verify-full route uses) and wait until it
+    /// listens.
+    pub fn start(pg: &PgServer) -> anyhow::Result<FlaskApp> {
+        let dir = clients_dir();
+        let port = crate::util::free_port();
+        let ca = pg.certs.as_ref().map(|c| c.ca_cert.display().to_string()).unwrap_or_default();
+        let child = Command::new(dir.join(".venv/bin/python"))
+            .arg(dir.join("flask_app.py"))
+            .args([&port.to_string(), &pg.host, &pg.port.to_string(), &ca])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting the Flask app")?;
+        let app = FlaskApp { child, port };
+        crate::util::wait_for(
+            "the Flask app to listen",
+            std::time::Duration::from_secs(30),
+            || std::net::TcpStream::connect(("127.0.0.1", port)).ok(),
+        )?;
+        Ok(app)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// GET `path`; the response body.
+    pub fn get(&self, path: &str) -> anyhow::Result<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(20)))?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+    }
+}
+
+impl Drop for FlaskApp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -339,17 +339,25 @@ pub mod placeholder {
     pub const CGROUP_ID: u64 = 1;
     pub const CGROUP: &str = "/";
     pub const SOCKET_COOKIE: u64 = 4096;
+    /// Each line's own UUID v7.
+    pub const ID: &str = "01900000-0000-7000-8000-000000000000";
+    /// The host the example ran on.
+    pub const HOST_NAME: &str = "app-host-1";
+    pub const HOST_ID: &str = "0123456789abcdef0123456789abcdef";
 }
 
-/// A finding line (as written) pretty-printed, with what changes from run to run (time,
-/// client port, pids, cgroup, socket cookie, the test binary's name) replaced by
+/// A finding line (as written) pretty-printed, with what changes from run to run (line id,
+/// time, host, client port, pids, cgroup, socket cookie, the test binary's name) replaced by
 /// [`placeholder`]s. Field order is the sensor's own.
 pub fn normalise_finding(line: &str) -> anyhow::Result<String> {
     use placeholder::*;
     let mut f = Json::parse(line)?;
     let pid = f.get(&["process", "pid"]).cloned();
     let tid_is_pid = pid.is_some() && f.get(&["process", "tid"]) == pid.as_ref();
+    f.replace(&["id"], ID);
     f.replace(&["ts"], TS);
+    f.replace(&["host", "name"], HOST_NAME);
+    f.replace(&["host", "id"], HOST_ID);
     f.replace(&["src", "port"], CLIENT_PORT);
     f.replace(&["process", "pid"], PID);
     f.replace(&["process", "tid"], if tid_is_pid { PID } else { OTHER_TID });
@@ -358,6 +366,16 @@ pub fn normalise_finding(line: &str) -> anyhow::Result<String> {
     f.replace(&["process", "cgroup_id"], CGROUP_ID);
     f.replace(&["process", "cgroup"], CGROUP);
     f.replace(&["socket_cookie"], SOCKET_COOKIE);
+    // A summary line's samples: one placeholder per sample, in order.
+    f.replace(&["repeats", "first_seen"], TS);
+    f.replace(&["repeats", "last_seen"], TS);
+    for (field, first) in [("sample_src_ports", CLIENT_PORT), ("sample_pids", PID)] {
+        let n = match f.get(&["repeats", field]) {
+            Some(Json::Array(items)) => items.len() as u64,
+            _ => continue,
+        };
+        f.replace(&["repeats", field], Json::Array((0..n).map(|i| (first + i).into()).collect()));
+    }
     Ok(f.pretty())
 }
 

@@ -37,13 +37,23 @@ pub struct Sensor {
 
 impl Sensor {
     /// Start `sensor run` with `args` (plus its own findings file and metrics port) and wait
-    /// until /healthz says the programs are attached.
+    /// until /healthz says the programs are attached. One finding line per session
+    /// (`--findings-every-session`): most tests check each session's own evidence.
     pub fn start(args: &[&str]) -> anyhow::Result<Sensor> {
         Self::launch(&[], args, None)
     }
 
+    /// Like `start`, with the sensor's default aggregation (sessions of one identity after
+    /// the first counted into one summary line per `window`).
+    pub fn start_aggregating(window: &str, args: &[&str]) -> anyhow::Result<Sensor> {
+        let mut all = vec!["--repeat-window", window];
+        all.extend_from_slice(args);
+        Self::launch(&[], &all, None)
+    }
+
     /// Like `start`, run through `wrapper` (e.g. setpriv and its options) and, if given,
-    /// with findings at `findings_path` instead of a fresh scratch file.
+    /// with findings at `findings_path` instead of a fresh scratch file. One line per session
+    /// unless `args` set a `--repeat-window`.
     pub fn launch(
         wrapper: &[&str],
         args: &[&str],
@@ -61,9 +71,11 @@ impl Sensor {
             }
             None => Command::new(sensor_binary()?),
         };
+        command.arg("run").args(args);
+        if !args.contains(&"--repeat-window") {
+            command.arg("--findings-every-session");
+        }
         let child = command
-            .arg("run")
-            .args(args)
             .arg("--findings")
             .arg(&findings_path)
             .arg("--metrics-addr")

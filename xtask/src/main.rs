@@ -308,6 +308,12 @@ fn docs() -> anyhow::Result<()> {
     }
     setup(true)?;
     status(cargo().args(["build", "--package", "sensor"]))?;
+    // The finding schema first: the examples are validated against it.
+    status(
+        cargo()
+            .args(["test", "--package", "sensor", "--lib", "--", "finding_schema"])
+            .env("PGWIRE_UPDATE_DOCS", "1"),
+    )?;
     status(
         cargo()
             .args(["test", "--package", "tests", "--", "docs_examples", "--nocapture"])

@@ -15,12 +15,21 @@ use std::{collections::BTreeMap, path::PathBuf};
 use anyhow::Context;
 use sensor_common::verdict::Verdict;
 
-use crate::{config::FindingsTarget, error::Failure, output::findings::FindingsWriter};
+use crate::{
+    config::{FindingLines, FindingsTarget},
+    error::Failure,
+    finding::Finding,
+    identity::Origin,
+    output::findings::FindingsWriter,
+    repeats::Repeater,
+};
 
 pub struct AnalyzeConfig {
     pub pcap: PathBuf,
     pub ports: Vec<u16>,
     pub findings: FindingsTarget,
+    /// Aggregated per identity (as the live sensor does), or one line per session.
+    pub lines: FindingLines,
 }
 
 /// What a capture holds: every judged session start, in capture order of their flows.
@@ -36,7 +45,11 @@ pub struct Judged {
 }
 
 /// Judge every session start in a capture (pcap or pcapng, from any reader).
-fn judge<R: std::io::BufRead>(mut packets: capture::Packets<R>, ports: &[u16]) -> Judged {
+fn judge<R: std::io::BufRead>(
+    mut packets: capture::Packets<R>,
+    ports: &[u16],
+    origin: &Origin,
+) -> Judged {
     let mut table = streams::FlowTable::new(ports);
     let mut damage = None;
     loop {
@@ -53,7 +66,7 @@ fn judge<R: std::io::BufRead>(mut packets: capture::Packets<R>, ports: &[u16]) -
     let mut counts: BTreeMap<Verdict, u64> = BTreeMap::new();
     let mut findings = Vec::new();
     for flow in table.finish() {
-        let Some(replayed) = replay::replay(&flow) else { continue };
+        let Some(replayed) = replay::replay(&flow, origin) else { continue };
         let verdict = replayed.verdict;
         *counts.entry(verdict).or_default() += 1;
         if !verdict.is_encrypted() {
@@ -63,19 +76,37 @@ fn judge<R: std::io::BufRead>(mut packets: capture::Packets<R>, ports: &[u16]) -
     Judged { counts, findings, packets_read: packets.packets_read(), flows_without_start, damage }
 }
 
-/// Judge the capture in `bytes` (fuzzing, tests): `None` if it is not a capture at all.
+/// Judge the capture in `bytes` (fuzzing, tests): `None` if it is not a capture at all. The
+/// findings carry `Origin::example()`.
 pub fn judge_bytes(bytes: &[u8], ports: &[u16]) -> Option<Judged> {
     let packets = capture::Packets::new(std::io::BufReader::new(bytes)).ok()?;
-    Some(judge(packets, ports))
+    Some(judge(packets, ports, &Origin::example()))
+}
+
+/// The lines for a capture's findings: per session, or aggregated over the capture's own
+/// time exactly as the live sensor aggregates (`repeats`).
+fn lines_of(mut findings: Vec<Finding>, window: Option<std::time::Duration>) -> Vec<Finding> {
+    let Some(window) = window else { return findings };
+    findings.sort_by_key(|f| f.ts);
+    let mut repeater = Repeater::new(window);
+    let mut lines = Vec::with_capacity(findings.len());
+    for finding in findings {
+        lines.extend(repeater.due(finding.ts));
+        lines.extend(repeater.observe(finding));
+    }
+    lines.extend(repeater.flush());
+    lines
 }
 
 /// Read the whole capture, then report. A damaged capture still gets every session read
 /// before the damage reported, and then an error.
 pub fn run(config: AnalyzeConfig) -> Result<(), Failure> {
     let packets = capture::open(&config.pcap).map_err(Failure::config)?;
-    let judged = judge(packets, &config.ports);
+    // The host reported is the one analyzing the capture: a capture says nothing of it.
+    let origin = Origin::detect(None, None).map_err(Failure::config)?;
+    let judged = judge(packets, &config.ports, &origin);
     let mut writer = FindingsWriter::open(&config.findings).map_err(Failure::config)?;
-    for finding in &judged.findings {
+    for finding in &lines_of(judged.findings.clone(), config.lines.window()) {
         writer.write(finding).context("writing findings").map_err(Failure::runtime)?;
     }
     // A summary on stderr, one `verdict count` line each, for people and scripts.

@@ -12,7 +12,10 @@ use sensor_common::{
 };
 
 use super::streams::Flow;
-use crate::session::{apply_auth, negotiation_of, Session};
+use crate::{
+    identity::Origin,
+    session::{apply_auth, negotiation_of, Session},
+};
 
 pub struct Replayed {
     pub verdict: sensor_common::verdict::Verdict,
@@ -23,7 +26,7 @@ pub struct Replayed {
 /// reply), with room to spare; every step either advances or stops.
 const MAX_STEPS: usize = 16;
 
-pub fn replay(flow: &Flow) -> Option<Replayed> {
+pub fn replay(flow: &Flow, origin: &Origin) -> Option<Replayed> {
     let client = flow.client_stream.contiguous();
     let server = flow.server_stream.contiguous();
     let mut t = Tracker::NEW;
@@ -93,7 +96,7 @@ pub fn replay(flow: &Flow) -> Option<Replayed> {
         opened_before_start: false,
         auth_follows: t.auth_follows(),
     };
-    let mut finding = session.finding();
+    let mut finding = session.finding(origin);
     if auth_known {
         apply_auth(&mut finding, t.auth(), t.password_sent());
     }

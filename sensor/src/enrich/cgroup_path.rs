@@ -12,6 +12,23 @@ pub fn container_id(path: &str) -> Option<String> {
     })
 }
 
+/// The Kubernetes pod UID in a kubelet cgroup path: `/kubepods/burstable/pod<uid>/...`
+/// (cgroupfs driver) or `.../kubepods-burstable-pod<uid with _ for ->.slice/...` (systemd
+/// driver). No API server is asked.
+pub fn pod_uid(path: &str) -> Option<String> {
+    path.split('/').find_map(|part| {
+        let part = part.strip_suffix(".slice").unwrap_or(part);
+        let uid = part.rsplit_once("pod").map(|(_, uid)| uid)?;
+        let uid = uid.replace('_', "-");
+        let well_formed = uid.len() == 36
+            && uid.bytes().enumerate().all(|(i, b)| match i {
+                8 | 13 | 18 | 23 => b == b'-',
+                _ => b.is_ascii_hexdigit(),
+            });
+        well_formed.then_some(uid)
+    })
+}
+
 /// The systemd unit: the last `.service` component (or a `.scope` that is not a container).
 pub fn systemd_unit(path: &str) -> Option<String> {
     if container_id(path).is_some() {
@@ -41,6 +58,23 @@ mod tests {
             assert_eq!(container_id(&path).as_deref(), Some(ID), "{path}");
             assert_eq!(systemd_unit(&path), None, "{path}");
         }
+    }
+
+    #[test]
+    fn kubernetes_pod_uids_from_both_cgroup_drivers() {
+        let uid = "5b7c9f3e-1a2b-4c3d-8e9f-0a1b2c3d4e5f";
+        let systemd = format!(
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{ID}.scope",
+            uid.replace('-', "_")
+        );
+        let cgroupfs = format!("/kubepods/besteffort/pod{uid}/{ID}");
+        for path in [systemd, cgroupfs] {
+            assert_eq!(pod_uid(&path).as_deref(), Some(uid), "{path}");
+            assert_eq!(container_id(&path).as_deref(), Some(ID), "{path}");
+        }
+        assert_eq!(pod_uid("/kubepods/besteffort/pod7/abc"), None, "not a UID");
+        assert_eq!(pod_uid("/system.slice/podman.service"), None);
+        assert_eq!(pod_uid("/system.slice/docker-1.scope"), None);
     }
 
     #[test]

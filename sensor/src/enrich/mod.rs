@@ -12,7 +12,7 @@ mod users;
 
 use std::collections::{HashMap, VecDeque};
 
-pub use cgroup_path::{container_id, systemd_unit};
+pub use cgroup_path::{container_id, pod_uid, systemd_unit};
 pub use redact::redact_command_line;
 
 use crate::finding::Process;
@@ -72,6 +72,7 @@ impl Enricher {
         process.parent_comm = d.parent_comm;
         if let Some(path) = &d.cgroup {
             process.container_id = container_id(path);
+            process.pod_uid = pod_uid(path);
             process.systemd_unit = systemd_unit(path);
         }
         process.cgroup = d.cgroup;

@@ -212,7 +212,7 @@ mod tests {
     use crate::finding::{Auth, Endpoint, Process, Startup};
     use sensor_common::{
         tracker::AuthMethod,
-        verdict::{Role, Severity, Verdict},
+        verdict::{Severity, Verdict},
     };
 
     fn finding(verdict: Verdict, severity: Severity) -> Finding {
@@ -220,8 +220,6 @@ mod tests {
             ts: humantime::parse_rfc3339("2026-11-28T12:00:00.000000Z").unwrap(),
             verdict,
             severity,
-            role: Role::Client,
-            reason: None,
             src: Endpoint { ip: [10, 1, 2, 3].into(), port: 40000 },
             dst: Endpoint { ip: [10, 9, 9, 9].into(), port: 26257 },
             process: Some(Process {
@@ -244,8 +242,7 @@ mod tests {
             }),
             auth: Some(Auth { method: AuthMethod::Cleartext, password_sent: true }),
             socket_cookie: Some(7),
-            fast_open: false,
-            opened_before_start: false,
+            ..Finding::example()
         }
     }
 

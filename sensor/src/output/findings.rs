@@ -200,7 +200,8 @@ mod tests {
             b"",
             "app",
         );
-        Finding { severity, ..crate::session::Session::from_event(&ev).finding() }
+        let origin = crate::identity::Origin::example();
+        Finding { severity, ..crate::session::Session::from_event(&ev).finding(&origin) }
     }
 
     /// A writer on a new, empty file in a directory of this test process's own.

@@ -43,6 +43,8 @@ pub struct Metrics {
     /// Metrics endpoint connections closed at once because the limit was reached.
     pub http_connections_refused: IntCounter,
     pub alerts_sent: IntCounter,
+    /// Repeat windows closed early because the identity table was full.
+    pub repeat_windows_evicted: IntCounter,
     /// By reason: `rejected` (Alertmanager said no), `unreachable`, `queue_full`.
     pub alerts_failed: IntCounterVec,
 }
@@ -100,6 +102,12 @@ impl Metrics {
             "http_connections_refused_total",
             "Connections to this endpoint closed unserved: too many open at once.",
         )?;
+        let repeat_windows_evicted = registered_counter(
+            &registry,
+            "repeat_windows_evicted_total",
+            "Repeat windows closed early because too many identities were open at once (their \
+             summary line was written then: no session uncounted).",
+        )?;
         let alerts_sent = registered_counter(
             &registry,
             "alerts_sent_total",
@@ -125,6 +133,7 @@ impl Metrics {
             findings_write_errors,
             http_connections_refused,
             alerts_sent,
+            repeat_windows_evicted,
             alerts_failed,
         })
     }

@@ -10,7 +10,7 @@ fn event(verdict: Verdict, captured: &[u8]) -> SessionEvent {
 }
 
 fn finding_from_event(ev: &SessionEvent) -> Finding {
-    Session::from_event(ev).finding()
+    Session::from_event(ev).finding(&crate::identity::Origin::example())
 }
 
 #[test]

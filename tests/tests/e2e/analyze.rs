@@ -141,7 +141,10 @@ fn analyze_of_a_recorded_capture_agrees_with_the_live_sensor() -> anyhow::Result
     let live = sensor.findings()?;
     let pcap = tcpdump.stop()?;
 
-    let out = Command::new(sensor_binary()?).arg("analyze").arg("--pcap").arg(&pcap).output()?;
+    let out = Command::new(sensor_binary()?)
+        .args(["analyze", "--findings-every-session", "--pcap"])
+        .arg(&pcap)
+        .output()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "analyze failed: {stderr}");
     let offline: Vec<Value> = String::from_utf8_lossy(&out.stdout)
@@ -179,7 +182,10 @@ fn analyze_of_a_recorded_capture_agrees_with_the_live_sensor() -> anyhow::Result
     let bytes = std::fs::read(&pcap)?;
     let cut = dir.join("cut.pcap");
     std::fs::write(&cut, &bytes[..bytes.len() * 3 / 4 + 7])?;
-    let out = Command::new(sensor_binary()?).arg("analyze").arg("--pcap").arg(&cut).output()?;
+    let out = Command::new(sensor_binary()?)
+        .args(["analyze", "--findings-every-session", "--pcap"])
+        .arg(&cut)
+        .output()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("damaged") && !stderr.contains("panicked"), "{stderr}");
@@ -200,7 +206,10 @@ fn analyze_rejects_what_is_not_a_capture_with_exit_2() -> anyhow::Result<()> {
     for (path, needle) in
         [(not_pcap.as_path(), "not a pcap"), (dir.join("missing.pcap").as_path(), "cannot open")]
     {
-        let out = Command::new(sensor_binary()?).arg("analyze").arg("--pcap").arg(path).output()?;
+        let out = Command::new(sensor_binary()?)
+            .args(["analyze", "--findings-every-session", "--pcap"])
+            .arg(path)
+            .output()?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{stderr}");
         assert!(stderr.contains(needle) && !stderr.contains("panicked"), "{stderr}");

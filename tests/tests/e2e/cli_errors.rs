@@ -21,6 +21,10 @@ fn bad_flag_values_exit_2_with_the_flag_named() {
         (&["run", "--metrics-addr", "nonsense"][..], "--metrics-addr"),
         (&["run", "--findings", ""][..], "--findings"),
         (&["run", "--cgroup", "/tmp"][..], "--cgroup"),
+        (&["run", "--repeat-window", "soon"][..], "--repeat-window"),
+        (&["run", "--repeat-window", "0s"][..], "--repeat-window"),
+        (&["run", "--machine-id-file", "/nonexistent/machine-id"][..], "--machine-id-file"),
+        (&["analyze", "--pcap", "/dev/null", "--repeat-window", "x"][..], "--repeat-window"),
         (&["frobnicate"][..], "frobnicate"),
     ] {
         let (code, stderr) = run(args);

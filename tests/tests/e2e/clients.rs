@@ -3,19 +3,14 @@
 //! the sensor's finding (with the driver's own pid) or, for encrypted sessions, from the
 //! kernel count and the absence of a finding. docs/clients.md lists these cells.
 
-use std::{
-    io::{Read, Write},
-    net::TcpStream,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
 use tests::{
-    clients::{clients_dir, jdbc_driver, node_driver, psql, python_driver, DriverRun},
+    clients::{jdbc_driver, node_driver, psql, python_driver, DriverRun, FlaskApp},
     pg::{PgOptions, PgServer},
     sensor::Sensor,
     serial,
-    util::{free_port, wait_for},
+    util::wait_for,
 };
 
 /// Run one client and check the sensor's verdict for it.
@@ -185,34 +180,14 @@ fn tokio_postgres() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(20)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
-}
-
 #[test]
 fn flask_app_using_psycopg2_is_named_in_the_finding() -> anyhow::Result<()> {
     let (_serial, pg, sensor) = arranged("matrix-flask")?;
-    let dir = clients_dir();
-    let http_port = free_port();
-    let ca = pg.certs.as_ref().unwrap().ca_cert.display().to_string();
-    let mut app = Command::new(dir.join(".venv/bin/python"))
-        .arg(dir.join("flask_app.py"))
-        .args([&http_port.to_string(), &pg.host, &pg.port.to_string(), &ca])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let app_pid = app.id();
+    let app = FlaskApp::start(&pg)?;
+    let app_pid = app.pid();
     let result = (|| -> anyhow::Result<()> {
-        wait_for("the Flask app to listen", Duration::from_secs(30), || {
-            TcpStream::connect(("127.0.0.1", http_port)).ok()
-        })?;
-        assert_eq!(http_get(http_port, "/orders/plain")?, "plain");
-        assert_eq!(http_get(http_port, "/orders/secure")?, "tls");
+        assert_eq!(app.get("/orders/plain")?, "plain");
+        assert_eq!(app.get("/orders/secure")?, "tls");
 
         let found = sensor.wait_findings_of(app_pid, 1)?;
         std::thread::sleep(Duration::from_millis(300));
@@ -227,7 +202,6 @@ fn flask_app_using_psycopg2_is_named_in_the_finding() -> anyhow::Result<()> {
         assert_eq!(p["ppid"], std::process::id());
         Ok(())
     })();
-    let _ = app.kill();
-    let _ = app.wait();
+    drop(app);
     result
 }

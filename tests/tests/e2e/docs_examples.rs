@@ -98,10 +98,39 @@ fn docs_examples_are_what_a_real_run_produces() -> anyhow::Result<()> {
     assert!(sensor.findings_of(tls.pid)?.is_empty(), "the TLS session has no finding");
     let findings_text = std::fs::read_to_string(&sensor.findings_path)?;
     assert!(!findings_text.contains(PASSWORD) && !page.contains(PASSWORD));
+    sensor.stop()?;
+
+    // A summary line: five sessions of one app in one repeat window are one line in full and
+    // one summary counting the other four (written at SIGTERM).
+    let aggregating = Sensor::start_aggregating("1h", &[])?;
+    for _ in 0..5 {
+        session("127.0.0.1", "sslmode=disable gssencmode=disable")?;
+    }
+    let summary_path = aggregating.findings_path.clone();
+    aggregating.stop()?;
+    let summary_text = std::fs::read_to_string(summary_path)?;
+    let lines: Vec<&str> = summary_text.lines().collect();
+    assert_eq!(lines.len(), 2, "one line in full, one summary: {summary_text}");
+    let summary_line = lines[1].to_string();
+    let summary: serde_json::Value = serde_json::from_str(&summary_line)?;
+    assert_eq!((&summary["sessions"], &summary["verdict"]), (&4.into(), &"plaintext".into()));
+
+    // Every real line is valid against the published schema (which admits no unknown field).
+    let schema_text = std::fs::read_to_string(repo_path("docs/finding.schema.json"))?;
+    let schema: serde_json::Value = serde_json::from_str(&schema_text)?;
+    let validator = jsonschema::draft202012::new(&schema)
+        .map_err(|err| anyhow::anyhow!("docs/finding.schema.json does not compile: {err}"))?;
+    for line in findings_text.lines().chain(summary_text.lines()) {
+        let value: serde_json::Value = serde_json::from_str(line)?;
+        if let Err(err) = validator.validate(&value) {
+            anyhow::bail!("{line}\ndoes not match docs/finding.schema.json: {err}");
+        }
+    }
 
     let produced = [
         ("docs/examples/finding-plaintext.json", normalise_finding(&plaintext_line)?),
         ("docs/examples/finding-downgraded.json", normalise_finding(&downgraded_line)?),
+        ("docs/examples/finding-summary.json", normalise_finding(&summary_line)?),
         ("docs/examples/metrics.txt", metrics_excerpt(&page)),
     ];
     let update = docs::update_requested();

@@ -12,6 +12,7 @@ mod cli_errors;
 mod clients;
 mod daemon;
 mod docs_examples;
+mod finding_lines;
 mod first_bytes;
 mod hosts;
 mod negotiation;

@@ -79,19 +79,28 @@ fn the_daemonset_asks_for_exactly_what_the_sensor_needs() -> anyhow::Result<()> 
         serde_json::json!(["BPF", "PERFMON", "NET_ADMIN", "SYS_PTRACE"])
     );
 
-    // Host mounts: the cgroup v2 root (read-only) and the findings directory; nothing else.
+    // Host mounts: the cgroup v2 root (read-only), the findings directory and the node's
+    // machine id (read-only, for findings' host.id); nothing else.
     let volumes = pod["volumes"].as_array().unwrap();
     let host_paths: Vec<&str> =
         volumes.iter().filter_map(|v| v["hostPath"]["path"].as_str()).collect();
-    assert_eq!(host_paths, ["/sys/fs/cgroup", "/var/log/pgwire-sensor"]);
+    assert_eq!(host_paths, ["/sys/fs/cgroup", "/var/log/pgwire-sensor", "/etc/machine-id"]);
     let mounts = c["volumeMounts"].as_array().unwrap();
     let cgroup_mount = mounts.iter().find(|m| m["name"] == "cgroup").unwrap();
     assert_eq!(cgroup_mount["readOnly"], true);
+    let machine_id = mounts.iter().find(|m| m["name"] == "machine-id").unwrap();
+    assert_eq!(machine_id["readOnly"], true);
+    // The node's name from the downward API: findings' `node`, alerts' `instance`.
+    let env = c["env"].as_array().unwrap();
+    let node = env.iter().find(|e| e["name"] == "NODE_NAME").expect("NODE_NAME");
+    assert_eq!(node["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName");
 
     // The arguments are ones the sensor accepts, and point at those mounts.
     let args: Vec<&str> = c["args"].as_array().unwrap().iter().filter_map(|a| a.as_str()).collect();
-    assert!(args
-        .contains(&format!("--cgroup={}", cgroup_mount["mountPath"].as_str().unwrap()).as_str()));
+    for (flag, mount) in [("--cgroup", cgroup_mount), ("--machine-id-file", machine_id)] {
+        let arg = format!("{flag}={}", mount["mountPath"].as_str().unwrap());
+        assert!(args.contains(&arg.as_str()), "{arg} missing from {args:?}");
+    }
     let help = Command::new(sensor_binary()?).args(["run", "--help"]).output()?;
     let help = String::from_utf8_lossy(&help.stdout);
     for flag in args.iter().filter_map(|a| a.strip_prefix("--")) {

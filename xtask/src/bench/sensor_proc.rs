@@ -88,6 +88,9 @@ impl SensorProc {
         let child = Command::new(binary)
             .arg("run")
             .args(["--findings", findings, "--metrics-addr", &metrics.to_string()])
+            // One line per session: the latency and flood bookkeeping match lines to
+            // sessions.
+            .arg("--findings-every-session")
             .args(extra)
             .stdout(if piped { Stdio::piped() } else { Stdio::null() })
             .stderr(Stdio::null())

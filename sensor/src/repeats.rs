@@ -1,0 +1,209 @@
+//! One line per misconfigured app, not one per session, and never a session uncounted.
+//!
+//! Sessions with the same identity (verdict, severity, role, the process's identity, the
+//! destination, the database user and database; the host is the sensor's own) are one
+//! problem. The first session of an identity is written at once, in full. Further sessions
+//! of it within the repeat window are counted; when the window closes, one summary line
+//! says how many (`sessions`), when (`repeats.first_seen`, `repeats.last_seen`) and a few
+//! sample client ports and pids. A window that closes with nothing counted forgets the
+//! identity. Every line's `sessions` adds up to the sessions seen: a SIEM sums them.
+//!
+//! Windows run on the sessions' own times, so `sensor analyze` aggregates a capture the way
+//! the live sensor aggregates the traffic. The table is bounded: when it is full, the
+//! identity whose window opened first is closed early (its summary written, counted as an
+//! eviction), so memory stays bounded and nothing counted is lost.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    time::{Duration, SystemTime},
+};
+
+use sensor_common::verdict::{Role, Severity, Verdict};
+
+use crate::finding::{new_id, Finding, Repeats};
+
+/// Identities followed at once at most.
+pub const MAX_IDENTITIES: usize = 4096;
+/// Sample client ports and pids kept per summary line.
+pub const SAMPLES: usize = 5;
+
+/// What makes two sessions the same problem.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Identity {
+    verdict: Verdict,
+    severity: Severity,
+    role: Role,
+    /// exe (or comm when procfs had nothing), redacted command line, and where it runs
+    /// (container, pod, systemd unit): two services on one host stay apart.
+    process: Option<(String, Option<String>, Option<String>)>,
+    dst: (IpAddr, u16),
+    user: Option<String>,
+    database: Option<String>,
+}
+
+impl Identity {
+    fn of(f: &Finding) -> Identity {
+        Identity {
+            verdict: f.verdict,
+            severity: f.severity,
+            role: f.role,
+            process: f.process.as_ref().map(|p| {
+                let place = p.container_id.clone().or(p.pod_uid.clone()).or(p.systemd_unit.clone());
+                (p.exe.clone().unwrap_or_else(|| p.comm.clone()), p.cmdline.clone(), place)
+            }),
+            dst: (f.dst.ip, f.dst.port),
+            user: f.startup.as_ref().and_then(|s| s.user.clone()),
+            database: f.startup.as_ref().and_then(|s| s.database.clone()),
+        }
+    }
+}
+
+/// One identity's open window.
+struct Window {
+    /// When the window closes.
+    closes: SystemTime,
+    /// The line the summary is made from: the last session counted.
+    last: Finding,
+    /// Sessions counted since the window opened (not yet written).
+    counted: u64,
+    first_seen: SystemTime,
+    last_seen: SystemTime,
+    ports: Vec<u16>,
+    pids: Vec<u32>,
+}
+
+impl Window {
+    fn open(finding: &Finding, window: Duration) -> Window {
+        Window {
+            closes: finding.ts + window,
+            last: finding.clone(),
+            counted: 0,
+            first_seen: finding.ts,
+            last_seen: finding.ts,
+            ports: Vec::new(),
+            pids: Vec::new(),
+        }
+    }
+
+    fn count(&mut self, finding: Finding) {
+        if self.counted == 0 {
+            self.first_seen = finding.ts;
+        }
+        self.counted += 1;
+        self.last_seen = self.last_seen.max(finding.ts);
+        if self.ports.len() < SAMPLES && !self.ports.contains(&finding.src.port) {
+            self.ports.push(finding.src.port);
+        }
+        if let Some(pid) = finding.process.as_ref().map(|p| p.pid) {
+            if self.pids.len() < SAMPLES && !self.pids.contains(&pid) {
+                self.pids.push(pid);
+            }
+        }
+        self.last = finding;
+    }
+
+    /// The summary of what was counted (if anything), and the window reset.
+    fn summary(&mut self) -> Option<Finding> {
+        if self.counted == 0 {
+            return None;
+        }
+        let mut line = self.last.clone();
+        line.id = new_id();
+        line.ts = self.last_seen;
+        line.sessions = self.counted;
+        line.socket_cookie = None;
+        line.repeats = Some(Repeats {
+            first_seen: self.first_seen,
+            last_seen: self.last_seen,
+            sample_src_ports: std::mem::take(&mut self.ports),
+            sample_pids: std::mem::take(&mut self.pids),
+        });
+        self.counted = 0;
+        Some(line)
+    }
+}
+
+/// The repeat window's bookkeeping; see the module documentation.
+pub struct Repeater {
+    window: Duration,
+    open: HashMap<Identity, Window>,
+    max: usize,
+    /// Windows closed early because the table was full.
+    pub evicted: u64,
+}
+
+impl Repeater {
+    pub fn new(window: Duration) -> Repeater {
+        Repeater::with_capacity(window, MAX_IDENTITIES)
+    }
+
+    pub fn with_capacity(window: Duration, max: usize) -> Repeater {
+        Repeater { window, open: HashMap::new(), max: max.max(1), evicted: 0 }
+    }
+
+    /// A session's finding: the lines to write now (itself when its identity has no open
+    /// window, and an evicted identity's summary when the table was full).
+    pub fn observe(&mut self, finding: Finding) -> Vec<Finding> {
+        let identity = Identity::of(&finding);
+        if let Some(window) = self.open.get_mut(&identity) {
+            window.count(finding);
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        if self.open.len() >= self.max {
+            out.extend(self.evict_oldest());
+        }
+        self.open.insert(identity, Window::open(&finding, self.window));
+        out.push(finding);
+        out
+    }
+
+    /// Summaries of the windows closed by `now`. A window with sessions counted opens anew
+    /// (the problem goes on); one without is forgotten.
+    pub fn due(&mut self, now: SystemTime) -> Vec<Finding> {
+        let mut out = Vec::new();
+        let window = self.window;
+        self.open.retain(|_, w| {
+            if w.closes > now {
+                return true;
+            }
+            match w.summary() {
+                Some(line) => {
+                    out.push(line);
+                    w.closes = now + window;
+                    true
+                }
+                None => false,
+            }
+        });
+        out.sort_by_key(|f| f.ts);
+        out
+    }
+
+    /// Every pending summary now (SIGTERM, SIGHUP, the end of a capture); windows stay open.
+    pub fn flush(&mut self) -> Vec<Finding> {
+        let mut out: Vec<Finding> = self.open.values_mut().filter_map(Window::summary).collect();
+        out.sort_by_key(|f| f.ts);
+        out
+    }
+
+    /// Identities with an open window.
+    pub fn len(&self) -> usize {
+        self.open.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty()
+    }
+
+    fn evict_oldest(&mut self) -> Option<Finding> {
+        let oldest = self.open.iter().min_by_key(|(_, w)| w.closes).map(|(k, _)| k.clone())?;
+        let mut window = self.open.remove(&oldest)?;
+        self.evicted += 1;
+        window.summary()
+    }
+}
+
+#[cfg(test)]
+mod tests;
