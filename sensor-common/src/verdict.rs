@@ -75,6 +75,29 @@ crate::named_enum! {
     }
 }
 
+impl Severity {
+    /// Where this severity lands on the scale Alertmanager routes use: a password in clear
+    /// pages; a session a man in the middle can read, or a refused TLS, is a warning to fix;
+    /// the rest is information.
+    pub const fn alert_severity(self) -> AlertSeverity {
+        match self {
+            Severity::Critical => AlertSeverity::Critical,
+            Severity::High | Severity::Medium => AlertSeverity::Warning,
+            Severity::Low | Severity::Info => AlertSeverity::Info,
+        }
+    }
+}
+
+crate::named_enum! {
+    /// The severity scale Alertmanager routes use (the `severity` label of pushed alerts and
+    /// Prometheus rules; the sensor's own scale goes in `sensor_severity`).
+    pub enum AlertSeverity ("alert severity") {
+        Info = 0 => "info",
+        Warning = 1 => "warning",
+        Critical = 2 => "critical",
+    }
+}
+
 crate::named_enum! {
     /// Which end of the session the sensor is watching from.
     pub enum Role ("role") {

@@ -15,9 +15,7 @@ use crate::{
     finding::Finding,
     identity::Origin,
     output::{
-        alertmanager::{alert_from_finding, AlertPusher},
-        findings::FindingsWriter,
-        http::HttpState,
+        alert_book::AlertBook, alertmanager::AlertPusher, findings::FindingsWriter, http::HttpState,
     },
     pending::PendingAuth,
     repeats::Repeater,
@@ -37,12 +35,11 @@ pub struct Pipeline {
     repeater: Option<Repeater>,
 }
 
-/// Where and what to push to Alertmanager.
+/// Where and what to push to Alertmanager: one alert per identity.
 struct Alerts {
     pusher: AlertPusher,
     min_severity: Severity,
-    instance: String,
-    generator_url: String,
+    book: AlertBook,
 }
 
 impl Pipeline {
@@ -58,8 +55,10 @@ impl Pipeline {
             Some(am) => Some(Alerts {
                 pusher: AlertPusher::spawn(&am.url, state.clone())?,
                 min_severity: am.min_severity,
-                instance: origin.instance().to_string(),
-                generator_url: format!("http://{}/", config.metrics_addr),
+                book: AlertBook::new(
+                    origin.instance(),
+                    &format!("http://{}/", config.metrics_addr),
+                ),
             }),
         };
         Ok(Pipeline {
@@ -117,6 +116,9 @@ impl Pipeline {
             let lines = repeater.due(SystemTime::now());
             lines.iter().for_each(|line| self.write(line));
         }
+        if let Some(alerts) = &mut self.alerts {
+            alerts.book.tick(SystemTime::now()).into_iter().for_each(|a| alerts.pusher.push(a));
+        }
         match self.findings.follow_path() {
             Ok(true) => info!("the findings file was moved or deleted; reopened it at its path"),
             Ok(false) => {}
@@ -137,6 +139,14 @@ impl Pipeline {
 
     /// A session's complete finding: written now, or counted toward its identity's summary.
     fn report(&mut self, finding: Finding) {
+        // Every session counts toward its identity's alert (a summary line would hide them).
+        if let Some(alerts) = &mut self.alerts {
+            if finding.severity >= alerts.min_severity {
+                if let Some(alert) = alerts.book.observe(&finding, SystemTime::now()) {
+                    alerts.pusher.push(alert);
+                }
+            }
+        }
         match &mut self.repeater {
             None => self.write(&finding),
             Some(repeater) => {
@@ -183,15 +193,6 @@ impl Pipeline {
 
     fn write(&mut self, finding: &Finding) {
         self.findings.push(finding);
-        if let Some(alerts) = &self.alerts {
-            if finding.severity >= alerts.min_severity {
-                alerts.pusher.push(alert_from_finding(
-                    finding,
-                    &alerts.instance,
-                    &alerts.generator_url,
-                ));
-            }
-        }
     }
 }
 

@@ -59,6 +59,16 @@ impl Identity {
     }
 }
 
+/// A stable fingerprint of a finding's identity: 16 hex digits (FNV-1a, 64 bits), the same
+/// across restarts and hosts, for the pushed alert's `identity` label.
+pub fn fingerprint(finding: &Finding) -> String {
+    let text = format!("{:?}", Identity::of(finding));
+    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!("{hash:016x}")
+}
+
 /// One identity's open window.
 struct Window {
     /// When the window closes.

@@ -1,14 +1,21 @@
-//! Push each finding to Alertmanager's v2 API as an alert, right away.
+//! Push alerts to Alertmanager's v2 API: one alert per identity (see `alert_book`), built
+//! here from its latest finding and its running count.
 //!
 //! The event pipeline only `try_send`s into a bounded queue: a slow or dead Alertmanager
 //! never blocks or slows it (a full queue counts `alerts_failed_total{reason="queue_full"}`).
 //! A worker task posts batches with retries and exponential backoff.
 //!
-//! Labels group well and stay bounded (alertname, severity, verdict, dst_port, instance);
-//! a `finding` label keeps each session its own alert; the detail metrics must not carry
-//! (process, user, database, addresses) goes in annotations.
+//! Labels follow what routes already use and stay bounded: alertname, `severity`
+//! (critical, warning, info), `sensor_severity` (the sensor's own scale), verdict, dst_port,
+//! instance (the node, else the host), and `identity` (a fingerprint of the app, so two apps
+//! are two alerts and ten thousand sessions of one app are one). The detail metrics must
+//! not carry (process, user, database, addresses, counts) goes in annotations.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -26,8 +33,6 @@ const BATCH: usize = 64;
 const ATTEMPTS: u32 = 4;
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// Pushed alerts resolve by themselves after this (a session is an event, not a state).
-pub const ALERT_LIFETIME: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Alert {
@@ -41,14 +46,31 @@ pub struct Alert {
     pub generator_url: String,
 }
 
-pub fn alert_from_finding(finding: &Finding, instance: &str, generator_url: &str) -> Alert {
+/// What an identity's alert says beyond its latest finding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tally {
+    /// The identity's fingerprint (the `identity` label).
+    pub identity: String,
+    /// Sessions seen since the alert started.
+    pub sessions: u64,
+    pub first_seen: SystemTime,
+    pub last_seen: SystemTime,
+    /// When Alertmanager should consider it resolved: in the future while it goes on, now
+    /// when it is over.
+    pub ends_at: SystemTime,
+}
+
+/// The alert for an identity: `latest` is its latest session's finding.
+pub fn alert_for(latest: &Finding, tally: &Tally, instance: &str, generator_url: &str) -> Alert {
+    let finding = latest;
     let mut labels = BTreeMap::new();
     labels.insert("alertname", alert_name(finding.verdict, finding.severity).to_string());
-    labels.insert("severity", finding.severity.to_string());
+    labels.insert("severity", finding.severity.alert_severity().to_string());
+    labels.insert("sensor_severity", finding.severity.to_string());
     labels.insert("verdict", finding.verdict.to_string());
     labels.insert("dst_port", finding.dst.port.to_string());
     labels.insert("instance", instance.to_string());
-    labels.insert("finding", finding_id(finding));
+    labels.insert("identity", tally.identity.clone());
 
     let mut a = BTreeMap::new();
     let who = match &finding.process {
@@ -65,10 +87,13 @@ pub fn alert_from_finding(finding: &Finding, instance: &str, generator_url: &str
     a.insert(
         "summary",
         format!(
-            "{} session from {} to {}:{} on {instance}",
-            finding.verdict, who, finding.dst.ip, finding.dst.port
+            "{} {} session(s) from {} to {}:{} on {instance}",
+            tally.sessions, finding.verdict, who, finding.dst.ip, finding.dst.port
         ),
     );
+    a.insert("sessions", tally.sessions.to_string());
+    a.insert("first_seen", format_ts(tally.first_seen));
+    a.insert("last_seen", format_ts(tally.last_seen));
     a.insert(
         "description",
         format!(
@@ -117,18 +142,9 @@ pub fn alert_from_finding(finding: &Finding, instance: &str, generator_url: &str
     Alert {
         labels,
         annotations: a,
-        starts_at: format_ts(finding.ts),
-        ends_at: format_ts(finding.ts + ALERT_LIFETIME),
+        starts_at: format_ts(tally.first_seen),
+        ends_at: format_ts(tally.ends_at),
         generator_url: generator_url.to_string(),
-    }
-}
-
-/// Distinct per session, stable for the same finding.
-fn finding_id(finding: &Finding) -> String {
-    let ts = format_ts(finding.ts);
-    match finding.socket_cookie {
-        Some(cookie) => format!("{ts}-{cookie}"),
-        None => format!("{ts}-{}-{}", finding.src.ip, finding.src.port),
     }
 }
 
@@ -248,13 +264,15 @@ mod tests {
 
     #[test]
     fn labels_are_bounded_and_detail_goes_in_annotations() {
-        let a = alert_from_finding(
-            &finding(Verdict::Plaintext, Severity::Critical),
-            "app1",
-            "http://x/",
-        );
+        let f = finding(Verdict::Plaintext, Severity::Critical);
+        let a = alert_for(&f, &tally(&f, 3), "app1", "http://x/");
         assert_eq!(a.labels["alertname"], "PgwireCredentialsExposed");
         assert_eq!(a.labels["severity"], "critical");
+        assert_eq!(a.labels["sensor_severity"], "critical");
+        assert_eq!(a.labels["identity"], crate::repeats::fingerprint(&f));
+        assert_eq!(a.labels["instance"], "app1");
+        assert_eq!(a.annotations["sessions"], "3");
+        assert!(a.annotations["summary"].starts_with("3 plaintext session(s)"));
         assert_eq!(a.labels["verdict"], "plaintext");
         assert_eq!(a.labels["dst_port"], "26257");
         for key in a.labels.keys() {
@@ -267,16 +285,44 @@ mod tests {
         assert_eq!(a.annotations["database"], "orders");
         assert!(a.annotations["description"].contains("cleartext password"));
         assert_eq!(a.starts_at, "2026-11-28T12:00:00.000000Z");
-        assert_eq!(a.ends_at, "2026-11-28T13:00:00.000000Z");
+        assert_eq!(a.ends_at, "2026-11-28T12:05:00.000000Z");
         let json = serde_json::to_value(&a).unwrap();
         assert!(json.get("startsAt").is_some() && json.get("generatorURL").is_some());
     }
 
+    /// `sessions` sessions of `f`'s identity, the first and last at `f.ts`.
+    fn tally(f: &Finding, sessions: u64) -> Tally {
+        Tally {
+            identity: crate::repeats::fingerprint(f),
+            sessions,
+            first_seen: f.ts,
+            last_seen: f.ts,
+            ends_at: f.ts + Duration::from_secs(300),
+        }
+    }
+
     #[test]
-    fn alertnames_by_verdict() {
-        let name = |v, s| alert_from_finding(&finding(v, s), "h", "u").labels["alertname"].clone();
-        assert_eq!(name(Verdict::Downgraded, Severity::High), "PgwireDowngradedSession");
-        assert_eq!(name(Verdict::Refused, Severity::Medium), "PgwireTlsRefused");
-        assert_eq!(name(Verdict::Plaintext, Severity::High), "PgwirePlaintextSession");
+    fn alertnames_and_routing_severities_by_verdict() {
+        let labels = |v, s| {
+            let f = finding(v, s);
+            alert_for(&f, &tally(&f, 1), "h", "u").labels
+        };
+        let l = labels(Verdict::Downgraded, Severity::High);
+        assert_eq!(
+            (l["alertname"].as_str(), l["severity"].as_str()),
+            ("PgwireDowngradedSession", "warning")
+        );
+        let l = labels(Verdict::Refused, Severity::Medium);
+        assert_eq!(
+            (l["alertname"].as_str(), l["severity"].as_str()),
+            ("PgwireTlsRefused", "warning")
+        );
+        let l = labels(Verdict::Plaintext, Severity::High);
+        assert_eq!(
+            (l["alertname"].as_str(), l["sensor_severity"].as_str()),
+            ("PgwirePlaintextSession", "high")
+        );
+        let l = labels(Verdict::Cancel, Severity::Low);
+        assert_eq!(l["severity"], "info");
     }
 }

@@ -1,5 +1,6 @@
 //! Where findings and counts go: JSON lines, Prometheus metrics over HTTP.
 
+pub mod alert_book;
 pub mod alertmanager;
 pub mod findings;
 pub mod http;

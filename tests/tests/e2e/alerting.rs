@@ -6,8 +6,9 @@
 
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
 use tests::{
-    clients::psql,
+    clients::{psql, FlaskApp},
     metrics::http_get,
     pg::{PgOptions, PgServer},
     promstack::{Alertmanager, Prometheus, Webhook},
@@ -46,7 +47,10 @@ fn a_plaintext_session_fires_the_rule_and_reaches_on_call_through_alertmanager(
         })
     })?;
     let push_latency = started.elapsed();
-    assert_eq!(delivered["labels"]["severity"], "high");
+    assert_eq!(delivered["labels"]["severity"], "warning");
+    assert_eq!(delivered["labels"]["sensor_severity"], "high");
+    assert_eq!(delivered["annotations"]["sessions"], "1");
+    assert!(delivered["labels"]["identity"].as_str().is_some_and(|i| i.len() == 16));
     assert_eq!(delivered["labels"]["verdict"], "plaintext");
     assert_eq!(delivered["labels"]["dst_port"], "26257");
     assert_eq!(delivered["annotations"]["process"], "psql");
@@ -64,7 +68,8 @@ fn a_plaintext_session_fires_the_rule_and_reaches_on_call_through_alertmanager(
     .map_err(|e| e.context(prometheus.log()))?;
     let rule_latency = started.elapsed();
     assert_eq!(fired[0]["labels"]["port"], "26257");
-    assert_eq!(fired[0]["labels"]["severity"], "high");
+    assert_eq!(fired[0]["labels"]["severity"], "warning");
+    assert_eq!(fired[0]["labels"]["sensor_severity"], "high");
 
     // And Alertmanager delivers the rule's alert too.
     wait_for("the rule's alert at the webhook", Duration::from_secs(30), || {
@@ -94,9 +99,11 @@ fn an_unreachable_alertmanager_never_blocks_findings_and_is_counted() -> anyhow:
     // Nothing listens there.
     let dead = format!("http://127.0.0.1:{}", tests::util::free_port());
     let sensor = Sensor::start(&["--alertmanager-url", &dead])?;
+    // Three apps (their command lines differ), so three alerts that cannot be delivered.
     let mut pids = Vec::new();
-    for _ in 0..3 {
-        pids.push(psql(&pg, "sslmode=disable gssencmode=disable", "postgres", "postgres")?.pid);
+    for app in 0..3 {
+        let settings = format!("sslmode=disable gssencmode=disable application_name=app{app}");
+        pids.push(psql(&pg, &settings, "postgres", "postgres")?.pid);
     }
     for pid in pids {
         sensor.wait_findings_of(pid, 1)?; // findings flow at once, whatever Alertmanager does
@@ -162,5 +169,54 @@ fn metrics_follow_the_naming_rules_and_health_follows_the_kernel() -> anyhow::Re
     assert!(status.success());
     assert_eq!(http_get(sensor.metrics_addr, "/healthz")?.0, 503);
     assert_eq!(sensor.metrics()?.get("pgwire_sensor_programs_attached"), 3.0);
+    Ok(())
+}
+
+/// Hundreds of sessions from one app are one alert in a real Alertmanager, carrying the
+/// running count; a second app is a second alert. (Both apps are long-lived processes: a
+/// client gone before the agent reads its /proc entry has no exe or command line, so it
+/// would be an identity of its own; see docs/siem.md.)
+#[test]
+fn a_burst_from_one_app_is_one_alert_with_its_running_count() -> anyhow::Result<()> {
+    const REQUESTS: usize = 200;
+    let _serial = serial();
+    let pg = PgServer::start(PgOptions::no_tls("alerting-burst"))?;
+    let webhook = Webhook::start()?;
+    let alertmanager = Alertmanager::start(&webhook)?;
+    let am_url = format!("http://{}", alertmanager.addr);
+    let sensor = Sensor::start(&["--alertmanager-url", &am_url])?;
+    // Two apps: the same program on two ports, so two command lines.
+    let (busy, quiet) = (FlaskApp::start(&pg)?, FlaskApp::start(&pg)?);
+    for _ in 0..REQUESTS {
+        assert_eq!(busy.get("/orders/plain")?, "plain");
+    }
+    for _ in 0..3 {
+        assert_eq!(quiet.get("/orders/plain")?, "plain");
+    }
+    // Within one re-push interval Alertmanager holds one alert per app, the counts complete.
+    let counts = wait_for("one alert per app, with its count", Duration::from_secs(30), || {
+        let (_, body) = http_get(alertmanager.addr, "/api/v2/alerts").ok()?;
+        let ours: Vec<Value> = serde_json::from_str::<Vec<Value>>(&body)
+            .ok()?
+            .into_iter()
+            .filter(|a| a["labels"]["identity"].is_string())
+            .collect();
+        let count = |app: &FlaskApp| {
+            let pid = app.pid().to_string();
+            let alert = ours.iter().find(|a| a["annotations"]["pid"].as_str() == Some(&pid));
+            alert.map(|a| a["annotations"]["sessions"].as_str().unwrap_or("").to_string())
+        };
+        let counts = (ours.len(), count(&busy)?, count(&quiet)?);
+        (counts.1 == REQUESTS.to_string() && counts.2 == "3").then_some((counts, ours))
+    })?;
+    let ((alerts, _, _), ours) = counts;
+    assert_eq!(alerts, 2, "one alert per app: {ours:#?}");
+    for alert in &ours {
+        assert_eq!(alert["labels"]["alertname"], "PgwirePlaintextSession");
+        assert_eq!(alert["labels"]["severity"], "warning");
+    }
+    assert_ne!(ours[0]["labels"]["identity"], ours[1]["labels"]["identity"]);
+    let pushed = sensor.metrics()?.get("pgwire_sensor_alerts_sent_total");
+    assert!(pushed < 40.0, "pushes are throttled per identity, not per session: {pushed}");
     Ok(())
 }
