@@ -191,6 +191,22 @@ impl Finding {
         crate::session::Session::from_event(&ev).finding(&crate::identity::Origin::example())
     }
 
+    /// `Finding::example()` from app `app` (`/usr/bin/<app>`) at [`Finding::example_time`]
+    /// `secs`, for tests that tell identities and times apart.
+    #[cfg(test)]
+    pub fn example_of(app: &str, secs: u64) -> Finding {
+        let mut f = Finding::example();
+        f.ts = Finding::example_time(secs);
+        f.process.as_mut().unwrap().exe = Some(format!("/usr/bin/{app}"));
+        f
+    }
+
+    /// A fixed point in time plus `secs`, for tests.
+    #[cfg(test)]
+    pub fn example_time(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000 + secs)
+    }
+
     /// The JSON Schema (2020-12) of a finding line, as docs/finding.schema.json holds it.
     /// Described as written (a field left out when empty or false is not required).
     pub fn json_schema() -> serde_json::Value {

@@ -112,12 +112,13 @@ impl Pipeline {
         for finding in self.pending.expired(now) {
             self.report(finding);
         }
+        let wall = SystemTime::now();
         if let Some(repeater) = &mut self.repeater {
-            let lines = repeater.due(SystemTime::now());
+            let lines = repeater.due(wall);
             lines.iter().for_each(|line| self.write(line));
         }
         if let Some(alerts) = &mut self.alerts {
-            alerts.book.tick(SystemTime::now()).into_iter().for_each(|a| alerts.pusher.push(a));
+            alerts.book.tick(wall).into_iter().for_each(|a| alerts.pusher.push(a));
         }
         match self.findings.follow_path() {
             Ok(true) => info!("the findings file was moved or deleted; reopened it at its path"),

@@ -176,15 +176,12 @@ impl FlaskApp {
         self.child.id()
     }
 
-    /// GET `path`; the response body.
+    /// GET `path`; the response body (a 200 is required).
     pub fn get(&self, path: &str) -> anyhow::Result<String> {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
-        s.set_read_timeout(Some(std::time::Duration::from_secs(20)))?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-        let mut out = String::new();
-        s.read_to_string(&mut out)?;
-        Ok(out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
+        let (code, body) = crate::metrics::http_get(addr, path)?;
+        anyhow::ensure!(code == 200, "GET {path}: HTTP {code}: {body}");
+        Ok(body)
     }
 }
 

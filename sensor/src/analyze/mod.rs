@@ -104,9 +104,9 @@ pub fn run(config: AnalyzeConfig) -> Result<(), Failure> {
     let packets = capture::open(&config.pcap).map_err(Failure::config)?;
     // The host reported is the one analyzing the capture: a capture says nothing of it.
     let origin = Origin::detect(None, None).map_err(Failure::config)?;
-    let judged = judge(packets, &config.ports, &origin);
+    let mut judged = judge(packets, &config.ports, &origin);
     let mut writer = FindingsWriter::open(&config.findings).map_err(Failure::config)?;
-    for finding in &lines_of(judged.findings.clone(), config.lines.window()) {
+    for finding in &lines_of(std::mem::take(&mut judged.findings), config.lines.window()) {
         writer.write(finding).context("writing findings").map_err(Failure::runtime)?;
     }
     // A summary on stderr, one `verdict count` line each, for people and scripts.

@@ -126,14 +126,11 @@ mod tests {
     use super::*;
 
     fn at(secs: u64) -> SystemTime {
-        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)
+        Finding::example_time(secs)
     }
 
     fn session(app: &str, secs: u64) -> Finding {
-        let mut f = Finding::example();
-        f.ts = at(secs);
-        f.process.as_mut().unwrap().exe = Some(format!("/usr/bin/{app}"));
-        f
+        Finding::example_of(app, secs)
     }
 
     #[test]

@@ -6,17 +6,14 @@ use crate::finding::Finding;
 const WINDOW: Duration = Duration::from_secs(60);
 
 fn at(secs: u64) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)
+    Finding::example_time(secs)
 }
 
 /// A session of app `app` (its exe) at `secs`, from client port `port`, pid `pid`.
 fn session(app: &str, secs: u64, port: u16, pid: u32) -> Finding {
-    let mut f = Finding::example();
-    f.ts = at(secs);
+    let mut f = Finding::example_of(app, secs);
     f.src.port = port;
-    let p = f.process.as_mut().unwrap();
-    p.exe = Some(format!("/usr/bin/{app}"));
-    p.pid = pid;
+    f.process.as_mut().unwrap().pid = pid;
     f
 }
 
