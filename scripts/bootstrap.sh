@@ -3,7 +3,7 @@
 #   - the pinned nightly named in ebpf-toolchain (a frozen copy of the preinstalled one,
 #     with rust-src for build-std on bpfel-unknown-none),
 #   - bpf-linker 0.13.0 linked against that nightly's own libLLVM 22 (no apt LLVM needed),
-#   - the musl target for the static release binary (cargo xtask dist).
+#   - the musl target and musl-gcc for the static release binary (cargo xtask dist).
 # Pass --test-deps to also install what the test suite drives (PostgreSQL 15, openssl,
 # Prometheus, systemd-analyze, cargo-fuzz...), --vm-deps for `cargo xtask vm-test` (QEMU,
 # busybox-static, cpio).
@@ -105,6 +105,9 @@ if ! rustup target list --installed | grep -q '^x86_64-unknown-linux-musl$'; the
   log "adding the x86_64-unknown-linux-musl target (static release binary)"
   rustup target add x86_64-unknown-linux-musl
 fi
+# musl-gcc: the static binary's TLS (rustls on ring, for https to Alertmanager) has C and
+# assembly that cc builds for the musl target.
+apt_ensure musl-tools
 
 if [ "$want_vm_deps" = 1 ]; then
   apt_ensure qemu-system-x86 busybox-static cpio

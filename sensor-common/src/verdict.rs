@@ -45,6 +45,15 @@ impl Verdict {
     }
 }
 
+/// Where the runbooks (docs/runbooks/<alertname>.md) are unless told otherwise: where the
+/// package installs them. deploy/prometheus/alerts.yml's `runbook_url`s use the same base
+/// (`cargo xtask alert-rules` writes it with another).
+pub const RUNBOOK_BASE_URL: &str = "file:///usr/share/doc/pgwire-sensor/runbooks";
+
+/// The `up` selector of deploy/prometheus/alerts.yml: the job of
+/// deploy/prometheus/prometheus.yml (`cargo xtask alert-rules` writes it with another).
+pub const UP_SELECTOR: &str = r#"job="pgwire-sensor""#;
+
 /// The Alertmanager alert name for a session: what an on-call engineer reads first. The
 /// same names as the Prometheus rules in deploy/prometheus/alerts.yml.
 pub const fn alert_name(verdict: Verdict, severity: Severity) -> &'static str {

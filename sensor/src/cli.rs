@@ -37,7 +37,7 @@ pub enum Command {
     /// Attach to the kernel and report sessions until SIGINT/SIGTERM (needs root or
     /// CAP_BPF + CAP_PERFMON + CAP_NET_ADMIN).
     #[command(after_help = EXIT_CODES)]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Check each kernel and privilege requirement and say what is missing.
     Check {
         /// Accept a kernel older than the oldest tested one (5.8 at the very least).
@@ -83,7 +83,7 @@ pub fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Run(args) => {
             let run_matches = matches.subcommand_matches("run");
-            run_config(args, run_matches).and_then(run::run)
+            run_config(*args, run_matches).and_then(run::run)
         }
         Command::Check { allow_untested_kernel } => {
             return preflight::print_report(allow_untested_kernel)

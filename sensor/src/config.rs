@@ -10,9 +10,11 @@ use anyhow::{bail, ensure};
 use clap::{parser::ValueSource, ArgMatches, Args, Parser};
 use sensor_common::{
     limits::{CONNECTIONS_MAX, EVENTS_RING_BYTES, MAX_WATCHED_PORTS},
-    verdict::{Role, Severity},
+    verdict::{Role, Severity, RUNBOOK_BASE_URL},
 };
 use serde::Deserialize;
+
+use crate::output::delivery::{Credentials, Delivery, Peer};
 
 /// Where findings go: a file (appended) or stdout.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -69,6 +71,21 @@ impl std::fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}", humantime::format_duration(self.0))
     }
+}
+
+/// A file key that takes one value or a list (`alertmanager_url: http://am:9093`, or a list
+/// of peers).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(de)? {
+        OneOrMany::One(one) => vec![one],
+        OneOrMany::Many(many) => many,
+    })
 }
 
 /// `--repeat-window`'s default, for `run` and `analyze` alike.
@@ -129,13 +146,33 @@ pub struct Settings {
     /// judged are evicted and counted), 64 to 1048576.
     #[arg(long, default_value_t = CONNECTIONS_MAX, value_name = "N")]
     pub max_connections: u32,
-    /// Push each finding to this Alertmanager (v2 API) as an alert, e.g.
-    /// http://127.0.0.1:9093.
+    /// Push one alert per misconfigured app to this Alertmanager (v2 API), e.g.
+    /// http://127.0.0.1:9093. Repeat it for every peer of an HA cluster (each gets every
+    /// alert, as from Prometheus). In the file: a URL or a list.
     #[arg(long, value_name = "URL")]
-    pub alertmanager_url: Option<String>,
+    #[serde(deserialize_with = "one_or_many")]
+    pub alertmanager_url: Vec<String>,
     /// Push only findings at least this severe: low, medium, high, critical.
     #[arg(long, default_value_t = Severity::Low, value_name = "SEVERITY")]
     pub alertmanager_min_severity: Severity,
+    /// Trust only this CA (PEM) for https Alertmanager URLs [default: the public roots
+    /// compiled into the sensor].
+    #[arg(long, value_name = "PATH")]
+    pub alertmanager_ca_file: Option<PathBuf>,
+    /// Basic auth user for Alertmanager (with --alertmanager-basic-auth-password-file).
+    #[arg(long, value_name = "USER")]
+    pub alertmanager_basic_auth_user: Option<String>,
+    /// File holding the basic auth password (read for each push: rotation needs no restart).
+    #[arg(long, value_name = "PATH")]
+    pub alertmanager_basic_auth_password_file: Option<PathBuf>,
+    /// File holding a bearer token for Alertmanager or the proxy in front of it (read for
+    /// each push).
+    #[arg(long, value_name = "PATH")]
+    pub alertmanager_bearer_token_file: Option<PathBuf>,
+    /// Where the runbooks are: pushed alerts carry `runbook_url` = <BASE>/<alertname>.md
+    /// (docs/runbooks/ in the source; the package installs them at the default).
+    #[arg(long, default_value = RUNBOOK_BASE_URL, value_name = "BASE")]
+    pub runbook_base_url: String,
     /// Which ends of sessions to watch: `client` (local processes connecting to a watched
     /// port), `server` (sessions a local server accepts on a watched port), or both.
     #[arg(long, value_delimiter = ',', default_value = "client", value_name = "ROLE[,ROLE]")]
@@ -233,6 +270,11 @@ impl Settings {
             max_connections,
             alertmanager_url,
             alertmanager_min_severity,
+            alertmanager_ca_file,
+            alertmanager_basic_auth_user,
+            alertmanager_basic_auth_password_file,
+            alertmanager_bearer_token_file,
+            runbook_base_url,
             roles,
             allow_second_instance,
             allow_untested_kernel,
@@ -252,15 +294,7 @@ impl Settings {
         named("max_connections", check_max_connections(self.max_connections))?;
         named("roles", ensure_nonempty(&self.roles))?;
         named("repeat_window", check_repeat_window(self.repeat_window))?;
-        let alertmanager = match self.alertmanager_url {
-            None => None,
-            Some(url) => {
-                named("alertmanager_url", check_alertmanager_url(&url))?;
-                let min_severity = self.alertmanager_min_severity;
-                named("alertmanager_min_severity", check_min_severity(min_severity))?;
-                Some(AlertmanagerConfig { url, min_severity })
-            }
-        };
+        let alertmanager = self.alertmanager(origins)?;
         let mut roles = self.roles;
         roles.sort_unstable();
         roles.dedup();
@@ -284,6 +318,82 @@ impl Settings {
             machine_id_file: self.machine_id_file,
             kernel_log: self.kernel_log,
         })
+    }
+}
+
+impl Settings {
+    /// The Alertmanager settings, checked together: a URL per peer, the CA file and the
+    /// credentials readable now, and no TLS or auth setting without a URL to use it.
+    fn alertmanager(&self, origins: &Origins) -> anyhow::Result<Option<AlertmanagerConfig>> {
+        let named = |id: &str, err: anyhow::Error| anyhow::anyhow!("{}: {err:#}", origins.name(id));
+        let dependents = [
+            ("alertmanager_ca_file", self.alertmanager_ca_file.is_some()),
+            ("alertmanager_basic_auth_user", self.alertmanager_basic_auth_user.is_some()),
+            (
+                "alertmanager_basic_auth_password_file",
+                self.alertmanager_basic_auth_password_file.is_some(),
+            ),
+            ("alertmanager_bearer_token_file", self.alertmanager_bearer_token_file.is_some()),
+        ];
+        if self.alertmanager_url.is_empty() {
+            if let Some((id, _)) = dependents.iter().find(|(_, given)| *given) {
+                return Err(named(id, anyhow::anyhow!("needs --alertmanager-url")));
+            }
+            return Ok(None);
+        }
+        let mut peers: Vec<Peer> = Vec::new();
+        for url in &self.alertmanager_url {
+            let peer = Peer::parse(url).map_err(|err| named("alertmanager_url", err))?;
+            if !peers.contains(&peer) {
+                peers.push(peer);
+            }
+        }
+        let min_severity = self.alertmanager_min_severity;
+        check_min_severity(min_severity).map_err(|err| named("alertmanager_min_severity", err))?;
+        let basic =
+            (&self.alertmanager_basic_auth_user, &self.alertmanager_basic_auth_password_file);
+        let credentials = match (basic, &self.alertmanager_bearer_token_file) {
+            ((None, None), None) => None,
+            ((None, None), Some(token_file)) => {
+                Some(Credentials::Bearer { token_file: token_file.clone() })
+            }
+            ((Some(user), Some(password_file)), None) => Some(Credentials::Basic {
+                user: user.clone(),
+                password_file: password_file.clone(),
+            }),
+            ((Some(_), None), _) => {
+                let err = anyhow::anyhow!("needs --alertmanager-basic-auth-password-file");
+                return Err(named("alertmanager_basic_auth_user", err));
+            }
+            ((None, Some(_)), _) => {
+                let err = anyhow::anyhow!("needs --alertmanager-basic-auth-user");
+                return Err(named("alertmanager_basic_auth_password_file", err));
+            }
+            ((Some(_), Some(_)), Some(_)) => {
+                let err = anyhow::anyhow!("give basic auth or a bearer token, not both");
+                return Err(named("alertmanager_bearer_token_file", err));
+            }
+        };
+        if self.alertmanager_ca_file.is_some() && !peers.iter().any(Peer::is_https) {
+            return Err(named(
+                "alertmanager_ca_file",
+                anyhow::anyhow!("no --alertmanager-url is https, so the CA would never be used"),
+            ));
+        }
+        let delivery = Delivery { peers, ca_file: self.alertmanager_ca_file.clone(), credentials };
+        delivery.client().map_err(|err| named("alertmanager_ca_file", err))?;
+        if let Some(credentials) = &delivery.credentials {
+            let id = match credentials {
+                Credentials::Basic { .. } => "alertmanager_basic_auth_password_file",
+                Credentials::Bearer { .. } => "alertmanager_bearer_token_file",
+            };
+            delivery.check_credentials().map_err(|err| named(id, err))?;
+        }
+        let runbook_base = self.runbook_base_url.trim_end_matches('/').to_string();
+        reqwest::Url::parse(&runbook_base).map_err(|err| {
+            named("runbook_base_url", anyhow::anyhow!("{runbook_base:?} is not a URL: {err}"))
+        })?;
+        Ok(Some(AlertmanagerConfig { delivery, min_severity, runbook_base }))
     }
 }
 
@@ -320,10 +430,12 @@ pub struct RunConfig {
 
 #[derive(Debug, Clone)]
 pub struct AlertmanagerConfig {
-    /// Base URL, e.g. http://127.0.0.1:9093 (the v2 API path is added).
-    pub url: String,
+    /// The peers, and how to reach them.
+    pub delivery: Delivery,
     /// Findings below this severity are not pushed.
     pub min_severity: Severity,
+    /// `runbook_url` is `<runbook_base>/<alertname>.md`; no trailing slash.
+    pub runbook_base: String,
 }
 
 pub fn check_ports(ports: &[u16]) -> anyhow::Result<()> {
@@ -361,19 +473,6 @@ fn ensure_nonempty(roles: &[Role]) -> anyhow::Result<()> {
 
 fn check_min_severity(severity: Severity) -> anyhow::Result<()> {
     ensure!(severity > Severity::Info, "{severity} is not one of low, medium, high, critical");
-    Ok(())
-}
-
-fn check_alertmanager_url(url: &str) -> anyhow::Result<()> {
-    ensure!(
-        (url.starts_with("http://") || url.starts_with("https://")) && url.len() > "https://".len(),
-        "{url:?} is not an http(s) URL, e.g. http://127.0.0.1:9093"
-    );
-    ensure!(
-        !url.starts_with("https://"),
-        "https is not supported yet; reach Alertmanager over http on loopback or through a \
-         local proxy"
-    );
     Ok(())
 }
 

@@ -15,7 +15,10 @@ use crate::{
     finding::Finding,
     identity::Origin,
     output::{
-        alert_book::AlertBook, alertmanager::AlertPusher, findings::FindingsWriter, http::HttpState,
+        alert_book::AlertBook,
+        alertmanager::{AlertPusher, AlertSource},
+        findings::FindingsWriter,
+        http::HttpState,
     },
     pending::PendingAuth,
     repeats::Repeater,
@@ -53,12 +56,13 @@ impl Pipeline {
         let alerts = match &config.alertmanager {
             None => None,
             Some(am) => Some(Alerts {
-                pusher: AlertPusher::spawn(&am.url, state.clone())?,
+                pusher: AlertPusher::spawn(&am.delivery, state.clone())?,
                 min_severity: am.min_severity,
-                book: AlertBook::new(
-                    origin.instance(),
-                    &format!("http://{}/", config.metrics_addr),
-                ),
+                book: AlertBook::new(AlertSource {
+                    instance: origin.instance().to_string(),
+                    generator_url: format!("http://{}/", config.metrics_addr),
+                    runbook_base: am.runbook_base.clone(),
+                }),
             }),
         };
         Ok(Pipeline {

@@ -98,7 +98,7 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
     let sources =
         KernelSources { counters, ports: config.ports.clone(), attachment: attachment.clone() };
     let state = Arc::new(HttpState {
-        metrics: Metrics::new(sources).context("cannot set up metrics")?,
+        metrics: Metrics::new(sources, origin.instance()).context("cannot set up metrics")?,
         attached: true.into(),
         attachment,
     });

@@ -9,12 +9,15 @@
 //! - `bench [--smoke] [--pairs N] [--seconds S] [--threads N] [--flood SESSIONS]
 //!   [--latency-rate PER_SECOND]`: the sensor's cost, attached versus detached (see
 //!   bench/mod.rs).
+//! - `alert-rules [--runbook-base-url BASE] [--up-selector MATCHERS]`:
+//!   deploy/prometheus/alerts.yml with another runbook base and `up` selector, on stdout.
 //! - `dist`: the release binary, static (musl), as target/dist/pgwire-sensor.
 //! - `docs`: regenerate the documentation's examples (docs/examples/) from a real run, and
 //!   the markdown blocks that embed them (as root; see docs/examples/README.md).
 //! - `vm-test [--accel tcg|kvm]`: boot Debian's 6.1 and 6.12 kernels under QEMU and run a
 //!   smoke test of the sensor in each (see vm/mod.rs); `vm-guest` (hidden) is its part
 //!   inside the VM.
+mod alert_rules;
 mod bench;
 mod vm;
 
@@ -80,6 +83,11 @@ enum Task {
     Docs,
     /// Build the static (musl) release binary as target/dist/pgwire-sensor.
     Dist,
+    /// Print deploy/prometheus/alerts.yml with another runbook base and `up` selector.
+    ///
+    /// For a Prometheus whose job for the sensor is not `pgwire-sensor` (the Prometheus
+    /// Operator names it after the ServiceMonitor), or runbooks on your own wiki.
+    AlertRules(alert_rules::AlertRulesArgs),
     /// Smoke-test the sensor on Debian's 6.1 and 6.12 kernels under QEMU, as root.
     VmTest {
         /// QEMU accelerator (TCG by default: nested KVM hangs these kernels at boot).
@@ -144,6 +152,7 @@ fn main() -> ExitCode {
         Some(Task::Test) => test(),
         Some(Task::Bench(args)) => bench_cmd(&args),
         Some(Task::Dist) => dist().map(|_| ()),
+        Some(Task::AlertRules(args)) => alert_rules_cmd(&args),
         Some(Task::Docs) => docs(),
         Some(Task::VmTest { accel }) => vm_test(accel),
         Some(Task::VmGuest) => vm::guest::run(),
@@ -226,6 +235,15 @@ fn test() -> anyhow::Result<()> {
         "rules",
         "alerts_test.yml",
     ]))?;
+    // The rules as `cargo xtask alert-rules` writes them for another job name still load.
+    let generated = root_dir().join("target/alert-rules-operator.yml");
+    let operator = alert_rules::AlertRulesArgs {
+        runbook_base_url: "https://runbooks.example.com/pgwire".into(),
+        up_selector: r#"job="monitoring/pgwire-sensor",namespace="monitoring""#.into(),
+    };
+    let rules = std::fs::read_to_string(deploy.join("prometheus/alerts.yml"))?;
+    std::fs::write(&generated, alert_rules::render(&rules, &operator)?)?;
+    status(Command::new("promtool").args(["check", "rules"]).arg(&generated))?;
     status(
         Command::new("amtool")
             .args(["check-config"])
@@ -279,6 +297,14 @@ fn bench_cmd(args: &bench::BenchArgs) -> anyhow::Result<()> {
     bench::run(&root_dir(), opts)
 }
 
+fn alert_rules_cmd(args: &alert_rules::AlertRulesArgs) -> anyhow::Result<()> {
+    let path = root_dir().join("deploy/prometheus/alerts.yml");
+    let rules = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    print!("{}", alert_rules::render(&rules, args)?);
+    Ok(())
+}
+
 /// The release binary, statically linked against musl so it runs on any x86_64 Linux
 /// whatever its libc (the kernel programs are embedded in it): target/dist/pgwire-sensor.
 fn dist() -> anyhow::Result<PathBuf> {
@@ -286,7 +312,9 @@ fn dist() -> anyhow::Result<PathBuf> {
     status(
         cargo()
             .args(["build", "--release", "--package", "sensor"])
-            .args(["--target", "x86_64-unknown-linux-musl"]),
+            .args(["--target", "x86_64-unknown-linux-musl"])
+            // ring's C and assembly (rustls, for https to Alertmanager), built against musl.
+            .env("CC_x86_64_unknown_linux_musl", "musl-gcc"),
     )?;
     let built = root_dir().join("target/x86_64-unknown-linux-musl/release/sensor");
     let dist = root_dir().join("target/dist");
@@ -387,6 +415,7 @@ mod tests {
                  [--latency-rate PER_SECOND]",
                 "docs",
                 "dist",
+                "alert-rules [--runbook-base-url BASE] [--up-selector MATCHERS]",
                 "vm-test [--accel tcg|kvm]",
             ]
         );

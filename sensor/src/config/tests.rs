@@ -47,6 +47,115 @@ fn alertmanager_settings() {
             .to_string();
     assert!(err.contains("--alertmanager-min-severity"), "{err}");
     assert_eq!(Settings::default().alertmanager_min_severity, Severity::Low);
+    assert_eq!(am.runbook_base, RUNBOOK_BASE_URL);
+}
+
+/// A scratch directory with `files` (name, content) in it.
+fn files(test: &str, files: &[(&str, &str)]) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("config-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, content) in files {
+        std::fs::write(dir.join(name), content).unwrap();
+    }
+    dir
+}
+
+fn error(args: &[&str]) -> String {
+    format!("{:#}", validate(args).unwrap_err())
+}
+
+#[test]
+fn every_alertmanager_peer_once_and_urls_without_secrets() {
+    let am = validate(&[
+        "--alertmanager-url",
+        "http://am-0:9093",
+        "--alertmanager-url",
+        "https://am-1:9093/",
+        "--alertmanager-url",
+        "http://am-0:9093",
+    ])
+    .unwrap()
+    .alertmanager
+    .unwrap();
+    let peers: Vec<String> = am.delivery.peers.iter().map(|p| p.to_string()).collect();
+    assert_eq!(peers, ["http://am-0:9093", "https://am-1:9093"]);
+    let err = error(&["--alertmanager-url", "https://sensor:hunter2@am:9093"]);
+    assert!(err.starts_with("--alertmanager-url:") && !err.contains("hunter2"), "{err}");
+    // A file takes one URL or a list.
+    for text in ["alertmanager_url: http://am:9093\n", "alertmanager_url: [http://am:9093]\n"] {
+        let file = crate::config_file::parse(Path::new("s.yaml"), text).unwrap();
+        assert_eq!(file.alertmanager_url, ["http://am:9093"]);
+    }
+}
+
+#[test]
+fn alertmanager_tls_and_auth_are_checked_at_start_and_errors_name_the_flag() {
+    let dir = files("am-auth", &[("password", "pw\n"), ("token", "t0ken"), ("empty", "")]);
+    let path = |name: &str| dir.join(name).display().to_string();
+    let (password, token, empty) = (path("password"), path("token"), path("empty"));
+    fn with<'a>(more: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec!["--alertmanager-url", "https://am:9093"];
+        args.extend_from_slice(more);
+        args
+    }
+
+    let basic = with(&["--alertmanager-basic-auth-user", "sensor"]);
+    let basic = [&basic[..], &["--alertmanager-basic-auth-password-file", &password]].concat();
+    let delivery = validate(&basic).unwrap().alertmanager.unwrap().delivery;
+    assert!(
+        matches!(delivery.credentials, Some(Credentials::Basic { ref user, .. }) if user == "sensor")
+    );
+    let bearer = validate(&with(&["--alertmanager-bearer-token-file", &token])).unwrap();
+    assert!(matches!(
+        bearer.alertmanager.unwrap().delivery.credentials,
+        Some(Credentials::Bearer { .. })
+    ));
+
+    let cases: Vec<(Vec<&str>, &str, &str)> = vec![
+        (
+            with(&["--alertmanager-basic-auth-user", "sensor"]),
+            "--alertmanager-basic-auth-user:",
+            "password-file",
+        ),
+        (
+            with(&["--alertmanager-basic-auth-password-file", &password]),
+            "--alertmanager-basic-auth-password-file:",
+            "needs --alertmanager-basic-auth-user",
+        ),
+        (
+            [&basic[..], &["--alertmanager-bearer-token-file", &token]].concat(),
+            "--alertmanager-bearer-token-file:",
+            "not both",
+        ),
+        (
+            with(&["--alertmanager-bearer-token-file", &empty]),
+            "--alertmanager-bearer-token-file:",
+            "is empty",
+        ),
+        (
+            with(&["--alertmanager-bearer-token-file", "/nonexistent/token"]),
+            "--alertmanager-bearer-token-file:",
+            "cannot read",
+        ),
+        (with(&["--alertmanager-ca-file", &token]), "--alertmanager-ca-file:", "PEM"),
+        (
+            vec!["--alertmanager-url", "http://am:9093", "--alertmanager-ca-file", &token],
+            "--alertmanager-ca-file:",
+            "no --alertmanager-url is https",
+        ),
+        (
+            vec!["--alertmanager-bearer-token-file", &token],
+            "--alertmanager-bearer-token-file:",
+            "needs --alertmanager-url",
+        ),
+        (with(&["--runbook-base-url", "runbooks"]), "--runbook-base-url:", "not a URL"),
+    ];
+    for (args, flag, says) in cases {
+        let err = error(&args);
+        assert!(err.starts_with(flag) && err.contains(says), "{args:?}: {err}");
+        assert!(!err.contains("t0ken") && !err.contains("pw\n"), "{err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

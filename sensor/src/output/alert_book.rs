@@ -14,7 +14,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use super::alertmanager::{alert_for, Alert, Tally};
+use super::alertmanager::{alert_for, Alert, AlertSource, Tally};
 use crate::{finding::Finding, repeats::fingerprint};
 
 /// How often an identity's alert is pushed again while its sessions go on, at most.
@@ -35,18 +35,13 @@ struct Open {
 
 /// The open alerts, by identity.
 pub struct AlertBook {
-    instance: String,
-    generator_url: String,
+    source: AlertSource,
     open: HashMap<String, Open>,
 }
 
 impl AlertBook {
-    pub fn new(instance: &str, generator_url: &str) -> AlertBook {
-        AlertBook {
-            instance: instance.to_string(),
-            generator_url: generator_url.to_string(),
-            open: HashMap::new(),
-        }
+    pub fn new(source: AlertSource) -> AlertBook {
+        AlertBook { source, open: HashMap::new() }
     }
 
     /// A session's finding (`sessions` of them for a summary line is never passed here:
@@ -64,7 +59,7 @@ impl AlertBook {
             }
             open.pushed = now;
             open.changed = false;
-            return Some(alert_for(&open.latest, &open.tally, &self.instance, &self.generator_url));
+            return Some(alert_for(&open.latest, &open.tally, &self.source));
         }
         if self.open.len() >= MAX_OPEN {
             self.forget_quietest();
@@ -76,7 +71,7 @@ impl AlertBook {
             last_seen: finding.ts,
             ends_at: finding.ts + RESOLVE_AFTER,
         };
-        let alert = alert_for(finding, &tally, &self.instance, &self.generator_url);
+        let alert = alert_for(finding, &tally, &self.source);
         self.open
             .insert(identity, Open { latest: finding.clone(), tally, pushed: now, changed: false });
         Some(alert)
@@ -86,17 +81,17 @@ impl AlertBook {
     /// because their identity went quiet (then forgotten).
     pub fn tick(&mut self, now: SystemTime) -> Vec<Alert> {
         let mut out = Vec::new();
-        let (instance, url) = (&self.instance, &self.generator_url);
+        let source = &self.source;
         self.open.retain(|_, open| {
             if now.duration_since(open.tally.last_seen).unwrap_or_default() >= RESOLVE_AFTER {
                 open.tally.ends_at = now;
-                out.push(alert_for(&open.latest, &open.tally, instance, url));
+                out.push(alert_for(&open.latest, &open.tally, source));
                 return false;
             }
             if open.changed && now.duration_since(open.pushed).unwrap_or_default() >= REPUSH_EVERY {
                 open.pushed = now;
                 open.changed = false;
-                out.push(alert_for(&open.latest, &open.tally, instance, url));
+                out.push(alert_for(&open.latest, &open.tally, source));
             }
             true
         });
@@ -125,6 +120,14 @@ impl AlertBook {
 mod tests {
     use super::*;
 
+    fn book(instance: &str) -> AlertBook {
+        AlertBook::new(AlertSource {
+            instance: instance.into(),
+            generator_url: "http://x/".into(),
+            runbook_base: "file:///runbooks".into(),
+        })
+    }
+
     fn at(secs: u64) -> SystemTime {
         Finding::example_time(secs)
     }
@@ -135,7 +138,7 @@ mod tests {
 
     #[test]
     fn ten_thousand_sessions_of_one_app_are_one_alert_with_a_running_count() {
-        let mut book = AlertBook::new("node-1", "http://x/");
+        let mut book = book("node-1");
         let mut pushed = Vec::new();
         // 10,000 sessions over 100 s.
         for i in 0..10_000u64 {
@@ -170,7 +173,7 @@ mod tests {
 
     #[test]
     fn two_apps_are_two_alerts_and_a_held_back_update_is_pushed_by_the_tick() {
-        let mut book = AlertBook::new("h", "u");
+        let mut book = book("h");
         let a = book.observe(&session("flask", 0), at(0)).unwrap();
         let b = book.observe(&session("billing", 0), at(0)).unwrap();
         assert_ne!(a.labels["identity"], b.labels["identity"]);

@@ -1,13 +1,15 @@
 //! Push alerts to Alertmanager's v2 API: one alert per identity (see `alert_book`), built
 //! here from its latest finding and its running count.
 //!
-//! The event pipeline only `try_send`s into a bounded queue: a slow or dead Alertmanager
-//! never blocks or slows it (a full queue counts `alerts_failed_total{reason="queue_full"}`).
-//! A worker task posts batches with retries and exponential backoff.
+//! The event pipeline only `try_send`s into a bounded queue per Alertmanager peer: a slow or
+//! dead Alertmanager never blocks or slows it, nor delays its peers (a full queue counts
+//! `alerts_failed_total{reason="queue_full"}`). A worker task per peer posts batches with
+//! retries and exponential backoff; `alerts_sent_total` and `alerts_failed_total` count
+//! alerts per peer (two peers: each alert counts twice).
 //!
 //! Labels follow what routes already use and stay bounded: alertname, `severity`
 //! (critical, warning, info), `sensor_severity` (the sensor's own scale), verdict, dst_port,
-//! instance (the node, else the host), and `identity` (a fingerprint of the app, so two apps
+//! instance and host (the node, else the host), and `identity` (a fingerprint of the app, so two apps
 //! are two alerts and ten thousand sessions of one app are one). The detail metrics must
 //! not carry (process, user, database, addresses, counts) goes in annotations.
 
@@ -23,7 +25,10 @@ use tracing::warn;
 
 use sensor_common::verdict::alert_name;
 
-use super::http::HttpState;
+use super::{
+    delivery::{Credentials, Delivery, Peer},
+    http::HttpState,
+};
 use crate::finding::{format_ts, Finding};
 
 /// Alerts waiting to be sent at most; past it new ones are dropped and counted.
@@ -32,7 +37,7 @@ pub const QUEUE_LEN: usize = 1024;
 const BATCH: usize = 64;
 const ATTEMPTS: u32 = 4;
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Alert {
@@ -60,16 +65,37 @@ pub struct Tally {
     pub ends_at: SystemTime,
 }
 
+/// What every alert of this sensor says about where it comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertSource {
+    /// The node, else the host: the `instance` label.
+    pub instance: String,
+    /// The sensor's own endpoint (`generatorURL`).
+    pub generator_url: String,
+    /// Where the runbooks are: `runbook_url` is `<base>/<alertname>.md`.
+    pub runbook_base: String,
+}
+
+/// The runbook of an alert under `base` (docs/runbooks/<alertname>.md in the repository).
+pub fn runbook_url(base: &str, alertname: &str) -> String {
+    format!("{}/{alertname}.md", base.trim_end_matches('/'))
+}
+
 /// The alert for an identity: `latest` is its latest session's finding.
-pub fn alert_for(latest: &Finding, tally: &Tally, instance: &str, generator_url: &str) -> Alert {
+pub fn alert_for(latest: &Finding, tally: &Tally, source: &AlertSource) -> Alert {
     let finding = latest;
+    let instance = source.instance.as_str();
+    let alertname = alert_name(finding.verdict, finding.severity);
     let mut labels = BTreeMap::new();
-    labels.insert("alertname", alert_name(finding.verdict, finding.severity).to_string());
+    labels.insert("alertname", alertname.to_string());
     labels.insert("severity", finding.severity.alert_severity().to_string());
     labels.insert("sensor_severity", finding.severity.to_string());
     labels.insert("verdict", finding.verdict.to_string());
     labels.insert("dst_port", finding.dst.port.to_string());
     labels.insert("instance", instance.to_string());
+    // The same label as the Prometheus rules' alerts (from pgwire_sensor_host_info), so
+    // Alertmanager can inhibit a rule's alert while this one fires for the same host.
+    labels.insert("host", instance.to_string());
     labels.insert("identity", tally.identity.clone());
 
     let mut a = BTreeMap::new();
@@ -91,6 +117,7 @@ pub fn alert_for(latest: &Finding, tally: &Tally, instance: &str, generator_url:
             tally.sessions, finding.verdict, who, finding.dst.ip, finding.dst.port
         ),
     );
+    a.insert("runbook_url", runbook_url(&source.runbook_base, alertname));
     a.insert("sessions", tally.sessions.to_string());
     a.insert("first_seen", format_ts(tally.first_seen));
     a.insert("last_seen", format_ts(tally.last_seen));
@@ -144,42 +171,54 @@ pub fn alert_for(latest: &Finding, tally: &Tally, instance: &str, generator_url:
         annotations: a,
         starts_at: format_ts(tally.first_seen),
         ends_at: format_ts(tally.ends_at),
-        generator_url: generator_url.to_string(),
+        generator_url: source.generator_url.clone(),
     }
 }
 
-/// The pipeline's handle: hands alerts to the worker without waiting.
+/// The pipeline's handle: hands alerts to each peer's worker without waiting.
 pub struct AlertPusher {
-    queue: mpsc::Sender<Alert>,
+    queues: Vec<mpsc::Sender<Alert>>,
     state: Arc<HttpState>,
 }
 
 impl AlertPusher {
-    /// Start the worker posting to `base_url` (e.g. http://127.0.0.1:9093).
-    pub fn spawn(base_url: &str, state: Arc<HttpState>) -> anyhow::Result<AlertPusher> {
-        let url = format!("{}/api/v2/alerts", base_url.trim_end_matches('/'));
-        let client = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build()?;
-        let (queue, rx) = mpsc::channel(QUEUE_LEN);
-        tokio::spawn(worker(client, url, rx, state.clone()));
-        Ok(AlertPusher { queue, state })
+    /// Start a worker per Alertmanager peer.
+    pub fn spawn(delivery: &Delivery, state: Arc<HttpState>) -> anyhow::Result<AlertPusher> {
+        let client = delivery.client()?;
+        let mut queues = Vec::with_capacity(delivery.peers.len());
+        for peer in &delivery.peers {
+            let (queue, rx) = mpsc::channel(QUEUE_LEN);
+            let target = Target {
+                client: client.clone(),
+                peer: peer.clone(),
+                credentials: delivery.credentials.clone(),
+            };
+            tokio::spawn(worker(target, rx, state.clone()));
+            queues.push(queue);
+        }
+        Ok(AlertPusher { queues, state })
     }
 
     pub fn push(&self, alert: Alert) {
-        if self.queue.try_send(alert).is_err() {
-            self.state.metrics.alerts_failed.with_label_values(&["queue_full"]).inc();
+        for queue in &self.queues {
+            if queue.try_send(alert.clone()).is_err() {
+                self.state.metrics.alerts_failed.with_label_values(&["queue_full"]).inc();
+            }
         }
     }
 }
 
-async fn worker(
+/// One peer and how to reach it.
+struct Target {
     client: reqwest::Client,
-    url: String,
-    mut rx: mpsc::Receiver<Alert>,
-    state: Arc<HttpState>,
-) {
+    peer: Peer,
+    credentials: Option<Credentials>,
+}
+
+async fn worker(target: Target, mut rx: mpsc::Receiver<Alert>, state: Arc<HttpState>) {
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
-        match post_with_retries(&client, &url, &batch).await {
+        match post_with_retries(&target, &batch).await {
             Ok(()) => state.metrics.alerts_sent.inc_by(batch.len() as u64),
             Err(reason) => {
                 state.metrics.alerts_failed.with_label_values(&[reason]).inc_by(batch.len() as u64)
@@ -190,27 +229,36 @@ async fn worker(
 }
 
 /// Post one batch; on failure retry with exponential backoff. Returns the failure reason.
-async fn post_with_retries(
-    client: &reqwest::Client,
-    url: &str,
-    batch: &[Alert],
-) -> Result<(), &'static str> {
+async fn post_with_retries(target: &Target, batch: &[Alert]) -> Result<(), &'static str> {
+    let peer = &target.peer;
+    let url = peer.alerts_endpoint();
     let mut backoff = FIRST_BACKOFF;
     let mut reason = "unreachable";
     for attempt in 1..=ATTEMPTS {
-        match client.post(url).json(batch).send().await {
+        let mut request = target.client.post(&url).json(batch);
+        if let Some(credentials) = &target.credentials {
+            request = match credentials.apply(request) {
+                Ok(request) => request,
+                Err(err) => {
+                    warn!(%peer, "Alertmanager credentials unreadable: {err:#}");
+                    return Err("credentials");
+                }
+            };
+        }
+        match request.send().await {
             Ok(resp) if resp.status().is_success() => return Ok(()),
             // A 4xx will not get better by retrying.
             Ok(resp) if resp.status().is_client_error() => {
-                warn!(status = %resp.status(), "Alertmanager rejected alerts");
+                warn!(%peer, status = %resp.status(), "Alertmanager rejected alerts");
                 return Err("rejected");
             }
             Ok(resp) => {
-                warn!(status = %resp.status(), attempt, "Alertmanager failed; retrying");
+                warn!(%peer, status = %resp.status(), attempt, "Alertmanager failed; retrying");
                 reason = "rejected";
             }
             Err(err) => {
-                warn!(%err, attempt, "Alertmanager unreachable; retrying");
+                // {:#} names the cause (refused, TLS: unknown issuer, timeout).
+                warn!(%peer, attempt, "Alertmanager unreachable; retrying: {:#}", anyhow::Error::from(err));
                 reason = "unreachable";
             }
         }
@@ -265,13 +313,18 @@ mod tests {
     #[test]
     fn labels_are_bounded_and_detail_goes_in_annotations() {
         let f = finding(Verdict::Plaintext, Severity::Critical);
-        let a = alert_for(&f, &tally(&f, 3), "app1", "http://x/");
+        let a = alert_for(&f, &tally(&f, 3), &source("app1"));
         assert_eq!(a.labels["alertname"], "PgwireCredentialsExposed");
         assert_eq!(a.labels["severity"], "critical");
         assert_eq!(a.labels["sensor_severity"], "critical");
         assert_eq!(a.labels["identity"], crate::repeats::fingerprint(&f));
         assert_eq!(a.labels["instance"], "app1");
+        assert_eq!(a.labels["host"], "app1");
         assert_eq!(a.annotations["sessions"], "3");
+        assert_eq!(
+            a.annotations["runbook_url"],
+            "https://runbooks.example.com/pgwire/PgwireCredentialsExposed.md"
+        );
         assert!(a.annotations["summary"].starts_with("3 plaintext session(s)"));
         assert_eq!(a.labels["verdict"], "plaintext");
         assert_eq!(a.labels["dst_port"], "26257");
@@ -290,6 +343,14 @@ mod tests {
         assert!(json.get("startsAt").is_some() && json.get("generatorURL").is_some());
     }
 
+    fn source(instance: &str) -> AlertSource {
+        AlertSource {
+            instance: instance.into(),
+            generator_url: "http://x/".into(),
+            runbook_base: "https://runbooks.example.com/pgwire/".into(),
+        }
+    }
+
     /// `sessions` sessions of `f`'s identity, the first and last at `f.ts`.
     fn tally(f: &Finding, sessions: u64) -> Tally {
         Tally {
@@ -301,11 +362,46 @@ mod tests {
         }
     }
 
+    /// Every alert the sensor can push and every Prometheus rule has its runbook in
+    /// docs/runbooks/, and the rules' runbook_url is the one the sensor builds.
+    #[test]
+    fn every_alert_has_a_runbook_at_its_url() {
+        use sensor_common::verdict::RUNBOOK_BASE_URL;
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut names = std::collections::BTreeSet::new();
+        for verdict in Verdict::ALL {
+            for severity in Severity::ALL {
+                names.insert(alert_name(verdict, severity).to_string());
+            }
+        }
+        let rules: serde_yaml_ng::Value = serde_yaml_ng::from_str(
+            &std::fs::read_to_string(root.join("deploy/prometheus/alerts.yml")).unwrap(),
+        )
+        .unwrap();
+        let mut rule_count = 0;
+        for group in rules["groups"].as_sequence().unwrap() {
+            for rule in group["rules"].as_sequence().unwrap() {
+                let name = rule["alert"].as_str().unwrap();
+                let url = rule["annotations"]["runbook_url"].as_str().unwrap();
+                assert_eq!(url, runbook_url(RUNBOOK_BASE_URL, name), "{name}");
+                names.insert(name.to_string());
+                rule_count += 1;
+            }
+        }
+        assert!(rule_count >= 12, "{rule_count}");
+        for name in &names {
+            let path = root.join(format!("docs/runbooks/{name}.md"));
+            let text = std::fs::read_to_string(&path)
+                .unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+            assert_eq!(text.lines().next(), Some(format!("# {name}").as_str()), "{name}");
+        }
+    }
+
     #[test]
     fn alertnames_and_routing_severities_by_verdict() {
         let labels = |v, s| {
             let f = finding(v, s);
-            alert_for(&f, &tally(&f, 1), "h", "u").labels
+            alert_for(&f, &tally(&f, 1), &source("h")).labels
         };
         let l = labels(Verdict::Downgraded, Severity::High);
         assert_eq!(

@@ -65,8 +65,22 @@ fn name(suffix: &str) -> String {
 }
 
 impl Metrics {
-    pub fn new(kernel: KernelSources) -> anyhow::Result<Self> {
+    /// `host`: the node, else the host name (the `host` label of the sensor's alerts).
+    pub fn new(kernel: KernelSources, host: &str) -> anyhow::Result<Self> {
         let registry = Registry::new();
+
+        // One series per sensor: the Prometheus rules join it to give their alerts the same
+        // `host` as the sensor's pushed alerts, whatever the scrape's `instance` is.
+        let host_info = IntGaugeVec::new(
+            Opts::new(
+                name("host_info"),
+                "The node, else the host, this sensor watches (always 1): the `host` label of \
+                 its alerts.",
+            ),
+            &["host"],
+        )?;
+        host_info.with_label_values(&[host]).set(1);
+        registry.register(Box::new(host_info))?;
 
         let build_info = IntGaugeVec::new(
             Opts::new(name("build_info"), "Build of the running sensor (always 1)."),
@@ -111,17 +125,17 @@ impl Metrics {
         let alerts_sent = registered_counter(
             &registry,
             "alerts_sent_total",
-            "Findings pushed to Alertmanager and accepted by it.",
+            "Alerts accepted by an Alertmanager peer (each peer counts).",
         )?;
         let alerts_failed = IntCounterVec::new(
             Opts::new(
                 name("alerts_failed_total"),
-                "Findings that did not reach Alertmanager, by reason (rejected, unreachable, \
-                 queue_full).",
+                "Alerts that did not reach an Alertmanager peer, by reason (rejected, \
+                 unreachable, queue_full, credentials: the secret file unreadable).",
             ),
             &["reason"],
         )?;
-        for reason in ["rejected", "unreachable", "queue_full"] {
+        for reason in ["rejected", "unreachable", "queue_full", "credentials"] {
             alerts_failed.with_label_values(&[reason]);
         }
         registry.register(Box::new(alerts_failed.clone()))?;

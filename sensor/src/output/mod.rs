@@ -2,6 +2,7 @@
 
 pub mod alert_book;
 pub mod alertmanager;
+pub mod delivery;
 pub mod findings;
 pub mod http;
 pub mod metrics;

@@ -4,17 +4,21 @@
 //! a real psql must (a) fire the Prometheus alert and (b) reach the webhook with its
 //! process and user.
 
-use std::time::{Duration, Instant};
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use serde_json::Value;
 use tests::{
-    clients::{psql, FlaskApp},
+    certs,
+    clients::{psql, psql_at, FlaskApp},
     metrics::http_get,
     pg::{PgOptions, PgServer},
-    promstack::{Alertmanager, Prometheus, Webhook},
+    promstack::{Alertmanager, AlertmanagerOptions, Prometheus, Webhook},
     sensor::Sensor,
     serial,
-    util::wait_for,
+    util::{free_port, scratch_dir, wait_for},
 };
 
 #[test]
@@ -70,21 +74,41 @@ fn a_plaintext_session_fires_the_rule_and_reaches_on_call_through_alertmanager(
     assert_eq!(fired[0]["labels"]["port"], "26257");
     assert_eq!(fired[0]["labels"]["severity"], "warning");
     assert_eq!(fired[0]["labels"]["sensor_severity"], "high");
+    // The same host as the sensor's alert, though Prometheus's instance is an address.
+    assert_eq!(fired[0]["labels"]["host"], delivered["labels"]["host"]);
+    assert_ne!(fired[0]["labels"]["instance"], delivered["labels"]["instance"]);
+    assert!(delivered["annotations"]["runbook_url"]
+        .as_str()
+        .is_some_and(|u| u.ends_with("/PgwirePlaintextSession.md")));
 
-    // And Alertmanager delivers the rule's alert too.
-    wait_for("the rule's alert at the webhook", Duration::from_secs(30), || {
-        webhook.alerts().into_iter().find(|a| {
-            a["labels"]["alertname"] == "PgwirePlaintextSession" && a["labels"]["port"] == "26257"
+    // Alertmanager holds the rule's alert back while the sensor's own fires (inhibit_rules
+    // in alertmanager.yml): on-call gets the alert that names the process, once.
+    let inhibited = wait_for("the rule's alert, inhibited", Duration::from_secs(30), || {
+        alertmanager.alerts().ok()?.into_iter().find(|a| {
+            a["labels"]["alertname"] == "PgwirePlaintextSession"
+                && a["labels"]["port"] == "26257"
+                && a["status"]["inhibitedBy"].as_array().is_some_and(|by| !by.is_empty())
         })
     })?;
     let rule_delivery_latency = started.elapsed();
+    assert_eq!(inhibited["status"]["state"], "suppressed");
+    std::thread::sleep(Duration::from_secs(3)); // several group intervals
+    let rule_alerts_delivered = webhook
+        .alerts()
+        .into_iter()
+        .filter(|a| {
+            a["labels"]["alertname"] == "PgwirePlaintextSession" && a["labels"]["port"] == "26257"
+        })
+        .count();
+    assert_eq!(rule_alerts_delivered, 0, "the inhibited rule alert reached on-call");
 
     let metrics = sensor.metrics()?;
     assert!(metrics.get("pgwire_sensor_alerts_sent_total") >= 1.0);
     assert_eq!(metrics.get("pgwire_sensor_alerts_failed_total"), 0.0);
     eprintln!(
         "measured: sensor push delivered by Alertmanager in {:.2} s; Prometheus rule firing \
-         in {:.2} s, delivered in {:.2} s (1 s scrape/evaluation intervals, 1 s group_wait)",
+         in {:.2} s, inhibited by the push in {:.2} s (1 s scrape/evaluation intervals, 1 s \
+         group_wait)",
         push_latency.as_secs_f64(),
         rule_latency.as_secs_f64(),
         rule_delivery_latency.as_secs_f64()
@@ -136,7 +160,8 @@ fn metrics_follow_the_naming_rules_and_health_follows_the_kernel() -> anyhow::Re
         for label in s.labels.keys() {
             assert!(
                 ["verdict", "role", "port", "severity", "kind", "method", "reason", "version"]
-                    .contains(&label.as_str()),
+                    .contains(&label.as_str())
+                    || (s.name == "pgwire_sensor_host_info" && label == "host"),
                 "unbounded label {label} on {}",
                 s.name
             );
@@ -183,8 +208,16 @@ fn a_burst_from_one_app_is_one_alert_with_its_running_count() -> anyhow::Result<
     let pg = PgServer::start(PgOptions::no_tls("alerting-burst"))?;
     let webhook = Webhook::start()?;
     let alertmanager = Alertmanager::start(&webhook)?;
-    let am_url = format!("http://{}", alertmanager.addr);
-    let sensor = Sensor::start(&["--alertmanager-url", &am_url])?;
+    let sensor = Sensor::start(&["--alertmanager-url", &alertmanager.url])?;
+    // The same sessions seen by a second host identity (another node name): its alerts are
+    // its own.
+    let other_host = Sensor::start(&[
+        "--alertmanager-url",
+        &alertmanager.url,
+        "--node-name",
+        "node-b",
+        "--allow-second-instance",
+    ])?;
     // Two apps: the same program on two ports, so two command lines.
     let (busy, quiet) = (FlaskApp::start(&pg)?, FlaskApp::start(&pg)?);
     for _ in 0..REQUESTS {
@@ -195,12 +228,13 @@ fn a_burst_from_one_app_is_one_alert_with_its_running_count() -> anyhow::Result<
     }
     // Within one re-push interval Alertmanager holds one alert per app, the counts complete.
     let counts = wait_for("one alert per app, with its count", Duration::from_secs(30), || {
-        let (_, body) = http_get(alertmanager.addr, "/api/v2/alerts").ok()?;
-        let ours: Vec<Value> = serde_json::from_str::<Vec<Value>>(&body)
-            .ok()?
-            .into_iter()
-            .filter(|a| a["labels"]["identity"].is_string())
-            .collect();
+        let pushed =
+            alertmanager.alerts().ok()?.into_iter().filter(|a| a["labels"]["identity"].is_string());
+        let (theirs, ours): (Vec<Value>, Vec<Value>) =
+            pushed.partition(|a| a["labels"]["host"] == "node-b");
+        if theirs.len() != 2 {
+            return None; // the second host's two apps: two alerts of its own
+        }
         let count = |app: &FlaskApp| {
             let pid = app.pid().to_string();
             let alert = ours.iter().find(|a| a["annotations"]["pid"].as_str() == Some(&pid));
@@ -217,6 +251,153 @@ fn a_burst_from_one_app_is_one_alert_with_its_running_count() -> anyhow::Result<
     }
     assert_ne!(ours[0]["labels"]["identity"], ours[1]["labels"]["identity"]);
     let pushed = sensor.metrics()?.get("pgwire_sensor_alerts_sent_total");
+    assert!(other_host.metrics()?.get("pgwire_sensor_alerts_sent_total") >= 2.0);
     assert!(pushed < 40.0, "pushes are throttled per identity, not per session: {pushed}");
+    Ok(())
+}
+
+/// Alertmanager as people run it: an HA pair, over TLS, behind basic auth. Every peer gets
+/// every alert; a sensor that does not trust the peers' CA pushes nothing and says why; no
+/// password (the database's, Alertmanager's) is in any line, alert or log.
+#[test]
+fn alerts_reach_every_peer_of_an_ha_cluster_over_tls_with_basic_auth() -> anyhow::Result<()> {
+    const DB_PASSWORD: &str = "db-secret-7c1f";
+    const AM_PASSWORD: &str = "am-secret-91ab";
+    let _serial = serial();
+    let mut opts = PgOptions::no_tls("alerting-ha");
+    opts.hba = vec!["local all all trust".into(), "host all all 127.0.0.0/8 password".into()];
+    let pg = PgServer::start(opts)?;
+    pg.admin_sql(&format!("CREATE ROLE payments LOGIN PASSWORD '{DB_PASSWORD}'"))?;
+    let dir = scratch_dir("alerting-ha");
+    let certs = certs::generate(&dir)?;
+    let password_file = dir.join("am-password");
+    std::fs::write(&password_file, format!("{AM_PASSWORD}\n"))?;
+
+    let webhook = Webhook::start()?;
+    let gossip: Vec<SocketAddr> =
+        (0..2).map(|_| format!("127.0.0.1:{}", free_port()).parse()).collect::<Result<_, _>>()?;
+    let peers = (0..2)
+        .map(|i| {
+            Alertmanager::start_with(
+                &webhook,
+                AlertmanagerOptions {
+                    tls: Some(&certs),
+                    basic_auth: Some(("sensor", AM_PASSWORD)),
+                    cluster: Some((gossip[i], vec![gossip[1 - i]])),
+                },
+            )
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    // Without the password Alertmanager refuses: the auth is real.
+    let anonymous = reqwest::blocking::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&certs.ca_cert)?)?)
+        .build()?;
+    let status = anonymous.get(format!("{}/api/v2/alerts", peers[0].url)).send()?.status();
+    assert_eq!(status.as_u16(), 401);
+
+    let (ca, password) = (certs.ca_cert.display().to_string(), password_file.display().to_string());
+    let sensor = Sensor::start(&[
+        "--alertmanager-url",
+        &peers[0].url,
+        // The second peer by name: the certificate is for localhost and 127.0.0.1.
+        "--alertmanager-url",
+        &peers[1].url.replace("127.0.0.1", "localhost"),
+        "--alertmanager-ca-file",
+        &ca,
+        "--alertmanager-basic-auth-user",
+        "sensor",
+        "--alertmanager-basic-auth-password-file",
+        &password,
+    ])?;
+    // The same, trusting only the public roots: the peers' certificate is not theirs.
+    let untrusting = Sensor::start(&[
+        "--alertmanager-url",
+        &peers[0].url,
+        "--alertmanager-basic-auth-user",
+        "sensor",
+        "--alertmanager-basic-auth-password-file",
+        &password,
+        "--allow-second-instance",
+    ])?;
+
+    let client = psql_at(
+        &pg.host,
+        pg.port,
+        "sslmode=disable gssencmode=disable",
+        "payments",
+        "postgres",
+        Some(DB_PASSWORD),
+    )?
+    .expect_success()?;
+    let pid = client.pid.to_string();
+    for (i, peer) in peers.iter().enumerate() {
+        let alert = wait_for(&format!("the alert at peer {i}"), Duration::from_secs(30), || {
+            peer.alerts().ok()?.into_iter().find(|a| a["annotations"]["pid"].as_str() == Some(&pid))
+        })?;
+        assert_eq!(alert["labels"]["alertname"], "PgwireCredentialsExposed");
+        assert_eq!(alert["labels"]["severity"], "critical");
+        assert_eq!(alert["annotations"]["password_sent"], "true");
+        let text = alert.to_string();
+        assert!(!text.contains(DB_PASSWORD) && !text.contains(AM_PASSWORD), "{text}");
+        if i == 0 {
+            eprintln!("a real alert, as Alertmanager holds it: {alert:#}");
+        }
+    }
+    let sent = sensor.metrics()?.get("pgwire_sensor_alerts_sent_total");
+    assert_eq!(sent, 2.0, "one push per peer");
+
+    wait_for("the untrusting sensor's failures", Duration::from_secs(30), || {
+        let m = untrusting.metrics().ok()?;
+        (m.sum("pgwire_sensor_alerts_failed_total", &[("reason", "unreachable")]) >= 1.0)
+            .then_some(())
+    })?;
+    assert_eq!(untrusting.metrics()?.get("pgwire_sensor_alerts_sent_total"), 0.0);
+    let log = untrusting.stderr();
+    assert!(log.to_lowercase().contains("certificate"), "the log says why: {log}");
+
+    for s in [&sensor, &untrusting] {
+        let findings = std::fs::read_to_string(&s.findings_path)?;
+        assert!(findings.contains(&pid), "the session's finding is written");
+        let everything = format!("{findings}{}", s.stderr());
+        assert!(!everything.contains(DB_PASSWORD) && !everything.contains(AM_PASSWORD));
+    }
+    Ok(())
+}
+
+/// A bearer token read from a file for each push (a rotated Kubernetes token needs no
+/// restart), sent to Alertmanager behind a proxy (the recorder stands in for it).
+#[test]
+fn a_bearer_token_is_read_from_its_file_for_each_push() -> anyhow::Result<()> {
+    let _serial = serial();
+    let pg = PgServer::start(PgOptions::no_tls("alerting-bearer"))?;
+    let proxy = Webhook::start()?;
+    let dir = scratch_dir("alerting-bearer");
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, "first-token\n")?;
+    let url = format!("http://{}/alertmanager", proxy.addr);
+    let token = token_file.display().to_string();
+    let sensor =
+        Sensor::start(&["--alertmanager-url", &url, "--alertmanager-bearer-token-file", &token])?;
+    let pushes_with = |expected: &str| {
+        wait_for(&format!("a push with {expected}"), Duration::from_secs(20), || {
+            let requests = proxy.requests.lock().unwrap().clone();
+            requests.into_iter().find(|(path, auth)| {
+                path == "/alertmanager/api/v2/alerts" && auth.as_deref() == Some(expected)
+            })
+        })
+    };
+    psql(&pg, "sslmode=disable gssencmode=disable application_name=first", "postgres", "postgres")?;
+    pushes_with("Bearer first-token")?;
+    std::fs::write(&token_file, "rotated-token\n")?;
+    // Another app (another identity): a new alert, pushed at once, with the new token.
+    psql(
+        &pg,
+        "sslmode=disable gssencmode=disable application_name=second",
+        "postgres",
+        "postgres",
+    )?;
+    pushes_with("Bearer rotated-token")?;
+    let log = sensor.stderr();
+    assert!(!log.contains("first-token") && !log.contains("rotated-token"));
     Ok(())
 }

@@ -25,6 +25,38 @@ fn bad_flag_values_exit_2_with_the_flag_named() {
         (&["run", "--repeat-window", "0s"][..], "--repeat-window"),
         (&["run", "--machine-id-file", "/nonexistent/machine-id"][..], "--machine-id-file"),
         (&["analyze", "--pcap", "/dev/null", "--repeat-window", "x"][..], "--repeat-window"),
+        (&["run", "--alertmanager-url", "am:9093"][..], "--alertmanager-url"),
+        (&["run", "--alertmanager-url", "https://u:p@am:9093"][..], "--alertmanager-url"),
+        (
+            &[
+                "run",
+                "--alertmanager-url",
+                "https://am:9093",
+                "--alertmanager-ca-file",
+                "/nonexistent",
+            ][..],
+            "--alertmanager-ca-file",
+        ),
+        (
+            &["run", "--alertmanager-url", "http://am:9093", "--alertmanager-basic-auth-user", "u"]
+                [..],
+            "--alertmanager-basic-auth-user",
+        ),
+        (
+            &[
+                "run",
+                "--alertmanager-url",
+                "http://am:9093",
+                "--alertmanager-bearer-token-file",
+                "/nonexistent",
+            ][..],
+            "--alertmanager-bearer-token-file",
+        ),
+        (&["run", "--alertmanager-bearer-token-file", "/etc/hostname"][..], "--alertmanager-url"),
+        (
+            &["run", "--alertmanager-url", "http://am:9093", "--runbook-base-url", "wiki"][..],
+            "--runbook-base-url",
+        ),
         (&["frobnicate"][..], "frobnicate"),
     ] {
         let (code, stderr) = run(args);
@@ -62,6 +94,7 @@ fn config_file_errors_name_the_key_and_exit_2() {
         ("addr.yaml", "metrics_addr: nowhere\n", "metrics_addr"),
         ("type.toml", "max_connections = \"lots\"\n", "max_connections"),
         ("settings.ini", "ports=1\n", ".toml"),
+        ("peers.yaml", "alertmanager_url: [http://am:9093, am-1]\n", "alertmanager_url"),
     ] {
         let path = dir.join(name);
         std::fs::write(&path, text).unwrap();

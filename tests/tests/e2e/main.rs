@@ -5,6 +5,10 @@
 //! `cargo test -p tests` runs this binary; `cargo test -p tests -- psql::` runs one
 //! module. Add a new area as a module here, not as another file in tests/tests/.
 
+// The tests library's own dependency (bcrypt hashes for Alertmanager's web config): this
+// binary links it without naming it.
+use bcrypt as _;
+
 mod adversarial;
 mod alerting;
 mod analyze;
