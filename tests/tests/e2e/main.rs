@@ -15,6 +15,7 @@ mod analyze;
 mod cli_errors;
 mod clients;
 mod daemon;
+mod dashboard;
 mod docs_examples;
 mod finding_lines;
 mod first_bytes;
