@@ -45,8 +45,8 @@ impl Verdict {
     }
 }
 
-/// Where the runbooks (docs/runbooks/<alertname>.md) are unless told otherwise: where the
-/// package installs them. deploy/prometheus/alerts.yml's `runbook_url`s use the same base
+/// Where the runbooks (docs/runbooks/<alertname>.md) are unless told otherwise: copied onto
+/// the host (the Debian package will install them there). deploy/prometheus/alerts.yml's `runbook_url`s use the same base
 /// (`cargo xtask alert-rules` writes it with another).
 pub const RUNBOOK_BASE_URL: &str = "file:///usr/share/doc/pgwire-sensor/runbooks";
 

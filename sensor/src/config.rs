@@ -170,7 +170,8 @@ pub struct Settings {
     #[arg(long, value_name = "PATH")]
     pub alertmanager_bearer_token_file: Option<PathBuf>,
     /// Where the runbooks are: pushed alerts carry `runbook_url` = <BASE>/<alertname>.md
-    /// (docs/runbooks/ in the source; the package installs them at the default).
+    /// (docs/runbooks/ in the source, copied onto the host at the default; give a base
+    /// on-call can open, such as your git host's or wiki's).
     #[arg(long, default_value = RUNBOOK_BASE_URL, value_name = "BASE")]
     pub runbook_base_url: String,
     /// Which ends of sessions to watch: `client` (local processes connecting to a watched
@@ -230,6 +231,11 @@ impl<'a> Origins<'a> {
         })
     }
 
+    /// `err` about the setting `id`, naming it (with the error's causes).
+    fn error(&self, id: &str, err: anyhow::Error) -> anyhow::Error {
+        anyhow::anyhow!("{}: {err:#}", self.name(id))
+    }
+
     /// `--flag-name` when given on the command line (or with no file), else
     /// `key `flag_name` in --config FILE`: the file set it, or left it to the default.
     fn name(&self, id: &str) -> String {
@@ -286,9 +292,8 @@ impl Settings {
 
     /// Check every value; errors name the flag or file key.
     pub fn validate(self, origins: &Origins) -> anyhow::Result<RunConfig> {
-        let named = |id: &str, result: anyhow::Result<()>| {
-            result.map_err(|err| anyhow::anyhow!("{}: {err}", origins.name(id)))
-        };
+        let named =
+            |id: &str, result: anyhow::Result<()>| result.map_err(|err| origins.error(id, err));
         named("ports", check_ports(&self.ports))?;
         named("ring_buffer_bytes", check_ring_buffer_bytes(self.ring_buffer_bytes))?;
         named("max_connections", check_max_connections(self.max_connections))?;
@@ -325,7 +330,7 @@ impl Settings {
     /// The Alertmanager settings, checked together: a URL per peer, the CA file and the
     /// credentials readable now, and no TLS or auth setting without a URL to use it.
     fn alertmanager(&self, origins: &Origins) -> anyhow::Result<Option<AlertmanagerConfig>> {
-        let named = |id: &str, err: anyhow::Error| anyhow::anyhow!("{}: {err:#}", origins.name(id));
+        let named = |id: &str, err: anyhow::Error| origins.error(id, err);
         let dependents = [
             ("alertmanager_ca_file", self.alertmanager_ca_file.is_some()),
             ("alertmanager_basic_auth_user", self.alertmanager_basic_auth_user.is_some()),
@@ -334,6 +339,7 @@ impl Settings {
                 self.alertmanager_basic_auth_password_file.is_some(),
             ),
             ("alertmanager_bearer_token_file", self.alertmanager_bearer_token_file.is_some()),
+            ("runbook_base_url", self.runbook_base_url != RUNBOOK_BASE_URL),
         ];
         if self.alertmanager_url.is_empty() {
             if let Some((id, _)) = dependents.iter().find(|(_, given)| *given) {

@@ -94,13 +94,13 @@ mod tests {
 
     #[test]
     fn machine_ids_are_read_trimmed_and_checked() {
-        let dir = std::env::temp_dir().join(format!("identity-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::test_files::scratch_dir(
+            "identity",
+            &[("good", "0123456789ABCDEF0123456789abcdef\n"), ("bad", "uninitialized\n")],
+        );
         let good = dir.join("good");
-        std::fs::write(&good, "0123456789ABCDEF0123456789abcdef\n").unwrap();
         assert_eq!(machine_id(&good).as_deref(), Some("0123456789abcdef0123456789abcdef"));
         let bad = dir.join("bad");
-        std::fs::write(&bad, "uninitialized\n").unwrap();
         assert_eq!(machine_id(&bad), None);
         assert_eq!(machine_id(&dir.join("missing")), None);
 

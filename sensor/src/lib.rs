@@ -30,3 +30,5 @@ pub mod privileges;
 pub mod repeats;
 pub mod run;
 pub mod session;
+#[cfg(test)]
+pub(crate) mod test_files;

@@ -1,6 +1,7 @@
 //! `cargo xtask alert-rules`: deploy/prometheus/alerts.yml with another runbook base and
-//! another `up` selector, for a Prometheus whose job is not `pgwire-sensor` (Prometheus
-//! Operator names jobs after the ServiceMonitor) or on-call whose runbooks live on a wiki.
+//! another `up` selector, for a Prometheus whose job is not `pgwire-sensor` (with the
+//! Prometheus Operator, a ServiceMonitor's job is the Service's name or its jobLabel) or
+//! on-call whose runbooks live on a wiki.
 //! The file itself stays the one copy: this only substitutes the two values in it.
 
 use anyhow::{bail, ensure};
@@ -12,7 +13,7 @@ pub struct AlertRulesArgs {
     #[arg(long, default_value = RUNBOOK_BASE_URL, value_name = "BASE")]
     pub runbook_base_url: String,
     /// The label matchers that select the sensor's `up` series, e.g.
-    /// 'job="monitoring/pgwire-sensor"' or 'namespace="pgwire-sensor",job="sensor"'.
+    /// 'job="pgwire-sensor-metrics"' or 'namespace="pgwire-sensor",job="sensor"'.
     #[arg(long, default_value = UP_SELECTOR, value_name = "MATCHERS")]
     pub up_selector: String,
 }

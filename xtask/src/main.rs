@@ -86,7 +86,7 @@ enum Task {
     /// Print deploy/prometheus/alerts.yml with another runbook base and `up` selector.
     ///
     /// For a Prometheus whose job for the sensor is not `pgwire-sensor` (the Prometheus
-    /// Operator names it after the ServiceMonitor), or runbooks on your own wiki.
+    /// Operator sets it to the Service's name or its jobLabel), or runbooks on your own wiki.
     AlertRules(alert_rules::AlertRulesArgs),
     /// Smoke-test the sensor on Debian's 6.1 and 6.12 kernels under QEMU, as root.
     VmTest {

@@ -50,16 +50,6 @@ fn alertmanager_settings() {
     assert_eq!(am.runbook_base, RUNBOOK_BASE_URL);
 }
 
-/// A scratch directory with `files` (name, content) in it.
-fn files(test: &str, files: &[(&str, &str)]) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("config-{test}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    for (name, content) in files {
-        std::fs::write(dir.join(name), content).unwrap();
-    }
-    dir
-}
-
 fn error(args: &[&str]) -> String {
     format!("{:#}", validate(args).unwrap_err())
 }
@@ -90,7 +80,8 @@ fn every_alertmanager_peer_once_and_urls_without_secrets() {
 
 #[test]
 fn alertmanager_tls_and_auth_are_checked_at_start_and_errors_name_the_flag() {
-    let dir = files("am-auth", &[("password", "pw\n"), ("token", "t0ken"), ("empty", "")]);
+    let files = [("password", "pw\n"), ("token", "t0ken"), ("empty", "")];
+    let dir = crate::test_files::scratch_dir("config-am-auth", &files);
     let path = |name: &str| dir.join(name).display().to_string();
     let (password, token, empty) = (path("password"), path("token"), path("empty"));
     fn with<'a>(more: &[&'a str]) -> Vec<&'a str> {
@@ -149,6 +140,11 @@ fn alertmanager_tls_and_auth_are_checked_at_start_and_errors_name_the_flag() {
             "needs --alertmanager-url",
         ),
         (with(&["--runbook-base-url", "runbooks"]), "--runbook-base-url:", "not a URL"),
+        (
+            vec!["--runbook-base-url", "https://wiki/rb"],
+            "--runbook-base-url:",
+            "needs --alertmanager-url",
+        ),
     ];
     for (args, flag, says) in cases {
         let err = error(&args);

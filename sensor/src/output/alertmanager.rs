@@ -8,8 +8,9 @@
 //! alerts per peer (two peers: each alert counts twice).
 //!
 //! Labels follow what routes already use and stay bounded: alertname, `severity`
-//! (critical, warning, info), `sensor_severity` (the sensor's own scale), verdict, dst_port,
-//! instance and host (the node, else the host), and `identity` (a fingerprint of the app, so two apps
+//! (critical, warning, info), `sensor_severity` (the sensor's own scale), verdict, `port`
+//! (the destination's), `method` (when a password was sent), instance and host (the node,
+//! else the host), and `identity` (a fingerprint of the app, so two apps
 //! are two alerts and ten thousand sessions of one app are one). The detail metrics must
 //! not carry (process, user, database, addresses, counts) goes in annotations.
 
@@ -91,10 +92,13 @@ pub fn alert_for(latest: &Finding, tally: &Tally, source: &AlertSource) -> Alert
     labels.insert("severity", finding.severity.alert_severity().to_string());
     labels.insert("sensor_severity", finding.severity.to_string());
     labels.insert("verdict", finding.verdict.to_string());
-    labels.insert("dst_port", finding.dst.port.to_string());
+    // `port`, `method` and `host` are the label names of the Prometheus rules' alerts for
+    // the same problem: alertmanager.yml inhibits a rule's alert on them.
+    labels.insert("port", finding.dst.port.to_string());
+    if let Some(auth) = finding.auth.as_ref().filter(|auth| auth.password_sent) {
+        labels.insert("method", auth.method.to_string());
+    }
     labels.insert("instance", instance.to_string());
-    // The same label as the Prometheus rules' alerts (from pgwire_sensor_host_info), so
-    // Alertmanager can inhibit a rule's alert while this one fires for the same host.
     labels.insert("host", instance.to_string());
     labels.insert("identity", tally.identity.clone());
 
@@ -327,7 +331,8 @@ mod tests {
         );
         assert!(a.annotations["summary"].starts_with("3 plaintext session(s)"));
         assert_eq!(a.labels["verdict"], "plaintext");
-        assert_eq!(a.labels["dst_port"], "26257");
+        assert_eq!(a.labels["port"], "26257");
+        assert_eq!(a.labels["method"], "cleartext", "as the rule's PgwireCredentialsExposed");
         for key in a.labels.keys() {
             assert!(!["pid", "process", "db_user", "src", "dst"].contains(key), "{key}");
         }

@@ -1,6 +1,7 @@
 //! How alerts reach Alertmanager as people run it: every peer of an HA cluster (Alertmanager
 //! deduplicates what its peers all received, so a sensor posts to each, as Prometheus does),
-//! over http or https (the system's roots compiled in, or only the CA given), with basic
+//! over http or https (webpki's Mozilla roots compiled in, not the host's store; or only the
+//! CA given), with basic
 //! auth or a bearer token read from a file.
 //!
 //! Secrets are read from files, never from flags (a flag is in `ps` and in shell history),
@@ -27,13 +28,15 @@ impl Peer {
     /// `url` is Alertmanager's base, e.g. `https://am-0.monitoring:9093` or a route prefix
     /// such as `http://gateway/alertmanager`.
     pub fn parse(url: &str) -> anyhow::Result<Peer> {
-        // Errors quote the URL without whatever precedes an `@` (user:password).
-        let shown = match url.rsplit_once('@') {
+        // Errors quote the URL without whatever precedes an `@` (user:password) and without
+        // a query or fragment (a token may be in either).
+        let url_shown = url.split(['?', '#']).next().unwrap_or_default();
+        let shown = match url_shown.rsplit_once('@') {
             Some((before, after)) => {
                 let scheme = before.split_once("://").map_or("", |(scheme, _)| scheme);
                 format!("{scheme}{}***@{after}", if scheme.is_empty() { "" } else { "://" })
             }
-            None => url.to_string(),
+            None => url_shown.to_string(),
         };
         let base = Url::parse(url).map_err(|err| {
             anyhow::anyhow!("{shown:?} is not a URL like http://127.0.0.1:9093: {err}")
@@ -194,16 +197,16 @@ mod tests {
         }
         let err = Peer::parse("https://u:secret@am:9093").unwrap_err().to_string();
         assert!(err.contains("basic-auth") && err.contains("https://***@am:9093"), "{err}");
-        let err = Peer::parse("u:secret@am:9093").unwrap_err().to_string();
-        assert!(!err.contains("secret"), "{err}");
+        for secret in ["u:secret@am:9093", "http://am:9093/?access_token=secret"] {
+            let err = Peer::parse(secret).unwrap_err().to_string();
+            assert!(!err.contains("secret"), "{err}");
+        }
     }
 
     #[test]
     fn credentials_come_from_files_and_never_show() {
-        let dir = std::env::temp_dir().join(format!("delivery-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::test_files::scratch_dir("delivery-secret", &[("secret", "s3cret\n")]);
         let file = dir.join("secret");
-        std::fs::write(&file, "s3cret\n").unwrap();
         let header = |c: &Credentials| -> anyhow::Result<reqwest::header::HeaderValue> {
             let request = c.apply(reqwest::Client::new().post("http://am:9093/"))?.build()?;
             Ok(request.headers()[reqwest::header::AUTHORIZATION].clone())
@@ -227,10 +230,8 @@ mod tests {
 
     #[test]
     fn a_ca_file_must_hold_certificates() {
-        let dir = std::env::temp_dir().join(format!("delivery-ca-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::test_files::scratch_dir("delivery-ca", &[("ca.pem", "not a certificate")]);
         let ca = dir.join("ca.pem");
-        std::fs::write(&ca, "not a certificate").unwrap();
         let delivery = Delivery {
             peers: vec![Peer::parse("https://am:9093").unwrap()],
             ca_file: Some(ca),

@@ -207,10 +207,8 @@ mod tests {
     /// A writer on a new, empty file in a directory of this test process's own.
     /// Returns the directory, the file's path and the writer.
     fn fresh_file(tag: &str) -> (std::path::PathBuf, std::path::PathBuf, FindingsWriter) {
-        let dir = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::test_files::scratch_dir(tag, &[]);
         let path = dir.join("findings.jsonl");
-        let _ = std::fs::remove_file(&path);
         let writer = FindingsWriter::open(&FindingsTarget::File(path.clone())).unwrap();
         (dir, path, writer)
     }

@@ -45,7 +45,8 @@ pub struct Metrics {
     pub alerts_sent: IntCounter,
     /// Repeat windows closed early because the identity table was full.
     pub repeat_windows_evicted: IntCounter,
-    /// By reason: `rejected` (Alertmanager said no), `unreachable`, `queue_full`.
+    /// By reason: `rejected` (Alertmanager said no), `unreachable`, `queue_full`,
+    /// `credentials` (the secret file unreadable at push time); each peer counts.
     pub alerts_failed: IntCounterVec,
 }
 

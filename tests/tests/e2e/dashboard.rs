@@ -92,20 +92,25 @@ fn every_dashboard_query_returns_data_from_a_real_sensor() -> anyhow::Result<()>
     let count: f64 = plaintext["value"][1].as_str().unwrap().parse()?;
     assert!(count >= 2.5, "three plaintext sessions (increase() extrapolates): {count}");
 
-    // The instance variable's query lists the sensor.
-    let variable = dashboard["templating"]["list"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == "instance")
-        .unwrap();
-    let definition = variable["definition"].as_str().unwrap();
-    let selector = definition
-        .strip_prefix("label_values(")
-        .and_then(|d| d.strip_suffix(", instance)"))
-        .unwrap();
-    let series = prometheus.query(&as_grafana_sends(selector))?;
-    assert_eq!(series.len(), 1, "{series:?}");
+    // The job and instance variables' queries list the sensor.
+    let variables = dashboard["templating"]["list"].as_array().unwrap();
+    for name in ["job", "instance"] {
+        let variable = variables.iter().find(|v| v["name"] == name).unwrap();
+        let definition = variable["definition"].as_str().unwrap();
+        let (selector, label) = definition
+            .strip_prefix("label_values(")
+            .and_then(|d| d.strip_suffix(')'))
+            .and_then(|d| d.rsplit_once(", "))
+            .unwrap();
+        assert_eq!(label, name, "{definition}");
+        let series = prometheus.query(&as_grafana_sends(selector))?;
+        let values: Vec<&str> = series.iter().filter_map(|s| s["metric"][name].as_str()).collect();
+        assert_eq!(values.len(), 1, "{name}: {series:?}");
+        if name == "job" {
+            assert_eq!(values[0], "pgwire-sensor");
+            assert_eq!(variable["current"]["value"], "pgwire-sensor", "the default job");
+        }
+    }
     eprintln!("measured: {queries} dashboard queries, each returned data");
     Ok(())
 }
