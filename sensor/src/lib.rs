@@ -32,3 +32,4 @@ pub mod run;
 pub mod session;
 #[cfg(test)]
 pub(crate) mod test_files;
+pub mod tls_libraries;

@@ -1,0 +1,264 @@
+//! Where a process's TLS and PostgreSQL client libraries are, found by what they export.
+//!
+//! Groundwork for learning from the client's TLS library whether it verifies the server
+//! (uprobes on exported OpenSSL and libpq functions). Libraries are recognised by their
+//! exported symbols, never by file name or version: wheels bundle their own renamed copies
+//! (psycopg2-binary's `libssl-8bd944e8.so.3`), containers have their own files. A process's
+//! files are read through `/proc/PID/root`, so a library in another mount namespace is found
+//! at the path the kernel can attach to; each file is examined once, by device and inode
+//! (the kernel keys uprobes by inode, so one attachment serves every process mapping it).
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    path::{Path, PathBuf},
+};
+
+use object::{Object, ObjectSymbol};
+
+/// OpenSSL's functions that say whether, and when, a client verifies the server.
+pub const OPENSSL_SYMBOLS: [&str; 4] =
+    ["SSL_CTX_set_verify", "SSL_set_verify", "SSL_new", "SSL_do_handshake"];
+
+/// libpq's connection entry points.
+pub const LIBPQ_SYMBOLS: [&str; 3] = ["PQconnectStart", "PQconnectStartParams", "PQconnectPoll"];
+
+/// What a library is, by what it exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LibraryKind {
+    /// Exports every one of [`OPENSSL_SYMBOLS`].
+    OpenSsl,
+    /// Exports every one of [`LIBPQ_SYMBOLS`].
+    Libpq,
+}
+
+impl LibraryKind {
+    pub const ALL: [LibraryKind; 2] = [LibraryKind::OpenSsl, LibraryKind::Libpq];
+
+    pub fn symbols(self) -> &'static [&'static str] {
+        match self {
+            LibraryKind::OpenSsl => &OPENSSL_SYMBOLS,
+            LibraryKind::Libpq => &LIBPQ_SYMBOLS,
+        }
+    }
+}
+
+/// A file mapped into a process: one per file, however many mappings it has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MappedFile {
+    /// The path inside the process's mount namespace.
+    pub path: PathBuf,
+    pub file: FileId,
+}
+
+/// A file's identity across mount namespaces: its device and inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileId {
+    /// `major:minor` as /proc/PID/maps writes it (hex).
+    pub device: (u32, u32),
+    pub inode: u64,
+}
+
+/// The files in a /proc/PID/maps text, each once, in order of first mapping. Anonymous
+/// mappings, pseudo-files (`[heap]`) and deleted files (`(deleted)`: nothing to attach to)
+/// are left out; a line that does not parse is skipped.
+pub fn mapped_files(maps: &str) -> Vec<MappedFile> {
+    let mut files: Vec<MappedFile> = Vec::new();
+    for line in maps.lines() {
+        let Some(mapped) = parse_maps_line(line) else { continue };
+        if !files.iter().any(|f| f.file == mapped.file) {
+            files.push(mapped);
+        }
+    }
+    files
+}
+
+/// `address perms offset dev inode path`; the path is the rest of the line (it may hold
+/// spaces).
+fn parse_maps_line(line: &str) -> Option<MappedFile> {
+    let mut rest = line;
+    let mut field = || {
+        let trimmed = rest.trim_start();
+        let end = trimmed.find(' ').unwrap_or(trimmed.len());
+        let (value, after) = trimmed.split_at(end);
+        rest = after;
+        value
+    };
+    let (_address, _perms, _offset, device, inode) = (field(), field(), field(), field(), field());
+    let path = rest.trim_start();
+    let inode: u64 = inode.parse().ok()?;
+    if inode == 0 || !path.starts_with('/') || path.ends_with(" (deleted)") {
+        return None;
+    }
+    let (major, minor) = device.split_once(':')?;
+    let device = (u32::from_str_radix(major, 16).ok()?, u32::from_str_radix(minor, 16).ok()?);
+    Some(MappedFile { path: PathBuf::from(path), file: FileId { device, inode } })
+}
+
+/// Which of `wanted` the ELF file at `path` exports: defined, global or weak, in its dynamic
+/// symbol table (what the dynamic linker resolves, so what every caller of the library
+/// reaches). Not an ELF file, or unreadable: an error.
+pub fn exported_symbols(path: &Path, wanted: &[&str]) -> anyhow::Result<BTreeSet<String>> {
+    let data = std::fs::read(path)?;
+    let file = object::File::parse(&*data)?;
+    Ok(file
+        .dynamic_symbols()
+        .filter(|s| s.is_definition() && s.is_global())
+        .filter_map(|s| s.name().ok())
+        .filter(|name| wanted.contains(name))
+        .map(str::to_string)
+        .collect())
+}
+
+/// A library found in a process, as the kernel can attach to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Library {
+    pub kind: LibraryKind,
+    /// Reachable from the sensor: `/proc/PID/root/<path in the process>`.
+    pub path: PathBuf,
+    pub file: FileId,
+}
+
+/// Every file examined so far and what it turned out to be: each file is read once.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    examined: HashMap<FileId, Vec<LibraryKind>>,
+}
+
+impl Catalog {
+    /// The libraries of `pid` not seen before in any process (a file already examined is not
+    /// read again). A process gone meanwhile has none.
+    pub fn scan_process(&mut self, pid: u32) -> Vec<Library> {
+        let root = PathBuf::from(format!("/proc/{pid}/root"));
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+        let mut found = Vec::new();
+        for mapped in mapped_files(&maps) {
+            if self.examined.contains_key(&mapped.file) {
+                continue;
+            }
+            let path = root.join(mapped.path.strip_prefix("/").unwrap_or(&mapped.path));
+            let kinds = library_kinds(&path);
+            for &kind in &kinds {
+                found.push(Library { kind, path: path.clone(), file: mapped.file });
+            }
+            self.examined.insert(mapped.file, kinds);
+        }
+        found
+    }
+
+    /// Files examined so far.
+    pub fn len(&self) -> usize {
+        self.examined.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.examined.is_empty()
+    }
+}
+
+/// What the file at `path` is, by its exports (nothing, when it is not an ELF file).
+fn library_kinds(path: &Path) -> Vec<LibraryKind> {
+    let wanted: Vec<&str> =
+        LibraryKind::ALL.iter().flat_map(|kind| kind.symbols().iter().copied()).collect();
+    let Ok(exported) = exported_symbols(path, &wanted) else { return Vec::new() };
+    LibraryKind::ALL
+        .into_iter()
+        .filter(|kind| kind.symbols().iter().all(|s| exported.contains(*s)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::{Child, Command, Stdio};
+
+    use super::*;
+
+    #[test]
+    fn maps_lines_give_each_file_once() {
+        let maps = "\
+55d0c8a00000-55d0c8a02000 r--p 00000000 fd:01 1311 /usr/bin/python3.11
+55d0c8a02000-55d0c8a05000 r-xp 00002000 fd:01 1311 /usr/bin/python3.11
+7f1c2c000000-7f1c2c021000 rw-p 00000000 00:00 0 
+7f1c2d400000-7f1c2d45a000 r--p 00000000 00:2f 40 /opt/my app/libssl-8bd944e8.so.3
+7f1c2d600000-7f1c2d61a000 r-xp 00000000 fd:01 77 /tmp/lib.so (deleted)
+7ffd5b9e2000-7ffd5ba03000 rw-p 00000000 00:00 0                          [stack]
+garbage
+";
+        let files = mapped_files(maps);
+        assert_eq!(files.len(), 2, "{files:?}");
+        assert_eq!(files[0].path, Path::new("/usr/bin/python3.11"));
+        assert_eq!(files[0].file, FileId { device: (0xfd, 1), inode: 1311 });
+        assert_eq!(files[1].path, Path::new("/opt/my app/libssl-8bd944e8.so.3"));
+        assert_eq!(files[1].file.device, (0, 0x2f));
+    }
+
+    /// A child process that maps `module` and waits on its stdin.
+    struct Holder(Child);
+
+    impl Holder {
+        fn start(python: &Path, module: &str) -> Holder {
+            let mut child = Command::new(python)
+                .args([
+                    "-c",
+                    &format!("import {module}, sys; print('ready', flush=True); sys.stdin.read()"),
+                ])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap_or_else(|err| {
+                    panic!("{}: {err} (scripts/bootstrap.sh --test-deps)", python.display())
+                });
+            let mut ready = String::new();
+            use std::io::BufRead;
+            std::io::BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut ready).unwrap();
+            assert_eq!(ready.trim(), "ready", "{module} imported");
+            Holder(child)
+        }
+    }
+
+    impl Drop for Holder {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// The system's libssl in a Python process that imported `ssl`; the file is examined
+    /// once however many processes map it.
+    #[test]
+    fn the_system_libssl_is_found_by_its_exports() {
+        let python = Holder::start(Path::new("/usr/bin/python3"), "ssl");
+        let mut catalog = Catalog::default();
+        let found = catalog.scan_process(python.0.id());
+        let ssl: Vec<&Library> = found.iter().filter(|l| l.kind == LibraryKind::OpenSsl).collect();
+        assert_eq!(ssl.len(), 1, "{found:?}");
+        let prefix = format!("/proc/{}/root/", python.0.id());
+        assert!(ssl[0].path.to_str().unwrap().starts_with(&prefix), "{:?}", ssl[0].path);
+        assert!(ssl[0].path.to_str().unwrap().contains("libssl"), "{:?}", ssl[0].path);
+        let examined = catalog.len();
+        assert!(examined > 3, "every mapped file was examined: {examined}");
+
+        let second = Holder::start(Path::new("/usr/bin/python3"), "ssl");
+        assert!(catalog.scan_process(second.0.id()).is_empty(), "already examined");
+        assert_eq!(catalog.len(), examined, "the same files: none read again");
+        assert!(catalog.scan_process(u32::MAX).is_empty(), "no such process");
+    }
+
+    /// psycopg2-binary bundles renamed copies of libpq and libssl: found by their exports,
+    /// next to the system's libssl the interpreter itself maps (two OpenSSLs in one process).
+    #[test]
+    fn a_wheels_bundled_libpq_and_libssl_are_found() {
+        let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/clients/.venv/bin/python");
+        let python = Holder::start(&venv, "psycopg2");
+        let found = Catalog::default().scan_process(python.0.id());
+        for (kind, name) in [(LibraryKind::Libpq, "/libpq-"), (LibraryKind::OpenSsl, "/libssl-")] {
+            let bundled = found.iter().find(|l| {
+                let path = l.path.to_str().unwrap();
+                l.kind == kind && path.contains("/psycopg2_binary.libs/") && path.contains(name)
+            });
+            assert!(bundled.is_some(), "no bundled {kind:?} in {found:?}");
+        }
+        let symbols = exported_symbols(&found[0].path, &OPENSSL_SYMBOLS).unwrap();
+        assert!(symbols.iter().all(|s| OPENSSL_SYMBOLS.contains(&s.as_str())));
+        assert!(exported_symbols(Path::new("/etc/hostname"), &OPENSSL_SYMBOLS).is_err());
+    }
+}
