@@ -243,6 +243,37 @@ garbage
         assert!(catalog.scan_process(u32::MAX).is_empty(), "no such process");
     }
 
+    /// A process in its own mount namespace with its own copy of libssl (on a tmpfs only it
+    /// can see): found, at a path through its /proc/PID/root that the sensor can open.
+    #[test]
+    fn a_copy_in_another_mount_namespace_is_found_through_proc_root() {
+        let system = Path::new("/usr/lib/x86_64-linux-gnu/libssl.so.3");
+        let script = format!(
+            "mount -t tmpfs private /mnt && cp {} /mnt/libssl.so.3 && \
+             LD_LIBRARY_PATH=/mnt exec python3 -c \"import ssl, sys; print('ready', flush=True); \
+             sys.stdin.read()\"",
+            system.display()
+        );
+        let mut child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("unshare (util-linux)");
+        let mut ready = String::new();
+        use std::io::BufRead;
+        std::io::BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut ready).unwrap();
+        let holder = Holder(child);
+        assert_eq!(ready.trim(), "ready", "unshare --mount and mount need root, as the suite");
+        assert!(!Path::new("/mnt/libssl.so.3").exists(), "the copy is not in our namespace");
+        let found = Catalog::default().scan_process(holder.0.id());
+        let copy = format!("/proc/{}/root/mnt/libssl.so.3", holder.0.id());
+        let library = found.iter().find(|l| l.path == Path::new(&copy));
+        assert!(library.is_some_and(|l| l.kind == LibraryKind::OpenSsl), "{found:?}");
+        let system_id = std::fs::metadata(system).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+        assert_ne!(Some(library.unwrap().file.inode), system_id.ok(), "its own file");
+    }
+
     /// psycopg2-binary bundles renamed copies of libpq and libssl: found by their exports,
     /// next to the system's libssl the interpreter itself maps (two OpenSSLs in one process).
     #[test]
