@@ -164,6 +164,10 @@ impl MessageAssembly {
         if matches!(verdict, Verdict::Cancel) && n > CANCEL_EVIDENCE_LEN {
             n = CANCEL_EVIDENCE_LEN;
         }
+        // A ClientHello says nothing a reader needs (the alert and the verification do).
+        if verdict.is_tls() {
+            n = 0;
+        }
         n
     }
 

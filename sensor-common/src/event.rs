@@ -51,7 +51,6 @@ pub struct ConnState {
     pub flags: u32,
     /// The client message being assembled in the capture buffer.
     pub message: MessageAssembly,
-    pub _pad: u32,
     pub tracker: Tracker,
 }
 
@@ -65,7 +64,6 @@ impl ConnState {
             server_offset: 0,
             flags,
             message: MessageAssembly::NEW,
-            _pad: 0,
             tracker: Tracker::NEW,
         }
     }
@@ -131,7 +129,10 @@ pub struct SessionEvent {
     pub requests: u8,
     /// Server answers, packed (`tracker::answers_of`).
     pub answers: u8,
-    pub _pad: [u8; 2],
+    /// [`crate::verdict::Verification`] of the client's TLS library (TLS verdicts).
+    pub verification: u8,
+    /// The client's fatal TLS alert description (`tls_rejected`); 0xff: none.
+    pub tls_alert: u8,
     /// Length of the captured message according to its header (0 if unknown).
     pub message_len: u32,
     /// Valid bytes in `captured`: the message that decided the verdict, never more than
@@ -175,7 +176,7 @@ pub struct Capture {
 }
 
 const _: () = assert!(core::mem::size_of::<ProcRecord>() == 48);
-const _: () = assert!(core::mem::size_of::<ConnState>() == 48 + 4 * 4 + 20 + 4 + 8);
+const _: () = assert!(core::mem::size_of::<ConnState>() == 48 + 4 * 4 + 20 + 12);
 const _: () = assert!(
     core::mem::size_of::<SessionEvent>() == 24 + 48 + 32 + 4 + 4 + 4 + 4 + 4 + 4 + CAPTURE_LEN
 );

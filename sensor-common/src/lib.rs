@@ -4,6 +4,8 @@
 //!   arrays. The kernel calls it to count verdicts exactly; userspace calls it again on the
 //!   captured bytes (and on pcap streams), so both sides agree by construction.
 //! - [`tracker`]: the session-start state machine every verdict comes from.
+//! - [`tls`]: what the client's OpenSSL says about verifying the server, and how its
+//!   handshake is tied to the ClientHello on the wire.
 //! - [`assembly`]: where a client message's bytes land in the capture (pure arithmetic).
 //! - [`verdict`]: verdict, severity and role enums with their stable names.
 //! - [`names`]: the one mechanism that gives each shared enum its names and parsers.
@@ -22,6 +24,7 @@ pub mod event;
 pub mod limits;
 pub mod names;
 pub mod pgwire;
+pub mod tls;
 pub mod tracker;
 pub mod verdict;
 

@@ -9,6 +9,7 @@ pub mod map_names {
     pub const EVENTS: &str = "EVENTS";
     pub const SESSION_COUNTERS: &str = "SESSION_COUNTERS";
     pub const STATS: &str = "STATS";
+    pub const VERIFICATION_COUNTERS: &str = "VERIFICATION_COUNTERS";
 }
 
 /// Program names (the Rust function names in `sensor-ebpf`).
@@ -17,6 +18,14 @@ pub mod program_names {
     pub const CONNECT6: &str = "sensor_connect6";
     pub const EGRESS: &str = "sensor_egress";
     pub const INGRESS: &str = "sensor_ingress";
+    /// Uprobes on the client's OpenSSL (`crate::tls_probe`): each attached to every copy
+    /// of the library found, at the exported symbol of the same name.
+    pub const SSL_CTX_NEW_RETURN: &str = "tls_ssl_ctx_new_return";
+    pub const SSL_CTX_SET_VERIFY: &str = "tls_ssl_ctx_set_verify";
+    pub const SSL_NEW: &str = "tls_ssl_new";
+    pub const SSL_NEW_RETURN: &str = "tls_ssl_new_return";
+    pub const SSL_SET_VERIFY: &str = "tls_ssl_set_verify";
+    pub const SSL_HANDSHAKE: &str = "tls_ssl_handshake";
 }
 
 /// One byte per TCP port: a direct array index is the cheapest "is this port watched?" test.
@@ -34,6 +43,11 @@ pub const CONNECTIONS_MAX: u32 = 16384;
 /// Connections assembling a client message at the same moment (1 KiB each). LRU: under a
 /// flood the oldest capture is evicted and that session is reported `unknown`.
 pub const CAPTURES_MAX: u32 = 2048;
+/// OpenSSL objects (SSL_CTX and SSL, keyed by address) whose verification mode is known.
+/// LRU: a process churning through more loses the oldest, whose sessions become `unknown`.
+pub const TLS_OBJECTS_MAX: u32 = 16384;
+/// Threads with a TLS handshake announced (or an `SSL_new` under way). LRU.
+pub const TLS_THREADS_MAX: u32 = 8192;
 /// Ring buffer size in bytes (a power of two, a multiple of the page size).
 pub const EVENTS_RING_BYTES: u32 = 1 << 20;
 
@@ -73,8 +87,17 @@ crate::named_enum! {
         AuthEventsLost = 11 => "auth_events_lost",
         /// Connections forgotten because nothing more was to be learned (or they closed).
         ConnectionsForgotten = 12 => "connections_forgotten",
+        /// TLS handshakes announced by the client's OpenSSL (uprobes fired).
+        TlsHandshakesSeen = 13 => "tls_handshakes_seen",
+        /// A client's ClientHello whose thread had handshakes of both verification modes
+        /// announced since its connect(): judged `unknown` rather than guessed.
+        TlsVerificationAmbiguous = 14 => "tls_verification_ambiguous",
     }
 }
+
+/// Size of the per-CPU TLS verification counter array: (watched port, role, verification).
+pub const VERIFICATION_COUNTERS_ENTRIES: u32 =
+    (MAX_WATCHED_PORTS * crate::verdict::Role::COUNT * crate::verdict::Verification::COUNT) as u32;
 
 /// Size of the per-CPU session counter array: one counter per (watched port, role, verdict).
 pub const SESSION_COUNTERS_ENTRIES: u32 =

@@ -37,8 +37,11 @@ pub enum FirstMessage {
         len: u32,
         minor: u16,
     },
-    /// TLS record header of a handshake carrying a ClientHello.
-    TlsClientHello,
+    /// TLS record header of a handshake carrying a ClientHello; `len` is the whole record
+    /// (header included), so the client's next TLS record starts right after it.
+    TlsClientHello {
+        len: u32,
+    },
     Http2Preface,
     Unknown,
 }
@@ -57,6 +60,7 @@ impl FirstMessage {
             FirstMessage::SslRequest | FirstMessage::GssEncRequest => Some(REQUEST_LEN),
             FirstMessage::CancelRequest { len } | FirstMessage::Startup { len, .. } => Some(len),
             FirstMessage::Http2Preface => Some(HTTP2_PREFACE.len() as u32),
+            FirstMessage::TlsClientHello { len } => Some(len),
             _ => None,
         }
     }
@@ -65,6 +69,76 @@ impl FirstMessage {
 #[inline(always)]
 const fn be32(b: &[u8; PREFIX_LEN], at: usize) -> u32 {
     u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// A TLS record header: type, version (2 bytes), length (2 bytes).
+pub const TLS_RECORD_HEADER_LEN: u32 = 5;
+/// Bytes of a client TLS record the sensor reads: the header and, for a clear alert, its
+/// level and description. Nothing else of the encrypted stream is ever looked at.
+pub const TLS_PEEK_LEN: usize = 7;
+
+/// The client's TLS record after its ClientHello, as far as verification is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsRecord {
+    /// A fatal alert in clear (`15 03 0x 00 02 02 <desc>`): the handshake is aborted, and
+    /// `description` says why (48 unknown_ca, 42 bad_certificate, 45 certificate_expired...).
+    FatalAlert { description: u8 },
+    /// Anything else: the client goes on with the handshake.
+    Other,
+}
+
+/// The name of a TLS alert description (RFC 8446 section 6, RFC 5246 section 7.2), as the
+/// RFCs spell them; `None` for a code they do not define.
+pub const fn tls_alert_name(description: u8) -> Option<&'static str> {
+    Some(match description {
+        0 => "close_notify",
+        10 => "unexpected_message",
+        20 => "bad_record_mac",
+        22 => "record_overflow",
+        40 => "handshake_failure",
+        42 => "bad_certificate",
+        43 => "unsupported_certificate",
+        44 => "certificate_revoked",
+        45 => "certificate_expired",
+        46 => "certificate_unknown",
+        47 => "illegal_parameter",
+        48 => "unknown_ca",
+        49 => "access_denied",
+        50 => "decode_error",
+        51 => "decrypt_error",
+        70 => "protocol_version",
+        71 => "insufficient_security",
+        80 => "internal_error",
+        86 => "inappropriate_fallback",
+        90 => "user_canceled",
+        109 => "missing_extension",
+        110 => "unsupported_extension",
+        112 => "unrecognized_name",
+        113 => "bad_certificate_status_response",
+        115 => "unknown_psk_identity",
+        116 => "certificate_required",
+        120 => "no_application_protocol",
+        _ => return None,
+    })
+}
+
+/// Classify the first [`TLS_PEEK_LEN`] bytes of the client's record after its ClientHello
+/// (`avail` of them present).
+#[inline(always)]
+pub const fn classify_tls_record(peek: &[u8; TLS_PEEK_LEN], avail: usize) -> TlsRecord {
+    // Alert (21), version 3.x, length exactly 2 (a clear alert; an encrypted one is longer),
+    // level fatal (2).
+    if avail >= TLS_PEEK_LEN
+        && peek[0] == 0x15
+        && peek[1] == 0x03
+        && peek[3] == 0
+        && peek[4] == 2
+        && peek[5] == 2
+    {
+        TlsRecord::FatalAlert { description: peek[6] }
+    } else {
+        TlsRecord::Other
+    }
 }
 
 /// Classify the first bytes of a client-to-server stream.
@@ -90,7 +164,7 @@ pub fn classify_first(prefix: &[u8; PREFIX_LEN], avail: usize) -> FirstMessage {
         }
         let record_len = u16::from_be_bytes([prefix[3], prefix[4]]);
         return if prefix[1] == 0x03 && prefix[2] <= 0x04 && record_len >= 4 && prefix[5] == 0x01 {
-            FirstMessage::TlsClientHello
+            FirstMessage::TlsClientHello { len: TLS_RECORD_HEADER_LEN + record_len as u32 }
         } else {
             FirstMessage::Unknown
         };

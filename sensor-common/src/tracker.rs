@@ -7,8 +7,8 @@
 //! message are (reassembly, the request skipped, the evidence kept) is decided by
 //! [`crate::assembly`], shared the same way. The caller only moves bytes.
 
-use crate::pgwire::FirstMessage;
-use crate::verdict::{UnknownReason, Verdict, NO_REASON};
+use crate::pgwire::{FirstMessage, TlsRecord};
+use crate::verdict::{UnknownReason, Verdict, Verification, NO_REASON};
 
 crate::named_enum! {
     /// Where the session is.
@@ -28,6 +28,9 @@ crate::named_enum! {
         AwaitPassword = 5 => "await_password",
         /// Nothing left to learn.
         Done = 6 => "done",
+        /// The client's ClientHello went out: waiting for its next TLS record (a fatal
+        /// alert rejects the server's certificate; anything else goes on) or its close.
+        TlsHandshake = 7 => "tls_handshake",
     }
 }
 
@@ -102,7 +105,7 @@ pub mod effect {
     pub const DONE: u8 = 4;
 }
 
-/// Per-connection decision state. 8 bytes, `Copy`, kernel-friendly.
+/// Per-connection decision state. 12 bytes, `Copy`, kernel-friendly.
 ///
 /// Its fields are private: the kernel and `sensor analyze` drive it only through the
 /// transitions below and read it through the typed getters, so every decision is made here.
@@ -124,7 +127,18 @@ pub struct Tracker {
     password_sent: u8,
     /// Server answers seen so far (each one byte: `S`, `N`, `G`, `E`...), at most two kept.
     answers: u8,
+    /// In `TlsHandshake`: the verdict the handshake leads to unless the client rejects the
+    /// server (`Tls` after an SSLRequest, `TlsDirect` without one).
+    tls_path: u8,
+    /// `Verification` of the client's TLS library, as told by the caller at the ClientHello.
+    verification: u8,
+    /// The description of the client's fatal alert (`NO_TLS_ALERT` if none).
+    alert: u8,
+    _spare: u8,
 }
+
+/// `Tracker::alert` when the client sent none.
+pub const NO_TLS_ALERT: u8 = 0xff;
 
 pub const VERDICT_NONE: u8 = 0xff;
 
@@ -144,6 +158,10 @@ impl Tracker {
         auth: AuthMethod::Unknown as u8,
         password_sent: 0,
         answers: 0,
+        tls_path: VERDICT_NONE,
+        verification: Verification::Unknown as u8,
+        alert: NO_TLS_ALERT,
+        _spare: 0,
     };
 
     pub const fn phase(&self) -> Phase {
@@ -191,6 +209,43 @@ impl Tracker {
         }
     }
 
+    /// What the client's TLS library was seen doing about the server's certificate.
+    pub const fn verification(&self) -> Verification {
+        match Verification::from_u8(self.verification) {
+            Some(v) => v,
+            None => Verification::Unknown,
+        }
+    }
+
+    /// The wire value of [`Tracker::verification`] for a kernel event (a plain copy).
+    pub const fn verification_code(&self) -> u8 {
+        self.verification
+    }
+
+    /// The description of the fatal TLS alert the client sent, if it sent one.
+    pub const fn tls_alert(&self) -> Option<u8> {
+        if self.alert == NO_TLS_ALERT {
+            None
+        } else {
+            Some(self.alert)
+        }
+    }
+
+    /// The wire value of [`Tracker::tls_alert`] for a kernel event (0xff: none).
+    pub const fn tls_alert_code(&self) -> u8 {
+        self.alert
+    }
+
+    /// The caller learned, as the client's ClientHello goes out, whether the client's TLS
+    /// library verifies the server. Only the ClientHello's moment counts: later calls (a
+    /// retransmit, the server's end) change nothing once the handshake is under way.
+    #[inline(always)]
+    pub fn client_verification(&mut self, verification: Verification) {
+        if self.phase() != Phase::TlsHandshake {
+            self.verification = verification as u8;
+        }
+    }
+
     /// The client answered the authentication request with a password message.
     pub const fn password_sent(&self) -> bool {
         self.password_sent != 0
@@ -200,6 +255,14 @@ impl Tracker {
     /// session's report should say that an auth report follows.
     pub const fn auth_follows(&self) -> bool {
         matches!(self.phase(), Phase::AwaitAuth | Phase::AwaitPassword)
+    }
+
+    /// The client's ClientHello is out and its next TLS record is awaited: the caller peeks
+    /// at the first [`crate::pgwire::TLS_PEEK_LEN`] bytes of the record that starts
+    /// right after the ClientHello (stream offset: the message's start plus its length) and
+    /// hands them to [`Tracker::client_tls_record`].
+    pub const fn wants_tls_record(&self) -> bool {
+        matches!(self.phase(), Phase::TlsHandshake)
     }
 
     /// The client is sending a message (its first, or the next after a server answer):
@@ -232,6 +295,10 @@ impl Tracker {
     /// done either way.
     #[inline(always)]
     pub fn abandon(&mut self, reason: UnknownReason) -> u8 {
+        // A handshake under way is TLS whatever happens next: only a rejection is lost.
+        if self.phase() == Phase::TlsHandshake {
+            return self.finish_tls();
+        }
         // Done either way: no authentication outcome will follow a session given up on.
         self.phase = Phase::Done as u8;
         if self.verdict().is_some() {
@@ -261,8 +328,8 @@ impl Tracker {
                     FirstMessage::CancelRequest { .. } if !after_refusal => {
                         self.finish(Verdict::Cancel)
                     }
-                    FirstMessage::TlsClientHello if !after_refusal => {
-                        self.finish(Verdict::TlsDirect)
+                    FirstMessage::TlsClientHello { .. } if !after_refusal => {
+                        self.await_tls_outcome(Verdict::TlsDirect)
                     }
                     FirstMessage::Http2Preface if !after_refusal => {
                         self.finish(Verdict::RpcPlaintext)
@@ -271,10 +338,47 @@ impl Tracker {
                 }
             }
             Phase::AwaitHello => match first {
-                FirstMessage::TlsClientHello => self.finish(Verdict::Tls),
+                FirstMessage::TlsClientHello { .. } => self.await_tls_outcome(Verdict::Tls),
                 _ => self.finish_unknown(UnknownReason::NoTlsAfterAccept),
             },
             _ => 0,
+        }
+    }
+
+    /// The ClientHello is out: the verdict waits for the client's next record, which says
+    /// whether it accepted the server's certificate.
+    #[inline(always)]
+    fn await_tls_outcome(&mut self, path: Verdict) -> u8 {
+        self.tls_path = path as u8;
+        self.phase = Phase::TlsHandshake as u8;
+        0
+    }
+
+    /// The client did not reject the server during the handshake (or cannot be followed
+    /// further): TLS, unverified if its library was seen not to verify.
+    #[inline(always)]
+    fn finish_tls(&mut self) -> u8 {
+        if self.verification == Verification::Unverified as u8 {
+            return self.finish(Verdict::TlsUnverified);
+        }
+        match Verdict::from_u8(self.tls_path) {
+            Some(path) => self.finish(path),
+            None => self.finish(Verdict::Tls),
+        }
+    }
+
+    /// The client's TLS record after its ClientHello.
+    #[inline(always)]
+    pub fn client_tls_record(&mut self, record: TlsRecord) -> u8 {
+        if self.phase() != Phase::TlsHandshake {
+            return 0;
+        }
+        match record {
+            TlsRecord::FatalAlert { description } => {
+                self.alert = description;
+                self.finish(Verdict::TlsRejected)
+            }
+            TlsRecord::Other => self.finish_tls(),
         }
     }
 
@@ -354,6 +458,10 @@ impl Tracker {
             }
             Phase::AwaitAnswer => self.finish_unknown(UnknownReason::ClosedBeforeAnswer),
             Phase::AwaitHello => self.finish_unknown(UnknownReason::NoTlsAfterAccept),
+            // Closed during the handshake without a clear fatal alert: a rejection the
+            // wire does not show (an encrypted alert, a check after the handshake) cannot be
+            // told from a server that gave up, so it stays TLS.
+            Phase::TlsHandshake => self.finish_tls(),
             // Asked for encryption, was told no, and gave up: the server (or a MitM) refused.
             Phase::AfterRefusal => self.finish(Verdict::Refused),
             Phase::AwaitAuth | Phase::AwaitPassword => {

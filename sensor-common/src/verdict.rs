@@ -23,6 +23,14 @@ crate::named_enum! {
         RpcPlaintext = 7 => "rpc_plaintext",
         /// Not the start of a pgwire/TLS/HTTP2 stream, or the sensor did not see the start.
         Unknown = 8 => "unknown",
+        /// TLS (after SSLRequest, or direct), and the client's TLS library was seen set up
+        /// not to verify the server's certificate: a man in the middle with any certificate
+        /// reads the session.
+        TlsUnverified = 9 => "tls_unverified",
+        /// The client aborted the TLS handshake with a fatal alert: a verifying client
+        /// refusing the server's certificate (a man in the middle, or a wrong or expired
+        /// certificate).
+        TlsRejected = 10 => "tls_rejected",
     }
 }
 
@@ -34,15 +42,51 @@ impl Verdict {
                 Severity::Info
             }
             Verdict::Cancel => Severity::Low,
-            Verdict::Refused => Severity::Medium,
-            Verdict::Plaintext | Verdict::Downgraded | Verdict::RpcPlaintext => Severity::High,
+            Verdict::Refused | Verdict::TlsUnverified => Severity::Medium,
+            Verdict::Plaintext
+            | Verdict::Downgraded
+            | Verdict::RpcPlaintext
+            | Verdict::TlsRejected => Severity::High,
         }
     }
 
-    /// Encrypted sessions are counted but produce no finding line.
-    pub const fn is_encrypted(self) -> bool {
+    /// Sessions that are fine as far as the sensor can tell (encrypted, verification not
+    /// known to be off) are counted but produce no finding line.
+    pub const fn counted_only(self) -> bool {
         matches!(self, Verdict::Tls | Verdict::TlsDirect | Verdict::Gssenc)
     }
+
+    /// The session went on (or tried to go on) inside TLS: the verdicts a TLS verification
+    /// judgement belongs to.
+    pub const fn is_tls(self) -> bool {
+        matches!(
+            self,
+            Verdict::Tls | Verdict::TlsDirect | Verdict::TlsUnverified | Verdict::TlsRejected
+        )
+    }
+}
+
+crate::named_enum! {
+    /// Whether the client checks the server's certificate chain, as learned from the
+    /// client's own TLS library (uprobes) when its handshake started. Never guessed: every
+    /// session the sensor could not tie to a library call is `unknown`.
+    pub enum Verification ("tls verification") {
+        /// No library call was tied to this handshake (another TLS stack, a library not
+        /// probed, set up before the sensor started, or the server's end of the session).
+        Unknown = 0 => "unknown",
+        /// The client's SSL was set to verify the server's chain (`SSL_VERIFY_PEER`). Host
+        /// name checking, where the client does it, is not seen.
+        VerifiedChain = 1 => "verified_chain",
+        /// The client's SSL was left at, or set to, `SSL_VERIFY_NONE` with no verify
+        /// callback of its own: any certificate is accepted.
+        Unverified = 2 => "unverified",
+    }
+}
+
+/// Index of the kernel's per-CPU counter of TLS sessions by verification, for the watched
+/// port in `slot` and `role`.
+pub const fn verification_counter_index(slot: u32, role: Role, verification: Verification) -> u32 {
+    (slot * Role::COUNT as u32 + role as u32) * (Verification::COUNT as u32) + verification as u32
 }
 
 /// Where the runbooks (docs/runbooks/<alertname>.md) are unless told otherwise: copied onto
@@ -66,6 +110,8 @@ pub const fn alert_name(verdict: Verdict, severity: Severity) -> &'static str {
         Verdict::Refused => "PgwireTlsRefused",
         Verdict::Cancel => "PgwireCancelInPlaintext",
         Verdict::RpcPlaintext => "PgwireRpcPlaintext",
+        Verdict::TlsUnverified => "PgwireTlsUnverified",
+        Verdict::TlsRejected => "PgwireTlsRejected",
         Verdict::Tls | Verdict::TlsDirect | Verdict::Gssenc | Verdict::Unknown => {
             "PgwireUnknownSession"
         }

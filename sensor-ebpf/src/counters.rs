@@ -3,10 +3,10 @@
 use aya_ebpf::maps::PerCpuArray;
 use sensor_common::{
     limits::Stat,
-    verdict::{session_counter_index, Role, Verdict},
+    verdict::{session_counter_index, verification_counter_index, Role, Verdict, Verification},
 };
 
-use crate::maps::{SESSION_COUNTERS, STATS};
+use crate::maps::{SESSION_COUNTERS, STATS, VERIFICATION_COUNTERS};
 
 #[inline(always)]
 fn bump(map: &PerCpuArray<u64>, index: u32) {
@@ -24,4 +24,9 @@ pub fn stat(which: Stat) {
 #[inline(always)]
 pub fn session(slot: u32, role: Role, verdict: Verdict) {
     bump(&SESSION_COUNTERS, session_counter_index(slot, role, verdict));
+}
+
+#[inline(always)]
+pub fn verification(slot: u32, role: Role, verification: Verification) {
+    bump(&VERIFICATION_COUNTERS, verification_counter_index(slot, role, verification));
 }

@@ -2,7 +2,10 @@
 //! capture buffer, feeding the shared `Tracker`, and carrying out its effects (count the
 //! verdict, report the session, report authentication, forget the connection).
 
-use aya_ebpf::{helpers::generated::bpf_ktime_get_ns, programs::SkBuffContext};
+use aya_ebpf::{
+    helpers::generated::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    programs::SkBuffContext,
+};
 use aya_log_ebpf::info;
 use sensor_common::{
     assembly::Placement,
@@ -11,7 +14,7 @@ use sensor_common::{
         EVENT_SESSION,
     },
     limits::{Stat, CAPTURE_LEN, PREFIX_LEN},
-    pgwire::classify_first,
+    pgwire::{classify_first, classify_tls_record, FirstMessage, TlsRecord, TLS_PEEK_LEN},
     tracker::{effect, AuthMethod, Phase},
     verdict::{Role, UnknownReason, Verdict},
 };
@@ -19,6 +22,7 @@ use sensor_common::{
 use crate::{
     counters, maps,
     packet::{self, L4},
+    tls_probe,
 };
 
 /// Which way the current packet goes: addresses in events are always client -> server.
@@ -54,9 +58,32 @@ impl Flow<'_> {
                     self.apply(e);
                 }
             }
+        } else if self.state.tracker.wants_tls_record() {
+            self.tls_record(rel, payload_offset, len);
         } else if self.state.tracker.wants_client_message() || pending {
             self.assemble(rel, payload_offset, len);
         }
+    }
+
+    /// The client's TLS record right after its ClientHello: only its header (and a clear
+    /// alert's two bytes) is read. A segment that does not hold the record's start (a
+    /// retransmit of earlier bytes) is passed over. Not inlined: its branches must not
+    /// multiply the verifier's states on every other path of the packet programs.
+    #[inline(never)]
+    fn tls_record(&mut self, rel: u32, payload_offset: u32, len: u32) {
+        let message = self.state.message;
+        let at = message.start().wrapping_add(message.message_len());
+        let skip = at.wrapping_sub(rel);
+        if skip >= len {
+            return;
+        }
+        let record = match packet::payload_array::<TLS_PEEK_LEN>(self.ctx, payload_offset + skip) {
+            Some(peek) => classify_tls_record(&peek, TLS_PEEK_LEN),
+            // Fewer than TLS_PEEK_LEN bytes here: not a whole clear alert.
+            None => TlsRecord::Other,
+        };
+        let e = self.state.tracker.client_tls_record(record);
+        self.apply(e);
     }
 
     /// Store the segment's part of the current message in the capture, then let the
@@ -118,8 +145,24 @@ impl Flow<'_> {
         };
         let first = classify_first(&prefix, self.state.message.prefix_avail());
         self.state.message.classified(first);
+        // The client's own ClientHello leaving its host: its TLS library may have told the
+        // uprobes whether it verifies the server. (On the server's end the client is
+        // elsewhere, and an adopted connection has no connect record to check against.)
+        if matches!(first, FirstMessage::TlsClientHello { .. }) {
+            self.hello_verification();
+        }
         let e = self.state.tracker.client_message(first);
         self.apply(e);
+    }
+
+    /// The client's ClientHello is leaving: tell the tracker what the client's TLS library
+    /// announced for it. Not inlined (see `tls_record`).
+    #[inline(never)]
+    fn hello_verification(&mut self) {
+        if self.role == Role::Client && self.state.flags & conn_flags::PROC_KNOWN != 0 {
+            let verification = tls_probe::verification_for_hello(&self.state.proc_);
+            self.state.tracker.client_verification(verification);
+        }
     }
 
     /// The connection closed (FIN or RST from either side).
@@ -138,8 +181,9 @@ impl Flow<'_> {
         self.apply(e);
     }
 
-    /// Carry out the tracker's effects, in order: count, report, forget.
-    #[inline(always)]
+    /// Carry out the tracker's effects, in order: count, report, forget. Not inlined: it is
+    /// called after every transition, and one copy keeps the verifier's work in bounds.
+    #[inline(never)]
     pub fn apply(&mut self, effects: u8) {
         if effects & effect::VERDICT != 0 {
             if let Some(verdict) = self.state.tracker.verdict() {
@@ -149,8 +193,11 @@ impl Flow<'_> {
                 };
                 let slot = maps::port_slot(server_port).unwrap_or(0);
                 counters::session(slot, self.role, verdict);
-                // Encrypted sessions are counted only: no evidence to ship.
-                if !verdict.is_encrypted() {
+                if verdict.is_tls() {
+                    counters::verification(slot, self.role, self.state.tracker.verification());
+                }
+                // Sessions with nothing wrong are counted only: no evidence to ship.
+                if !verdict.counted_only() {
                     self.state.flags |= conn_flags::EVENT_PENDING;
                 }
             }
@@ -232,7 +279,8 @@ impl Flow<'_> {
             (*ev).reason = t.reason_code();
             (*ev).requests = t.requests();
             (*ev).answers = t.answers();
-            (*ev)._pad = [0; 2];
+            (*ev).verification = t.verification_code();
+            (*ev).tls_alert = t.tls_alert_code();
             (*ev).message_len = message.message_len();
             (*ev)._pad2 = 0;
             if capture.is_null() {
@@ -278,25 +326,22 @@ impl Flow<'_> {
     }
 }
 
-/// Copy exactly `len` (<= CAPTURE_LEN) bytes, in 8-byte words with the last one masked, so
-/// no byte past `len` (a pipelined message, the cancel key) reaches the ring buffer. Both
-/// buffers are 8-byte aligned and CAPTURE_LEN long.
+/// Copy exactly `len` (<= CAPTURE_LEN) bytes, so no byte past `len` (a pipelined message,
+/// the cancel key) reaches the ring buffer; the record's bytes past `len` are left as they
+/// are (`SessionEvent::captured` says they are undefined; they only ever held earlier
+/// events' evidence).
+///
+/// One helper call, no loop: a copy loop that stops at `len` forks the verifier's state at
+/// every word, for each way into `emit_session`, which exhausts its budget.
 #[inline(always)]
 unsafe fn copy_exact(src: *const u8, dst: *mut u8, len: u32) {
-    let mut at = 0u32;
-    while at < CAPTURE_LEN as u32 {
-        if at >= len {
-            break;
-        }
-        // SAFETY: at < CAPTURE_LEN and both buffers hold CAPTURE_LEN bytes, 8-aligned.
-        unsafe {
-            let mut word = core::ptr::read(src.add(at as usize).cast::<u64>());
-            let left = len - at;
-            if left < 8 {
-                word &= (1u64 << (left * 8)) - 1;
-            }
-            core::ptr::write(dst.add(at as usize).cast::<u64>(), word);
-        }
-        at += 8;
+    let mut n = len;
+    if n > CAPTURE_LEN as u32 {
+        n = CAPTURE_LEN as u32;
+    }
+    // SAFETY: both buffers hold CAPTURE_LEN bytes and n <= CAPTURE_LEN. A failed read leaves
+    // the bytes undefined, as documented for bytes past `captured_len`.
+    unsafe {
+        bpf_probe_read_kernel(dst.cast(), n, src.cast());
     }
 }

@@ -15,10 +15,11 @@ mod maps;
 mod packet;
 mod proof;
 mod segment;
+mod tls_probe;
 
 use aya_ebpf::{
-    macros::{cgroup_skb, cgroup_sock_addr},
-    programs::{SkBuffContext, SockAddrContext},
+    macros::{cgroup_skb, cgroup_sock_addr, uprobe, uretprobe},
+    programs::{ProbeContext, RetProbeContext, SkBuffContext, SockAddrContext},
 };
 
 /// cgroup_sock_addr programs: 1 lets the connect() proceed.
@@ -48,6 +49,44 @@ pub fn sensor_egress(ctx: SkBuffContext) -> i32 {
 pub fn sensor_ingress(ctx: SkBuffContext) -> i32 {
     segment::on_segment(&ctx, segment::Hook::Ingress);
     SKB_PASS
+}
+
+// Uprobes on the client's OpenSSL; each returns 0 (a uprobe's return value is ignored).
+
+#[uretprobe]
+pub fn tls_ssl_ctx_new_return(ctx: RetProbeContext) -> u32 {
+    tls_probe::ctx_created(&ctx);
+    0
+}
+
+#[uprobe]
+pub fn tls_ssl_ctx_set_verify(ctx: ProbeContext) -> u32 {
+    tls_probe::ctx_set_verify(&ctx);
+    0
+}
+
+#[uprobe]
+pub fn tls_ssl_new(ctx: ProbeContext) -> u32 {
+    tls_probe::ssl_new(&ctx);
+    0
+}
+
+#[uretprobe]
+pub fn tls_ssl_new_return(ctx: RetProbeContext) -> u32 {
+    tls_probe::ssl_created(&ctx);
+    0
+}
+
+#[uprobe]
+pub fn tls_ssl_set_verify(ctx: ProbeContext) -> u32 {
+    tls_probe::ssl_set_verify(&ctx);
+    0
+}
+
+#[uprobe]
+pub fn tls_ssl_handshake(ctx: ProbeContext) -> u32 {
+    tls_probe::handshake(&ctx);
+    0
 }
 
 #[cfg(not(test))]

@@ -8,8 +8,10 @@ use sensor_common::{
     event::{Capture, ConnState},
     limits::{
         Stat, CAPTURES_MAX, CONFIG_ENTRIES, CONFIG_ROLES, CONNECTIONS_MAX, EVENTS_RING_BYTES,
-        SESSION_COUNTERS_ENTRIES, WATCHED_PORTS_ENTRIES,
+        SESSION_COUNTERS_ENTRIES, TLS_OBJECTS_MAX, TLS_THREADS_MAX, VERIFICATION_COUNTERS_ENTRIES,
+        WATCHED_PORTS_ENTRIES,
     },
+    tls::{Handshake, ObjectKey},
     verdict::Role,
 };
 
@@ -44,6 +46,30 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
 #[map]
 pub static SESSION_COUNTERS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(SESSION_COUNTERS_ENTRIES, 0);
+
+/// Exact counts of TLS sessions per (port, role, verification), counted with the verdict.
+#[map]
+pub static VERIFICATION_COUNTERS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(VERIFICATION_COUNTERS_ENTRIES, 0);
+
+/// OpenSSL context (per process) -> `LibraryMode` set on it.
+#[map]
+pub static TLS_CONTEXTS: LruHashMap<ObjectKey, u8> =
+    LruHashMap::with_max_entries(TLS_OBJECTS_MAX, 0);
+
+/// OpenSSL SSL (per process) -> `LibraryMode`, with `tls::ANNOUNCED` once its handshake
+/// started.
+#[map]
+pub static TLS_SSLS: LruHashMap<ObjectKey, u8> = LruHashMap::with_max_entries(TLS_OBJECTS_MAX, 0);
+
+/// Thread (pid_tgid) -> the context passed to the `SSL_new` it is inside.
+#[map]
+pub static TLS_NEW_SSL: LruHashMap<u64, u64> = LruHashMap::with_max_entries(TLS_THREADS_MAX, 0);
+
+/// Thread (pid_tgid) -> the handshake it announced last, until a ClientHello takes it.
+#[map]
+pub static TLS_HANDSHAKES: LruHashMap<u64, Handshake> =
+    LruHashMap::with_max_entries(TLS_THREADS_MAX, 0);
 
 /// Operational counters, indexed by `Stat`.
 #[map]

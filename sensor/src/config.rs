@@ -198,6 +198,12 @@ pub struct Settings {
     /// later packet of a judged connection reports "not adopted"): for debugging a host.
     #[arg(long)]
     pub kernel_log: bool,
+    /// Learn from each client's OpenSSL whether it verifies the server's certificate
+    /// (uprobes on every copy of libssl found on the host, through /proc/PID/root): sessions
+    /// of clients known not to verify become `tls_unverified`. `false` leaves every TLS
+    /// session's verification `unknown` and needs no CAP_PERFMON after start.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub tls_verification: bool,
 }
 
 impl Default for Settings {
@@ -287,6 +293,7 @@ impl Settings {
             node_name,
             machine_id_file,
             kernel_log,
+            tls_verification,
         )
     }
 
@@ -322,6 +329,7 @@ impl Settings {
             node_name: self.node_name,
             machine_id_file: self.machine_id_file,
             kernel_log: self.kernel_log,
+            tls_verification: self.tls_verification,
         })
     }
 }
@@ -428,6 +436,8 @@ pub struct RunConfig {
     pub allow_untested_kernel: bool,
     /// Forward the kernel programs' diagnostics to the log.
     pub kernel_log: bool,
+    /// Probe clients' OpenSSL for certificate verification.
+    pub tls_verification: bool,
     /// The Kubernetes node name, if told.
     pub node_name: Option<String>,
     /// The file holding the host's machine id, if not the usual places.

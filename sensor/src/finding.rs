@@ -10,7 +10,7 @@ use std::{net::IpAddr, time::SystemTime};
 use schemars::JsonSchema;
 use sensor_common::{
     tracker::AuthMethod,
-    verdict::{Role, Severity, UnknownReason, Verdict},
+    verdict::{Role, Severity, UnknownReason, Verdict, Verification},
 };
 use serde::{Serialize, Serializer};
 
@@ -61,6 +61,9 @@ pub struct Finding {
     /// How the server authenticated a plaintext or downgraded session.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth: Option<Auth>,
+    /// What is known of the TLS handshake (TLS verdicts only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Tls>,
     /// Kernel socket cookie: joins this finding with later ones about the same socket
     /// (absent from `sensor analyze`, which sees no sockets).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -103,6 +106,36 @@ pub struct Negotiation {
     pub requested: Vec<Encryption>,
     /// The server's one-byte answers in order, e.g. "N" or "NN".
     pub server_answers: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Tls {
+    /// What the client's TLS library was seen doing about the server's certificate when its
+    /// handshake started: `verified_chain`, `unverified`, or `unknown` (another TLS stack,
+    /// a library set up before the sensor started, the server's end of the session, or a
+    /// capture: verification cannot be seen on the wire).
+    pub verification: Verification,
+    /// The fatal alert the client sent instead of finishing the handshake (`tls_rejected`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alert: Option<TlsAlert>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct TlsAlert {
+    /// The alert description's code, e.g. 48.
+    pub code: u8,
+    /// Its name in the TLS RFCs, e.g. `unknown_ca`, `bad_certificate`,
+    /// `certificate_expired`; absent for a code they do not define.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<&'static str>,
+}
+
+impl TlsAlert {
+    pub fn new(code: u8) -> TlsAlert {
+        TlsAlert { code, description: sensor_common::pgwire::tls_alert_name(code) }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, JsonSchema)]

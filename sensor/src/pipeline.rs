@@ -81,7 +81,7 @@ impl Pipeline {
         match event {
             KernelEvent::Session(ev) => {
                 let session = Session::from_event(&ev);
-                if session.verdict.is_encrypted() {
+                if session.verdict.counted_only() {
                     return; // counted in the kernel; no evidence to report
                 }
                 let mut finding = session.finding(&self.origin);

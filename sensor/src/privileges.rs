@@ -5,6 +5,10 @@
 //! else is dropped from the effective, permitted, inheritable and ambient sets, and
 //! no_new_privs is set, so a compromised agent cannot load programs or regain privileges.
 //!
+//! With `--tls-verification` (the default) CAP_PERFMON is kept too: OpenSSL copies found
+//! after start (a Python wheel imported later, a new container) get their uprobes then, and
+//! opening a uprobe needs it.
+//!
 //! CAP_BPF is a special case: some kernels with `kernel.unprivileged_bpf_disabled` set
 //! refuse every bpf() command without it, even a map read on an fd the process owns (older
 //! ones checked at the top of the syscall; Debian's 6.1 and 6.12 do not, as
@@ -35,11 +39,12 @@ pub struct Dropped {
 /// sets are per thread and new threads inherit them.
 pub fn drop_after_attach(
     still_reads: impl Fn() -> bool,
+    also_keep: &[Capability],
 ) -> Result<Dropped, caps::errors::CapsError> {
     let permitted = caps::read(None, CapSet::Permitted)?;
     let mut out = Dropped::default();
     for cap in permitted.iter().copied() {
-        if KEEP.contains(&cap) || PROBED.contains(&cap) {
+        if KEEP.contains(&cap) || PROBED.contains(&cap) || also_keep.contains(&cap) {
             continue;
         }
         caps::drop(None, CapSet::Effective, cap)?;

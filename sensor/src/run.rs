@@ -33,6 +33,7 @@ use crate::{
     },
     pipeline::Pipeline,
     preflight, privileges,
+    tls_libraries::{self, Catalog},
 };
 
 /// How often findings waiting for an auth outcome are checked for expiry.
@@ -80,15 +81,27 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
         max_connections: config.max_connections,
         roles: role_bits(&config.roles),
         kernel_log: config.kernel_log,
+        tls_probes: config.tls_verification,
     };
     let mut attached = Attached::load_and_attach(&config.ports, &cgroup_dir, options)?;
+    // The OpenSSL copies there already, before the first session is judged: the
+    // distribution's (so a client started later is probed from its first connection) and
+    // every running process's.
+    let mut catalog = Catalog::default();
+    if config.tls_verification {
+        let mut libraries = catalog.scan_system_libraries();
+        libraries.extend(catalog.scan_all_processes());
+        attached.probe_tls_libraries(&libraries);
+    }
     if let Some(logger) = attached.kernel_log.take() {
         tokio::spawn(kernel_log::forward(logger));
     }
     let counters = Arc::new(attached.take_counters()?);
     let still_reads =
         || counters.read().is_ok() && attached.check.as_ref().is_none_or(|check| check.healthy());
-    match privileges::drop_after_attach(still_reads) {
+    let keep_for_uprobes: &[caps::Capability] =
+        if config.tls_verification { &[caps::Capability::CAP_PERFMON] } else { &[] };
+    match privileges::drop_after_attach(still_reads, keep_for_uprobes) {
         Ok(d) => info!(dropped = ?d.dropped, kept = ?d.kept, "privileges dropped after attach"),
         Err(err) => warn!(%err, "could not drop every privilege after attach; some are kept"),
     }
@@ -114,6 +127,16 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
         "attached; watching sessions"
     );
 
+    let (found_libraries, mut new_libraries) = tokio::sync::mpsc::unbounded_channel();
+    let _scanner = if config.tls_verification {
+        Some(
+            tls_libraries::spawn_scanner(catalog, found_libraries)
+                .context("cannot start the library scanner")?,
+        )
+    } else {
+        None
+    };
+
     let mut batch: Vec<KernelEvent> = Vec::with_capacity(64);
     let mut ticker = tokio::time::interval(TICK);
     let outcome = loop {
@@ -127,6 +150,7 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
                 pipeline.flush();
             }
             _ = ticker.tick() => pipeline.tick(Instant::now()),
+            Some(libraries) = new_libraries.recv() => attached.probe_tls_libraries(&libraries),
             _ = sighup.recv() => pipeline.reopen_findings(),
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break Ok(()) }
             _ = sigint.recv() => { info!("SIGINT: stopping"); break Ok(()) }

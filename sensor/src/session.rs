@@ -11,13 +11,16 @@ use std::{
 use sensor_common::{
     event::{event_flags, ProcRecord, SessionEvent, AF_INET},
     pgwire::{classify_bytes, FirstMessage, StartupParams},
-    tracker::{answers_of, AuthMethod, Encryption},
-    verdict::{Role, Severity, UnknownReason, Verdict},
+    tracker::{answers_of, AuthMethod, Encryption, NO_TLS_ALERT},
+    verdict::{Role, Severity, UnknownReason, Verdict, Verification},
 };
 
 use crate::{
     clock,
-    finding::{new_id, Auth, Endpoint, Finding, Negotiation, Process, Startup, SCHEMA_VERSION},
+    finding::{
+        new_id, Auth, Endpoint, Finding, Negotiation, Process, Startup, Tls, TlsAlert,
+        SCHEMA_VERSION,
+    },
     identity::Origin,
 };
 
@@ -49,6 +52,10 @@ pub struct Session {
     pub opened_before_start: bool,
     /// The authentication outcome is still to come (plaintext or downgraded sessions).
     pub auth_follows: bool,
+    /// What the client's TLS library said about verifying the server (TLS verdicts).
+    pub verification: Verification,
+    /// The fatal TLS alert the client sent (`tls_rejected`).
+    pub tls_alert: Option<u8>,
 }
 
 impl Session {
@@ -74,6 +81,8 @@ impl Session {
             fast_open: ev.flags & event_flags::FAST_OPEN != 0,
             opened_before_start: ev.flags & event_flags::ADOPTED != 0,
             auth_follows: ev.flags & event_flags::AUTH_FOLLOWS != 0,
+            verification: Verification::from_u8(ev.verification).unwrap_or(Verification::Unknown),
+            tls_alert: (ev.tls_alert != NO_TLS_ALERT).then_some(ev.tls_alert),
         }
     }
 
@@ -116,6 +125,10 @@ impl Session {
             }),
             startup,
             auth: None,
+            tls: self.verdict.is_tls().then(|| Tls {
+                verification: self.verification,
+                alert: self.tls_alert.map(TlsAlert::new),
+            }),
             socket_cookie: self.cookie,
             fast_open: self.fast_open,
             opened_before_start: self.opened_before_start,

@@ -1,7 +1,7 @@
 //! Where a process's TLS and PostgreSQL client libraries are, found by what they export.
 //!
-//! Groundwork for learning from the client's TLS library whether it verifies the server
-//! (uprobes on exported OpenSSL and libpq functions). Libraries are recognised by their
+//! The agent attaches its TLS uprobes (`crate::bpf::TlsProbes`) to every OpenSSL found here,
+//! to learn from the client's TLS library whether it verifies the server. Libraries are recognised by their
 //! exported symbols, never by file name or version: wheels bundle their own renamed copies
 //! (psycopg2-binary's `libssl-8bd944e8.so.3`), containers have their own files. A process's
 //! files are read through `/proc/PID/root`, so a library in another mount namespace is found
@@ -16,8 +16,30 @@ use std::{
 use object::{Object, ObjectSymbol};
 
 /// OpenSSL's functions that say whether, and when, a client verifies the server.
-pub const OPENSSL_SYMBOLS: [&str; 4] =
-    ["SSL_CTX_set_verify", "SSL_set_verify", "SSL_new", "SSL_do_handshake"];
+pub const OPENSSL_SYMBOLS: [&str; 6] = [
+    "SSL_CTX_new",
+    "SSL_CTX_set_verify",
+    "SSL_set_verify",
+    "SSL_new",
+    "SSL_connect",
+    "SSL_do_handshake",
+];
+
+/// Exported by the Node.js runtime (which carries its own OpenSSL). Node sets
+/// `SSL_VERIFY_NONE` in OpenSSL and checks the certificate in JavaScript after the
+/// handshake, so its OpenSSL calls say nothing about verification: never probed.
+pub const NODE_MARKER: &str = "napi_module_register";
+
+/// Where a distribution's shared libraries are: examined at start, so a client started
+/// later that links the system's OpenSSL is probed from its first connection on.
+pub const SYSTEM_LIBRARY_DIRS: [&str; 6] = [
+    "/usr/lib/x86_64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/usr/lib64",
+    "/usr/lib",
+    "/lib64",
+    "/usr/local/lib",
+];
 
 /// libpq's connection entry points.
 pub const LIBPQ_SYMBOLS: [&str; 3] = ["PQconnectStart", "PQconnectStartParams", "PQconnectPoll"];
@@ -56,6 +78,15 @@ pub struct FileId {
     /// `major:minor` as /proc/PID/maps writes it (hex).
     pub device: (u32, u32),
     pub inode: u64,
+}
+
+impl FileId {
+    /// The identity of a file from its metadata, as /proc/PID/maps would write it.
+    pub fn of(meta: &std::fs::Metadata) -> FileId {
+        use std::os::unix::fs::MetadataExt;
+        let dev = meta.dev();
+        FileId { device: (libc::major(dev), libc::minor(dev)), inode: meta.ino() }
+    }
 }
 
 /// The files in a /proc/PID/maps text, each once, in order of first mapping. Anonymous
@@ -98,8 +129,10 @@ fn parse_maps_line(line: &str) -> Option<MappedFile> {
 /// symbol table (what the dynamic linker resolves, so what every caller of the library
 /// reaches). Not an ELF file, or unreadable: an error.
 pub fn exported_symbols(path: &Path, wanted: &[&str]) -> anyhow::Result<BTreeSet<String>> {
-    let data = std::fs::read(path)?;
-    let file = object::File::parse(&*data)?;
+    // Read on demand: only the headers and the dynamic symbol table of a (possibly large)
+    // executable are ever loaded.
+    let cache = object::ReadCache::new(std::fs::File::open(path)?);
+    let file = object::File::parse(&cache)?;
     Ok(file
         .dynamic_symbols()
         .filter(|s| s.is_definition() && s.is_global())
@@ -145,6 +178,46 @@ impl Catalog {
         found
     }
 
+    /// The OpenSSL copies in the distribution's library directories (`libssl.so*` files,
+    /// symbolic links resolved) not seen before.
+    pub fn scan_system_libraries(&mut self) -> Vec<Library> {
+        let mut found = Vec::new();
+        for dir in SYSTEM_LIBRARY_DIRS {
+            let Ok(entries) = std::fs::read_dir(dir) else { continue };
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                if !name.to_string_lossy().starts_with("libssl.so") {
+                    continue;
+                }
+                let Ok(path) = std::fs::canonicalize(entry.path()) else { continue };
+                let Ok(meta) = std::fs::metadata(&path) else { continue };
+                let file = FileId::of(&meta);
+                if self.examined.contains_key(&file) {
+                    continue;
+                }
+                let kinds = library_kinds(&path);
+                for &kind in &kinds {
+                    found.push(Library { kind, path: path.clone(), file });
+                }
+                self.examined.insert(file, kinds);
+            }
+        }
+        found
+    }
+
+    /// The libraries of every process on the host not seen before (this process's own
+    /// excepted).
+    pub fn scan_all_processes(&mut self) -> Vec<Library> {
+        let own = std::process::id();
+        let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+        let pids: Vec<u32> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+            .filter(|&pid| pid != own)
+            .collect();
+        pids.into_iter().flat_map(|pid| self.scan_process(pid)).collect()
+    }
+
     /// Files examined so far.
     pub fn len(&self) -> usize {
         self.examined.len()
@@ -155,11 +228,36 @@ impl Catalog {
     }
 }
 
+/// How often every process's mappings are looked at again for libraries not seen before (a
+/// wheel imported after start, a new container). A library that appears and is used within
+/// one interval has its first sessions' verification `unknown`.
+pub const RESCAN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Look for new libraries every [`RESCAN_INTERVAL`] on a thread of its own (reading every
+/// process's mappings must not hold up event handling), sending each batch found. Stops
+/// when the receiver is gone.
+pub fn spawn_scanner(
+    mut catalog: Catalog,
+    found: tokio::sync::mpsc::UnboundedSender<Vec<Library>>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name("tls-libraries".into()).spawn(move || loop {
+        std::thread::sleep(RESCAN_INTERVAL);
+        let libraries = catalog.scan_all_processes();
+        if found.is_closed() || (!libraries.is_empty() && found.send(libraries).is_err()) {
+            return;
+        }
+    })
+}
+
 /// What the file at `path` is, by its exports (nothing, when it is not an ELF file).
 fn library_kinds(path: &Path) -> Vec<LibraryKind> {
-    let wanted: Vec<&str> =
+    let mut wanted: Vec<&str> =
         LibraryKind::ALL.iter().flat_map(|kind| kind.symbols().iter().copied()).collect();
+    wanted.push(NODE_MARKER);
     let Ok(exported) = exported_symbols(path, &wanted) else { return Vec::new() };
+    if exported.contains(NODE_MARKER) {
+        return Vec::new();
+    }
     LibraryKind::ALL
         .into_iter()
         .filter(|kind| kind.symbols().iter().all(|s| exported.contains(*s)))

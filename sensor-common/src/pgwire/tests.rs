@@ -76,8 +76,8 @@ fn protocol_2_is_unknown() {
 #[test]
 fn tls_client_hello_is_direct_tls() {
     let hello = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03];
-    assert_eq!(classify_bytes(&hello), FirstMessage::TlsClientHello);
-    assert_eq!(FirstMessage::TlsClientHello.accepted(), Verdict::TlsDirect);
+    assert_eq!(classify_bytes(&hello), FirstMessage::TlsClientHello { len: 5 + 0x200 });
+    assert_eq!(FirstMessage::TlsClientHello { len: 517 }.accepted(), Verdict::TlsDirect);
     // A TLS alert record is not a ClientHello.
     let alert = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28];
     assert_eq!(classify_bytes(&alert), FirstMessage::Unknown);
@@ -198,7 +198,8 @@ impl Accepted for FirstMessage {
         match self {
             FirstMessage::SslRequest => {
                 t.server_answer(b'S');
-                t.client_message(FirstMessage::TlsClientHello);
+                t.client_message(FirstMessage::TlsClientHello { len: 517 });
+                t.closed(false);
             }
             FirstMessage::GssEncRequest => {
                 t.server_answer(b'G');

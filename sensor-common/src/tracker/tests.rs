@@ -1,7 +1,12 @@
 use super::*;
-use crate::pgwire::FirstMessage as M;
+use crate::pgwire::{FirstMessage as M, TlsRecord};
 
 const STARTUP: M = M::Startup { len: 40, minor: 0 };
+const HELLO: M = M::TlsClientHello { len: 517 };
+/// The client's record after a ClientHello that goes on with the handshake.
+const GOES_ON: TlsRecord = TlsRecord::Other;
+/// unknown_ca: what an OpenSSL client sends when the chain is not from its root file.
+const UNKNOWN_CA: TlsRecord = TlsRecord::FatalAlert { description: 48 };
 
 fn run(steps: &[Step]) -> (Tracker, u8) {
     let mut t = Tracker::NEW;
@@ -13,6 +18,11 @@ fn run(steps: &[Step]) -> (Tracker, u8) {
             Step::Auth(ty, code) => t.server_auth(ty, code),
             Step::Reply(ty) => t.client_auth_reply(ty),
             Step::Close => t.closed(false),
+            Step::Record(r) => t.client_tls_record(r),
+            Step::Verifies(v) => {
+                t.client_verification(v);
+                0
+            }
         };
     }
     (t, all)
@@ -25,6 +35,8 @@ enum Step {
     Auth(u8, Option<u32>),
     Reply(u8),
     Close,
+    Record(TlsRecord),
+    Verifies(Verification),
 }
 use Step::*;
 
@@ -47,11 +59,63 @@ fn abandon_decides_unknown_once_and_expects_no_auth_after_a_verdict() {
 
 #[test]
 fn ssl_accepted_then_client_hello_is_tls() {
-    let (t, e) = run(&[Client(M::SslRequest), Answer(b'S'), Client(M::TlsClientHello)]);
+    let (t, e) = run(&[Client(M::SslRequest), Answer(b'S'), Client(HELLO)]);
+    // Not decided at the ClientHello: the client may still reject the server.
+    assert_eq!((t.verdict(), t.phase(), e), (None, Phase::TlsHandshake, 0));
+    assert!(t.wants_tls_record() && !t.wants_client_message());
+    let (t, e) = run(&[Client(M::SslRequest), Answer(b'S'), Client(HELLO), Record(GOES_ON)]);
     assert_eq!(t.verdict(), Some(Verdict::Tls));
     assert_eq!(t.phase(), Phase::Done);
-    assert_ne!(e & effect::DONE, 0);
+    assert_eq!(e, effect::VERDICT | effect::DONE);
     assert_eq!(answers_of(t.answers()), ([b'S', 0], 1));
+    assert_eq!((t.verification(), t.tls_alert()), (Verification::Unknown, None));
+}
+
+#[test]
+fn a_client_known_not_to_verify_is_tls_unverified_after_ssl_request_or_direct() {
+    for start in [&[Client(M::SslRequest), Answer(b'S')][..], &[][..]] {
+        for end in [Record(GOES_ON), Close] {
+            let mut steps = start.to_vec();
+            steps.extend([Verifies(Verification::Unverified), Client(HELLO), end]);
+            let (t, _) = run(&steps);
+            assert_eq!(t.verdict(), Some(Verdict::TlsUnverified), "{steps:?}");
+            assert_eq!(t.verification(), Verification::Unverified);
+        }
+    }
+    // Verifying or unknown: the plain TLS verdicts, the verification kept for the metric.
+    for v in [Verification::VerifiedChain, Verification::Unknown] {
+        let (t, _) = run(&[Verifies(v), Client(HELLO), Record(GOES_ON)]);
+        assert_eq!((t.verdict(), t.verification()), (Some(Verdict::TlsDirect), v));
+    }
+}
+
+#[test]
+fn a_fatal_alert_after_the_client_hello_is_tls_rejected_with_its_description() {
+    let (t, e) = run(&[
+        Client(M::SslRequest),
+        Answer(b'S'),
+        Verifies(Verification::VerifiedChain),
+        Client(HELLO),
+        Record(UNKNOWN_CA),
+    ]);
+    assert_eq!(e, effect::VERDICT | effect::DONE);
+    assert_eq!((t.verdict(), t.tls_alert()), (Some(Verdict::TlsRejected), Some(48)));
+    assert_eq!(t.verification(), Verification::VerifiedChain);
+    // Only the first record after the ClientHello counts; a later one changes nothing.
+    let (t, _) = run(&[Client(HELLO), Record(GOES_ON), Record(UNKNOWN_CA)]);
+    assert_eq!((t.verdict(), t.tls_alert()), (Some(Verdict::TlsDirect), None));
+    // The verification told after the ClientHello (a retransmit) is ignored.
+    let (t, _) = run(&[Client(HELLO), Verifies(Verification::Unverified), Record(GOES_ON)]);
+    assert_eq!(t.verdict(), Some(Verdict::TlsDirect));
+}
+
+#[test]
+fn a_handshake_given_up_on_is_still_counted_as_tls() {
+    let mut t = Tracker::NEW;
+    t.client_verification(Verification::Unverified);
+    t.client_message(HELLO);
+    assert_eq!(t.abandon(UnknownReason::CaptureEvicted), effect::VERDICT | effect::DONE);
+    assert_eq!(t.verdict(), Some(Verdict::TlsUnverified));
 }
 
 #[test]
@@ -59,11 +123,11 @@ fn first_bytes_verdicts() {
     for (m, v) in [
         (STARTUP, Verdict::Plaintext),
         (M::CancelRequest { len: 16 }, Verdict::Cancel),
-        (M::TlsClientHello, Verdict::TlsDirect),
+        (HELLO, Verdict::TlsDirect),
         (M::Http2Preface, Verdict::RpcPlaintext),
         (M::Unknown, Verdict::Unknown),
     ] {
-        let (t, e) = run(&[Client(m)]);
+        let (t, e) = run(&[Client(m), Record(GOES_ON)]);
         assert_eq!(t.verdict(), Some(v), "{m:?}");
         assert_ne!(e & effect::VERDICT, 0);
     }
@@ -109,7 +173,8 @@ fn gss_refused_then_ssl_accepted_is_tls() {
         Answer(b'N'),
         Client(M::SslRequest),
         Answer(b'S'),
-        Client(M::TlsClientHello),
+        Client(HELLO),
+        Close,
     ]);
     assert_eq!(t.verdict(), Some(Verdict::Tls));
 }
@@ -208,7 +273,7 @@ mod props {
             Just(M::GssEncRequest),
             Just(M::CancelRequest { len: 16 }),
             Just(STARTUP),
-            Just(M::TlsClientHello),
+            Just(HELLO),
             Just(M::Http2Preface),
             Just(M::Unknown),
         ]
@@ -221,6 +286,14 @@ mod props {
             (any::<u8>(), proptest::option::of(any::<u32>())).prop_map(|(t, c)| Auth(t, c)),
             any::<u8>().prop_map(Reply),
             Just(Close),
+            any::<u8>().prop_map(|description| Record(TlsRecord::FatalAlert { description })),
+            Just(Record(GOES_ON)),
+            prop_oneof![
+                Just(Verification::Unknown),
+                Just(Verification::VerifiedChain),
+                Just(Verification::Unverified)
+            ]
+            .prop_map(Verifies),
         ]
     }
 
@@ -230,17 +303,37 @@ mod props {
             let mut t = Tracker::NEW;
             let mut verdicts = 0;
             let mut startup_seen = false;
+            let mut hello_seen = false;
+            let mut unverified_told = false;
             for step in &steps {
                 let e = match *step {
-                    Client(m) => { startup_seen |= matches!(m, M::Startup { .. }); t.client_message(m) }
+                    Client(m) => {
+                        startup_seen |= matches!(m, M::Startup { .. });
+                        hello_seen |= matches!(m, M::TlsClientHello { .. });
+                        t.client_message(m)
+                    }
                     Answer(b) => t.server_answer(b),
                     Auth(ty, c) => t.server_auth(ty, c),
                     Reply(ty) => t.client_auth_reply(ty),
                     Close => t.closed(false),
+                    Record(r) => t.client_tls_record(r),
+                    Verifies(v) => {
+                        unverified_told |= v == Verification::Unverified;
+                        t.client_verification(v);
+                        0
+                    }
                 };
                 verdicts += (e & effect::VERDICT != 0) as u32;
             }
             prop_assert!(verdicts <= 1);
+            // Never called unverified without being told so; never rejected without a
+            // ClientHello and an alert.
+            if t.verdict() == Some(Verdict::TlsUnverified) {
+                prop_assert!(unverified_told && hello_seen);
+            }
+            if t.verdict() == Some(Verdict::TlsRejected) {
+                prop_assert!(hello_seen && t.tls_alert().is_some());
+            }
             if matches!(t.verdict(), Some(Verdict::Plaintext | Verdict::Downgraded)) {
                 prop_assert!(startup_seen);
             }

@@ -69,7 +69,7 @@ fn judge<R: std::io::BufRead>(
         let Some(replayed) = replay::replay(&flow, origin) else { continue };
         let verdict = replayed.verdict;
         *counts.entry(verdict).or_default() += 1;
-        if !verdict.is_encrypted() {
+        if !verdict.counted_only() {
             findings.push(replayed.finding);
         }
     }

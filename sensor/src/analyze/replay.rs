@@ -6,7 +6,10 @@ use std::time::SystemTime;
 
 use sensor_common::{
     assembly::{MessageAssembly, Placement},
-    pgwire::{auth_code, classify_bytes, FirstMessage, AUTH_PEEK_LEN},
+    pgwire::{
+        auth_code, classify_bytes, classify_tls_record, FirstMessage, TlsRecord, AUTH_PEEK_LEN,
+        TLS_PEEK_LEN,
+    },
     tracker::{effect, Phase, Tracker},
     verdict::Role,
 };
@@ -57,6 +60,16 @@ pub fn replay(flow: &Flow, origin: &Origin) -> Option<Replayed> {
                     .map(auth_code);
                 t.server_auth(msg_type, code)
             }
+            Phase::TlsHandshake => {
+                // The client's record right after its ClientHello, as the kernel peeks at it.
+                let at = message.start().wrapping_add(message.message_len()) as usize;
+                let Some(rest) = client.get(at..).filter(|rest| !rest.is_empty()) else { break };
+                let record = match rest.get(..TLS_PEEK_LEN).and_then(|p| p.try_into().ok()) {
+                    Some(peek) => classify_tls_record(peek, TLS_PEEK_LEN),
+                    None => TlsRecord::Other,
+                };
+                t.client_tls_record(record)
+            }
             Phase::AwaitPassword => {
                 let at = message.reply_type_offset(0, client.len() as u32);
                 let Some(&msg_type) = at.and_then(|at| client.get(at as usize)) else { break };
@@ -73,6 +86,11 @@ pub fn replay(flow: &Flow, origin: &Origin) -> Option<Replayed> {
     if t.phase() != Phase::Done && flow.closed {
         let partial = t.wants_client_message() && message.have() > 0;
         auth_known |= t.closed(partial) & effect::AUTH != 0;
+    }
+    // A capture that ends inside the handshake: TLS, as the kernel counts a handshake it
+    // stops following.
+    if t.phase() == Phase::TlsHandshake {
+        t.closed(false);
     }
 
     let verdict = t.verdict()?;
@@ -95,6 +113,9 @@ pub fn replay(flow: &Flow, origin: &Origin) -> Option<Replayed> {
         fast_open: flow.fast_open,
         opened_before_start: false,
         auth_follows: t.auth_follows(),
+        // A capture cannot show whether the client checks the certificate.
+        verification: sensor_common::verdict::Verification::Unknown,
+        tls_alert: t.tls_alert(),
     };
     let mut finding = session.finding(origin);
     if auth_known {

@@ -4,6 +4,7 @@
 
 mod attachment;
 mod counters;
+mod tls_probes;
 
 use std::{fs::File, path::Path};
 
@@ -19,6 +20,7 @@ use sensor_common::limits::{map_names, program_names, CONFIG_ROLES};
 use attachment::attach_type;
 pub use attachment::AttachmentCheck;
 pub use counters::{KernelCounters, KernelStats};
+pub use tls_probes::TlsProbes;
 
 /// The kernel object built by `build.rs` from `sensor-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor"));
@@ -32,6 +34,9 @@ pub struct LoadOptions {
     pub roles: u32,
     /// Turn the kernel programs' diagnostics on (`--kernel-log`).
     pub kernel_log: bool,
+    /// Load the TLS uprobes (`--tls-verification`), to be attached as OpenSSL copies are
+    /// found.
+    pub tls_probes: bool,
 }
 
 /// The kernel programs' log level (aya-log's `AYA_LOG_LEVEL`, read-only data fixed at load).
@@ -53,6 +58,8 @@ pub struct Attached {
     pub check: Option<AttachmentCheck>,
     /// The kernel programs' log, with `--kernel-log` (see [`crate::kernel_log`]).
     pub kernel_log: Option<KernelLogger>,
+    /// The TLS uprobes' attachments, when loaded.
+    pub tls: Option<TlsProbes>,
 }
 
 /// aya-log's reader of the kernel programs' log records, handing them to the `log` crate.
@@ -137,7 +144,22 @@ impl Attached {
             programs += 1;
         }
         let check = Some(AttachmentCheck::new(cgroup, expected));
-        Ok(Attached { ebpf, programs, check, kernel_log })
+        let tls = if options.tls_probes {
+            tls_probes::load(&mut ebpf)?;
+            Some(TlsProbes::default())
+        } else {
+            None
+        };
+        Ok(Attached { ebpf, programs, check, kernel_log, tls })
+    }
+
+    /// Attach the TLS uprobes to newly found libraries (no-op without `--tls-verification`).
+    pub fn probe_tls_libraries(&mut self, libraries: &[crate::tls_libraries::Library]) {
+        if let Some(tls) = self.tls.as_mut() {
+            for library in libraries {
+                tls.attach(&mut self.ebpf, library);
+            }
+        }
     }
 
     /// The ring buffer the programs send events through (taken once).
