@@ -88,10 +88,11 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
     // distribution's (so a client started later is probed from its first connection) and
     // every running process's.
     let mut catalog = Catalog::default();
+    let mut tls_probed = (0, 0);
     if config.tls_verification {
         let mut libraries = catalog.scan_system_libraries();
         libraries.extend(catalog.scan_all_processes());
-        attached.probe_tls_libraries(&libraries);
+        tls_probed = attached.probe_tls_libraries(&libraries);
     }
     if let Some(logger) = attached.kernel_log.take() {
         tokio::spawn(kernel_log::forward(logger));
@@ -115,6 +116,11 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
         attached: true.into(),
         attachment,
     });
+    let record_tls_probes = |(files, failures): (usize, u64)| {
+        state.metrics.tls_libraries_probed.set(files as i64);
+        state.metrics.tls_probe_failures.inc_by(failures);
+    };
+    record_tls_probes(tls_probed);
     let server = tokio::spawn(http::serve(listener, state.clone()));
     let mut pipeline = Pipeline::new(&config, origin, findings, state.clone())
         .context("cannot set up alerting")?;
@@ -150,7 +156,9 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
                 pipeline.flush();
             }
             _ = ticker.tick() => pipeline.tick(Instant::now()),
-            Some(libraries) = new_libraries.recv() => attached.probe_tls_libraries(&libraries),
+            Some(libraries) = new_libraries.recv() => {
+                record_tls_probes(attached.probe_tls_libraries(&libraries));
+            }
             _ = sighup.recv() => pipeline.reopen_findings(),
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break Ok(()) }
             _ = sigint.recv() => { info!("SIGINT: stopping"); break Ok(()) }

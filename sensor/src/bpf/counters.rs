@@ -11,12 +11,13 @@ use aya::{
 use sensor_common::{
     event::ConnState,
     limits::{map_names, Stat},
-    verdict::{session_counter_index, Role, Verdict},
+    verdict::{session_counter_index, verification_counter_index, Role, Verdict, Verification},
 };
 
 /// Handles on the counter maps. Cheap to read; safe to share across threads.
 pub struct KernelCounters {
     sessions: Mutex<PerCpuArray<MapData, u64>>,
+    verifications: Mutex<PerCpuArray<MapData, u64>>,
     stats: Mutex<PerCpuArray<MapData, u64>>,
     /// The per-connection state map, only ever counted (never read or written here).
     connections: Mutex<HashMap<MapData, u64, ConnState>>,
@@ -27,6 +28,8 @@ pub struct KernelCounters {
 pub struct KernelStats {
     /// Indexed by `session_counter_index(slot, role, verdict)`.
     pub sessions: Vec<u64>,
+    /// Indexed by `verification_counter_index(slot, role, verification)`.
+    pub verifications: Vec<u64>,
     /// Indexed by `Stat`.
     pub stats: Vec<u64>,
 }
@@ -36,6 +39,12 @@ impl KernelStats {
     pub fn sessions(&self, slot: usize, role: Role, verdict: Verdict) -> u64 {
         let index = session_counter_index(slot as u32, role, verdict) as usize;
         self.sessions.get(index).copied().unwrap_or(0)
+    }
+
+    /// TLS sessions of the watched port in `slot` by verification.
+    pub fn verifications(&self, slot: usize, role: Role, verification: Verification) -> u64 {
+        let index = verification_counter_index(slot as u32, role, verification) as usize;
+        self.verifications.get(index).copied().unwrap_or(0)
     }
 
     pub fn stat(&self, which: Stat) -> u64 {
@@ -50,12 +59,14 @@ impl KernelCounters {
             PerCpuArray::try_from(map).with_context(|| format!("{name} is not a per-CPU array"))
         };
         let sessions = take(map_names::SESSION_COUNTERS)?;
+        let verifications = take(map_names::VERIFICATION_COUNTERS)?;
         let stats = take(map_names::STATS)?;
         let connections = ebpf
             .take_map(map_names::CONNECTIONS)
             .ok_or_else(|| anyhow!("map {} missing", map_names::CONNECTIONS))?;
         Ok(KernelCounters {
             sessions: Mutex::new(sessions),
+            verifications: Mutex::new(verifications),
             stats: Mutex::new(stats),
             connections: Mutex::new(
                 HashMap::try_from(connections).context("CONNECTIONS is not a hash map")?,
@@ -71,7 +82,11 @@ impl KernelCounters {
     }
 
     pub fn read(&self) -> anyhow::Result<KernelStats> {
-        Ok(KernelStats { sessions: sum_all(&self.sessions)?, stats: sum_all(&self.stats)? })
+        Ok(KernelStats {
+            sessions: sum_all(&self.sessions)?,
+            verifications: sum_all(&self.verifications)?,
+            stats: sum_all(&self.stats)?,
+        })
     }
 }
 

@@ -153,13 +153,18 @@ impl Attached {
         Ok(Attached { ebpf, programs, check, kernel_log, tls })
     }
 
-    /// Attach the TLS uprobes to newly found libraries (no-op without `--tls-verification`).
-    pub fn probe_tls_libraries(&mut self, libraries: &[crate::tls_libraries::Library]) {
-        if let Some(tls) = self.tls.as_mut() {
-            for library in libraries {
-                tls.attach(&mut self.ebpf, library);
-            }
+    /// Attach the TLS uprobes to newly found libraries (no-op without `--tls-verification`);
+    /// says how many files carry them now and how many attachments failed in this call.
+    pub fn probe_tls_libraries(
+        &mut self,
+        libraries: &[crate::tls_libraries::Library],
+    ) -> (usize, u64) {
+        let Some(tls) = self.tls.as_mut() else { return (0, 0) };
+        let failures_before = tls.failures;
+        for library in libraries {
+            tls.attach(&mut self.ebpf, library);
         }
+        (tls.files(), tls.failures - failures_before)
     }
 
     /// The ring buffer the programs send events through (taken once).

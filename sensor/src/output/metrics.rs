@@ -21,7 +21,7 @@ use prometheus::{
 use sensor_common::{
     limits::Stat,
     tracker::AuthMethod,
-    verdict::{Role, Severity, Verdict},
+    verdict::{Role, Severity, Verdict, Verification},
 };
 
 use crate::bpf::{AttachmentCheck, KernelCounters};
@@ -48,6 +48,10 @@ pub struct Metrics {
     /// By reason: `rejected` (Alertmanager said no), `unreachable`, `queue_full`,
     /// `credentials` (the secret file unreadable at push time); each peer counts.
     pub alerts_failed: IntCounterVec,
+    /// OpenSSL copies carrying the TLS uprobes.
+    pub tls_libraries_probed: IntGauge,
+    /// TLS uprobes that could not be attached.
+    pub tls_probe_failures: IntCounter,
 }
 
 /// A counter named `pgwire_sensor_<suffix>`, registered in `registry`.
@@ -140,6 +144,18 @@ impl Metrics {
             alerts_failed.with_label_values(&[reason]);
         }
         registry.register(Box::new(alerts_failed.clone()))?;
+        let tls_libraries_probed = IntGauge::new(
+            name("tls_libraries_probed"),
+            "OpenSSL copies on this host (by file) whose calls tell the sensor whether a client \
+             verifies the server (--tls-verification).",
+        )?;
+        registry.register(Box::new(tls_libraries_probed.clone()))?;
+        let tls_probe_failures = registered_counter(
+            &registry,
+            "tls_probe_failures_total",
+            "TLS uprobes that could not be attached (that library's sessions stay `unknown` \
+             verification; the log names the file).",
+        )?;
 
         registry.register(Box::new(KernelCollector::new(kernel)?))?;
         Ok(Metrics {
@@ -150,6 +166,8 @@ impl Metrics {
             alerts_sent,
             repeat_windows_evicted,
             alerts_failed,
+            tls_libraries_probed,
+            tls_probe_failures,
         })
     }
 
@@ -207,6 +225,18 @@ const KERNEL_COUNTERS: &[(&str, &str, Stat)] = &[
         "Authentication exchanges followed on plaintext or downgraded sessions.",
         Stat::AuthSeen,
     ),
+    (
+        "tls_handshakes_announced_total",
+        "TLS handshakes the probed OpenSSL copies announced (any port: the ClientHello \
+         decides whether one belongs to a watched session).",
+        Stat::TlsHandshakesSeen,
+    ),
+    (
+        "tls_verification_ambiguous_total",
+        "ClientHellos of a thread with handshakes of both verification modes under way: \
+         judged `unknown` rather than guessed.",
+        Stat::TlsVerificationAmbiguous,
+    ),
 ];
 
 /// Reads the kernel counters and the attachment state on every scrape.
@@ -220,6 +250,7 @@ struct KernelCollector {
 
 struct Families {
     sessions: IntCounterVec,
+    verification: IntCounterVec,
     lost: IntCounterVec,
     passwords: IntCounterVec,
     plain: Vec<(IntCounter, Stat)>,
@@ -239,6 +270,15 @@ impl Families {
                      when decided.",
                 ),
                 &["verdict", "role", "port"],
+            )?,
+            verification: IntCounterVec::new(
+                Opts::new(
+                    name("tls_sessions_total"),
+                    "TLS sessions (tls, tls_direct, tls_unverified, tls_rejected) by what the \
+                     client's TLS library said about verifying the server (verified_chain, \
+                     unverified, unknown), role and port, counted in the kernel with the verdict.",
+                ),
+                &["verification", "role", "port"],
             )?,
             lost: IntCounterVec::new(
                 Opts::new(
@@ -283,6 +323,7 @@ impl Families {
     fn collectors(&self) -> Vec<&dyn Collector> {
         let mut all: Vec<&dyn Collector> = vec![
             &self.sessions,
+            &self.verification,
             &self.lost,
             &self.passwords,
             &self.attached,
@@ -317,6 +358,11 @@ impl KernelCollector {
                             f.sessions
                                 .with_label_values(&[verdict.name(), role.name(), &port])
                                 .inc_by(stats.sessions(slot, role, verdict));
+                        }
+                        for verification in Verification::ALL {
+                            f.verification
+                                .with_label_values(&[verification.name(), role.name(), &port])
+                                .inc_by(stats.verifications(slot, role, verification));
                         }
                     }
                 }

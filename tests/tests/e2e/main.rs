@@ -23,3 +23,4 @@ mod hosts;
 mod negotiation;
 mod packaging;
 mod psql;
+mod tls_verification;
