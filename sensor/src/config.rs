@@ -16,6 +16,31 @@ use serde::Deserialize;
 
 use crate::output::delivery::{Credentials, Delivery, Peer};
 
+/// `--tls-verification`: whether clients' OpenSSL is probed to learn if they verify the
+/// server, and whether libraries that appear after start are probed too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsVerification {
+    /// Never: every TLS session's verification is `unknown`.
+    Off,
+    /// The OpenSSL copies present at start (the distribution's and every running
+    /// process's); all privileges not needed to read maps are dropped after start, as
+    /// without probing. A wheel or container that brings its own copy later is `unknown`
+    /// until the sensor restarts.
+    AtStart,
+    /// As at-start, and every second the copies that appeared since (a Python wheel
+    /// imported later, a new container) are probed too. Opening a uprobe needs
+    /// CAP_SYS_ADMIN (and CAP_PERFMON), so the agent keeps both after start.
+    #[default]
+    Follow,
+}
+
+impl TlsVerification {
+    pub fn enabled(self) -> bool {
+        self != TlsVerification::Off
+    }
+}
+
 /// Where findings go: a file (appended) or stdout.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
@@ -200,10 +225,11 @@ pub struct Settings {
     pub kernel_log: bool,
     /// Learn from each client's OpenSSL whether it verifies the server's certificate
     /// (uprobes on every copy of libssl found on the host, through /proc/PID/root): sessions
-    /// of clients known not to verify become `tls_unverified`. `false` leaves every TLS
-    /// session's verification `unknown` and needs no CAP_PERFMON after start.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
-    pub tls_verification: bool,
+    /// of clients known not to verify become `tls_unverified`. `follow` also probes copies
+    /// that appear after start and keeps CAP_SYS_ADMIN and CAP_PERFMON to do so; `at-start`
+    /// drops them; `off` leaves every TLS session's verification `unknown`.
+    #[arg(long, value_enum, default_value_t = TlsVerification::Follow, value_name = "MODE")]
+    pub tls_verification: TlsVerification,
 }
 
 impl Default for Settings {
@@ -436,8 +462,8 @@ pub struct RunConfig {
     pub allow_untested_kernel: bool,
     /// Forward the kernel programs' diagnostics to the log.
     pub kernel_log: bool,
-    /// Probe clients' OpenSSL for certificate verification.
-    pub tls_verification: bool,
+    /// Probe clients' OpenSSL for certificate verification, and for how long.
+    pub tls_verification: TlsVerification,
     /// The Kubernetes node name, if told.
     pub node_name: Option<String>,
     /// The file holding the host's machine id, if not the usual places.

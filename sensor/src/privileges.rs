@@ -5,9 +5,10 @@
 //! else is dropped from the effective, permitted, inheritable and ambient sets, and
 //! no_new_privs is set, so a compromised agent cannot load programs or regain privileges.
 //!
-//! With `--tls-verification` (the default) CAP_PERFMON is kept too: OpenSSL copies found
-//! after start (a Python wheel imported later, a new container) get their uprobes then, and
-//! opening a uprobe needs it.
+//! With `--tls-verification follow` (the default) CAP_SYS_ADMIN and CAP_PERFMON are kept
+//! too: OpenSSL copies found after start (a Python wheel imported later, a new container)
+//! get their uprobes then, and the kernel's uprobe PMU wants CAP_SYS_ADMIN to open one.
+//! `--tls-verification at-start` (or `off`) gives them up like the rest.
 //!
 //! CAP_BPF is a special case: some kernels with `kernel.unprivileged_bpf_disabled` set
 //! refuse every bpf() command without it, even a map read on an fd the process owns (older
@@ -31,7 +32,8 @@ pub struct Dropped {
     pub kept: Vec<Capability>,
 }
 
-/// Drop every capability not needed once the programs are attached. `still_reads` must
+/// Drop every capability not needed once the programs are attached, except `also_keep`
+/// (what the TLS probing mode needs). `still_reads` must
 /// read a map through an fd the agent holds, ask the kernel what is attached, and say
 /// whether both worked.
 ///
@@ -52,7 +54,7 @@ pub fn drop_after_attach(
         out.dropped.push(cap);
     }
     // One at a time, CAP_BPF first: while CAP_SYS_ADMIN is still held it stands in for it.
-    for cap in PROBED.into_iter().filter(|c| permitted.contains(c)) {
+    for cap in PROBED.into_iter().filter(|c| permitted.contains(c) && !also_keep.contains(c)) {
         caps::drop(None, CapSet::Effective, cap)?;
         if still_reads() {
             caps::drop(None, CapSet::Permitted, cap)?;

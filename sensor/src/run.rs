@@ -21,7 +21,7 @@ use tracing::{info, warn};
 use crate::{
     bpf::{Attached, LoadOptions},
     cgroup,
-    config::{role_bits, RunConfig},
+    config::{role_bits, RunConfig, TlsVerification},
     error::Failure,
     events::{EventStream, KernelEvent},
     identity::Origin,
@@ -81,7 +81,7 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
         max_connections: config.max_connections,
         roles: role_bits(&config.roles),
         kernel_log: config.kernel_log,
-        tls_probes: config.tls_verification,
+        tls_probes: config.tls_verification.enabled(),
     };
     let mut attached = Attached::load_and_attach(&config.ports, &cgroup_dir, options)?;
     // The OpenSSL copies there already, before the first session is judged: the
@@ -89,7 +89,7 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
     // every running process's.
     let mut catalog = Catalog::default();
     let mut tls_probed = (0, 0);
-    if config.tls_verification {
+    if config.tls_verification.enabled() {
         let mut libraries = catalog.scan_system_libraries();
         libraries.extend(catalog.scan_all_processes());
         tls_probed = attached.probe_tls_libraries(&libraries);
@@ -100,8 +100,16 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
     let counters = Arc::new(attached.take_counters()?);
     let still_reads =
         || counters.read().is_ok() && attached.check.as_ref().is_none_or(|check| check.healthy());
-    let keep_for_uprobes: &[caps::Capability] =
-        if config.tls_verification { &[caps::Capability::CAP_PERFMON] } else { &[] };
+    // Opening a uprobe later needs CAP_SYS_ADMIN (the kernel's uprobe PMU checks it, not
+    // CAP_PERFMON) and CAP_PERFMON: kept only to follow libraries that appear after start.
+    // Pointless (and not kept) when the kernel already refused them at start.
+    let follow = config.tls_verification == TlsVerification::Follow
+        && attached.tls.as_ref().is_some_and(|tls| !tls.denied());
+    let keep_for_uprobes: &[caps::Capability] = if follow {
+        &[caps::Capability::CAP_SYS_ADMIN, caps::Capability::CAP_PERFMON]
+    } else {
+        &[]
+    };
     match privileges::drop_after_attach(still_reads, keep_for_uprobes) {
         Ok(d) => info!(dropped = ?d.dropped, kept = ?d.kept, "privileges dropped after attach"),
         Err(err) => warn!(%err, "could not drop every privilege after attach; some are kept"),
@@ -134,7 +142,7 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
     );
 
     let (found_libraries, mut new_libraries) = tokio::sync::mpsc::unbounded_channel();
-    let _scanner = if config.tls_verification {
+    let _scanner = if follow {
         Some(
             tls_libraries::spawn_scanner(catalog, found_libraries)
                 .context("cannot start the library scanner")?,

@@ -1,5 +1,5 @@
 """The project's story, as a real app: a Flask service using psycopg2. One route connects
-without TLS, one with verify-full. Started by tests/tests/e2e/clients.rs.
+without TLS, one with sslmode=require (encrypted, the server not checked), one with verify-full. Started by tests/tests/e2e/clients.rs.
 
 usage: flask_app.py HTTP_PORT DB_HOST DB_PORT CA_FILE
 """
@@ -26,6 +26,11 @@ def query(settings):
 @app.route("/orders/plain")
 def plain():
     return query("sslmode=disable")
+
+
+@app.route("/orders/require")
+def require():
+    return query("sslmode=require")
 
 
 @app.route("/orders/secure")

@@ -2,11 +2,16 @@
 one JSON line: {"pid": ..., "ok": bool, "error": ...}. Driven by tests/tests/e2e/clients.rs.
 
 usage: py_driver.py DRIVER MODE HOST PORT CA_FILE
+
+PGWIRE_TEST_SETTLE_SECONDS: wait that long after importing the driver, before connecting
+(as a long-running app does between its start and its first query).
 """
+import importlib
 import json
 import os
 import ssl
 import sys
+import time
 
 
 def psycopg2_connect(mode, host, port, ca):
@@ -14,6 +19,7 @@ def psycopg2_connect(mode, host, port, ca):
     settings = {
         "disable": "sslmode=disable",
         "prefer": "sslmode=prefer",
+        "require": "sslmode=require",
         "verify-full": f"sslmode=verify-full sslrootcert={ca}",
     }[mode]
     conn = psycopg2.connect(f"host={host} port={port} user=postgres dbname=postgres gssencmode=disable {settings}")
@@ -23,6 +29,8 @@ def psycopg2_connect(mode, host, port, ca):
 
 def psycopg3_connect(mode, host, port, ca):
     import psycopg
+    if mode.startswith("interleaved-"):
+        return psycopg3_interleaved(mode.removeprefix("interleaved-"), host, port, ca)
     settings = {
         "disable": "sslmode=disable",
         "require": "sslmode=require",
@@ -32,12 +40,36 @@ def psycopg3_connect(mode, host, port, ca):
         conn.execute("select 1")
 
 
+def psycopg3_interleaved(mode, host, port, ca):
+    """Four async connections opened at once on one thread (one event loop): their TLS
+    handshakes interleave on that thread."""
+    import asyncio
+    import psycopg
+    settings = {
+        "require": "sslmode=require",
+        "verify-full": f"sslmode=verify-full sslrootcert={ca}",
+    }[mode]
+    conninfo = f"host={host} port={port} user=postgres dbname=postgres gssencmode=disable {settings}"
+
+    async def one():
+        conn = await psycopg.AsyncConnection.connect(conninfo)
+        await conn.execute("select 1")
+        await conn.close()
+
+    async def run():
+        await asyncio.gather(*(one() for _ in range(4)))
+
+    asyncio.run(run())
+
+
 def asyncpg_connect(mode, host, port, ca):
     import asyncio
     import asyncpg
 
     async def run():
         kwargs = {"ssl": False} if mode == "disable" else {"ssl": "require"}
+        if mode == "verify":
+            kwargs = {"ssl": ssl.create_default_context(cafile=ca)}
         if mode == "direct":
             ctx = ssl.create_default_context()
             ctx.check_hostname = False
@@ -55,6 +87,10 @@ def pg8000_connect(mode, host, port, ca):
     import pg8000.native
     if mode == "disable":
         context = False
+    elif mode == "unverified":
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
     else:
         context = ssl.create_default_context(cafile=ca)
     conn = pg8000.native.Connection("postgres", host=host, port=port, database="postgres", ssl_context=context)
@@ -73,6 +109,9 @@ DRIVERS = {
 def main():
     driver, mode, host, port, ca = sys.argv[1:6]
     result = {"pid": os.getpid(), "ok": True}
+    module = {"psycopg2": "psycopg2", "psycopg3": "psycopg", "asyncpg": "asyncpg", "pg8000": "pg8000.native"}
+    importlib.import_module(module[driver])
+    time.sleep(float(os.environ.get("PGWIRE_TEST_SETTLE_SECONDS", "0")))
     try:
         DRIVERS[driver](mode, host, int(port), ca)
     except Exception as exc:  # the test decides whether a failure is expected

@@ -107,12 +107,18 @@ pub fn run_driver(cmd: &mut Command) -> anyhow::Result<DriverRun> {
     })
 }
 
+/// How long a Python driver waits between importing its module and connecting, as a
+/// long-running app does: longer than the sensor's library rescan, so a wheel's own OpenSSL
+/// (psycopg2-binary, psycopg[binary]) is probed before the first handshake.
+pub const PYTHON_SETTLE: &str = "1.5";
+
 /// A Python driver (psycopg2, psycopg3, asyncpg, pg8000) from the project's venv.
 pub fn python_driver(driver: &str, mode: &str, pg: &PgServer) -> anyhow::Result<DriverRun> {
     let dir = clients_dir();
     let ca = pg.certs.as_ref().map(|c| c.ca_cert.display().to_string()).unwrap_or_default();
     run_driver(
         Command::new(dir.join(".venv/bin/python"))
+            .env("PGWIRE_TEST_SETTLE_SECONDS", PYTHON_SETTLE)
             .arg(dir.join("py_driver.py"))
             .args([driver, mode, &pg.host, &pg.port.to_string(), &ca])
             .env_remove("PGSSLMODE"),

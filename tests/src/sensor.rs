@@ -124,6 +124,15 @@ impl Sensor {
         .with_context(|| format!("findings so far: {:?}", self.findings()))
     }
 
+    /// Wait until more than `n` OpenSSL copies carry the TLS uprobes (a library a client
+    /// started after the sensor brought along is found by the next rescan).
+    pub fn wait_tls_libraries_probed(&self, n: f64) -> anyhow::Result<f64> {
+        wait_for(&format!("more than {n} OpenSSL copies probed"), Duration::from_secs(10), || {
+            let probed = self.metrics().ok()?.get("pgwire_sensor_tls_libraries_probed");
+            (probed > n).then_some(probed)
+        })
+    }
+
     pub fn metrics(&self) -> anyhow::Result<Samples> {
         let (code, body) = http_get(self.metrics_addr, "/metrics")?;
         if code != 200 {

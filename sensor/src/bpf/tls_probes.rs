@@ -61,9 +61,16 @@ pub struct TlsProbes {
     /// Attachments that failed (a file gone, a symbol not resolvable): each leaves that
     /// library's sessions `unknown`, never misjudged.
     pub failures: u64,
+    /// The kernel refused a uprobe for want of privilege: said once, not tried again.
+    denied: bool,
 }
 
 impl TlsProbes {
+    /// The kernel refused a uprobe for want of privilege (no further attempts are made).
+    pub fn denied(&self) -> bool {
+        self.denied
+    }
+
     /// OpenSSL files with uprobes attached.
     pub fn files(&self) -> usize {
         self.files.len()
@@ -72,7 +79,7 @@ impl TlsProbes {
     /// Attach every probe to `library` (OpenSSL only; a file already probed is skipped).
     /// A probe that cannot be attached is logged and counted; the others stay.
     pub fn attach(&mut self, ebpf: &mut Ebpf, library: &Library) {
-        if library.kind != LibraryKind::OpenSsl || !self.files.insert(library.file) {
+        if self.denied || library.kind != LibraryKind::OpenSsl || !self.files.insert(library.file) {
             return;
         }
         let mut attached = 0;
@@ -89,15 +96,36 @@ impl TlsProbes {
                 match program.attach(symbol, &library.path, UProbeScope::AllProcesses) {
                     Ok(_) => attached += 1,
                     Err(err) if probe.optional.contains(&symbol) => {
-                        debug!(%err, symbol, path = %library.path.display(), "optional symbol not attached");
+                        debug!(err = %anyhow::Error::from(err), symbol, path = %library.path.display(), "optional symbol not attached");
                     }
                     Err(err) => {
-                        warn!(%err, symbol, path = %library.path.display(), "cannot attach a TLS uprobe: that library's sessions stay `unknown` verification");
+                        let err = anyhow::Error::from(err);
                         self.failures += 1;
+                        if is_permission_error(&err) {
+                            warn!(
+                                err = format!("{err:#}"),
+                                "the kernel refused a uprobe: TLS verification needs CAP_SYS_ADMIN \
+                                 and CAP_PERFMON (run as root, or grant both); every TLS session's \
+                                 verification stays `unknown`. `--tls-verification off` silences this"
+                            );
+                            self.denied = true;
+                            return;
+                        }
+                        warn!(err = format!("{err:#}"), symbol, path = %library.path.display(), "cannot attach a TLS uprobe: that library's sessions stay `unknown` verification");
                     }
                 }
             }
         }
         info!(path = %library.path.display(), uprobes = attached, "probing OpenSSL for TLS verification");
     }
+}
+
+/// EACCES or EPERM anywhere in the error's chain.
+fn is_permission_error(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+            .is_some_and(|code| code == libc::EACCES || code == libc::EPERM)
+    })
 }

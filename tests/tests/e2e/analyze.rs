@@ -15,7 +15,7 @@ use serde_json::Value;
 use tests::{
     capture::Tcpdump,
     clients::psql_at,
-    mitm::{gss_acceptor, Mitm},
+    mitm::{gss_acceptor, Mitm, TlsMitm},
     pg::{PgOptions, PgServer},
     raw::{connect_nodelay, SSL_REQUEST},
     sensor::{sensor_binary, Sensor},
@@ -23,8 +23,9 @@ use tests::{
     util::scratch_dir,
 };
 
-const VERDICTS: [&str; 9] = [
+const VERDICTS: [&str; 10] = [
     "tls",
+    "tls_rejected",
     "tls_direct",
     "gssenc",
     "plaintext",
@@ -63,6 +64,8 @@ fn analyze_of_a_recorded_capture_agrees_with_the_live_sensor() -> anyhow::Result
     let upstream = format!("{}:{}", tls_server.host, tls_server.port).parse()?;
     let mitm = Mitm::start("127.0.0.2:26257", upstream)?;
     let gss = gss_acceptor("127.0.0.4:26257")?;
+    let tls_mitm = TlsMitm::start("127.0.0.5:26257", upstream)?;
+    let ca = tls_server.certs.as_ref().unwrap().ca_cert.display().to_string();
     let tls_addr: SocketAddr = upstream;
 
     let dir = scratch_dir("analyze");
@@ -80,15 +83,27 @@ fn analyze_of_a_recorded_capture_agrees_with_the_live_sensor() -> anyhow::Result
         None,
     )?
     .expect_success()?;
+    // Verifying: `tls` live and offline alike. (An unverifying client is `tls_unverified`
+    // live; a capture cannot show verification, so offline it is `tls`: not compared here.)
     psql_at(
         "127.0.0.1",
         26257,
-        &format!("sslmode=require {no_gss}"),
+        &format!("sslmode=verify-full sslrootcert={ca} {no_gss}"),
         "postgres",
         "postgres",
         None,
     )?
     .expect_success()?;
+    // Refusing a forged certificate: the alert is on the wire, so both say `tls_rejected`.
+    let rejecting = psql_at(
+        "127.0.0.5",
+        26257,
+        &format!("sslmode=verify-full sslrootcert={ca} {no_gss}"),
+        "postgres",
+        "postgres",
+        None,
+    )?;
+    assert!(!rejecting.success, "the forged certificate must be refused");
     psql_at("127.0.0.2", 26257, &format!("sslmode=prefer {no_gss}"), "postgres", "postgres", None)?
         .expect_success()?;
     let refused = psql_at(
@@ -167,10 +182,15 @@ fn analyze_of_a_recorded_capture_agrees_with_the_live_sensor() -> anyhow::Result
             .iter()
             .find(|o| key(o) == key(f))
             .unwrap_or_else(|| panic!("no offline finding for {f}"));
+        // The `tls` object: the alert must agree; verification is `unknown` offline by nature.
         for field in
             ["verdict", "severity", "reason", "dst", "src", "startup", "negotiation", "auth"]
         {
             assert_eq!(o.get(field), f.get(field), "{field} differs for {f}\noffline {o}");
+        }
+        if f["verdict"] == "tls_rejected" {
+            assert_eq!(o["tls"]["alert"], f["tls"]["alert"], "{f}\noffline {o}");
+            assert_eq!(o["tls"]["verification"], "unknown", "a capture cannot see it: {o}");
         }
         assert!(o.get("process").is_none(), "a capture knows no processes");
     }
@@ -194,7 +214,7 @@ fn analyze_of_a_recorded_capture_agrees_with_the_live_sensor() -> anyhow::Result
     eprintln!(
         "offline counts {offline_counts:?}; salvaged {salvaged} findings from the cut capture"
     );
-    drop((tls_server, plain_server, mitm));
+    drop((tls_server, plain_server, mitm, tls_mitm));
     Ok(())
 }
 

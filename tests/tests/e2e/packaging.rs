@@ -29,7 +29,7 @@ fn the_systemd_unit_verifies_and_is_hardened() -> anyhow::Result<()> {
     assert!(out.status.success(), "systemd-analyze verify: {stderr}");
     assert!(!stderr.contains("pgwire-sensor.service:"), "warnings about the unit: {stderr}");
 
-    let caps = "CAP_BPF CAP_PERFMON CAP_NET_ADMIN CAP_SYS_PTRACE";
+    let caps = "CAP_BPF CAP_PERFMON CAP_NET_ADMIN CAP_SYS_PTRACE CAP_SYS_ADMIN";
     for (key, want) in [
         ("NoNewPrivileges", "yes"),
         ("ProtectSystem", "strict"),
@@ -76,7 +76,7 @@ fn the_daemonset_asks_for_exactly_what_the_sensor_needs() -> anyhow::Result<()> 
     assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
     assert_eq!(
         sc["capabilities"]["add"],
-        serde_json::json!(["BPF", "PERFMON", "NET_ADMIN", "SYS_PTRACE"])
+        serde_json::json!(["BPF", "PERFMON", "NET_ADMIN", "SYS_PTRACE", "SYS_ADMIN"])
     );
 
     // Host mounts: the cgroup v2 root (read-only), the findings directory and the node's
