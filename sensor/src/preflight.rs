@@ -42,13 +42,14 @@ pub fn run_checks(allow_untested_kernel: bool) -> Vec<Check> {
         checks.push(ring_buffer_support());
     }
     checks.push(ptrace_capability());
+    checks.push(sys_admin_capability());
     checks.push(btf());
     checks
 }
 
 /// Checks whose failure does not stop `run`.
 fn optional(check: &Check) -> bool {
-    matches!(check.name, "kernel BTF" | "CAP_SYS_PTRACE")
+    matches!(check.name, "kernel BTF" | "CAP_SYS_PTRACE" | "CAP_SYS_ADMIN")
 }
 
 /// Print every check; exit 0 when all pass, 1 otherwise.
@@ -142,17 +143,35 @@ fn capabilities() -> Vec<Check> {
 }
 
 /// Optional: without CAP_SYS_PTRACE the kernel hides other users' (and more privileged
-/// processes') executable path, so findings name the command but not `exe`.
+/// processes') executable path and libraries, so findings name the command but not `exe`,
+/// and their OpenSSL is not found for TLS verification.
 fn ptrace_capability() -> Check {
-    let ok = effective_caps() & (1u64 << CAP_SYS_PTRACE) != 0;
+    optional_capability(
+        "CAP_SYS_PTRACE",
+        CAP_SYS_PTRACE,
+        "the exe path and libraries of other users' processes",
+        "optional; grant CAP_SYS_PTRACE for exe paths and TLS libraries of every process",
+    )
+}
+
+/// Optional: the kernel opens a uprobe (TLS verification from clients' OpenSSL) only with
+/// CAP_SYS_ADMIN; without it every TLS session's verification is `unknown`.
+fn sys_admin_capability() -> Check {
+    optional_capability(
+        "CAP_SYS_ADMIN",
+        CAP_SYS_ADMIN,
+        "uprobes on clients' OpenSSL: whether TLS clients verify the server",
+        "optional; grant CAP_SYS_ADMIN for TLS verification, or run with --tls-verification off",
+    )
+}
+
+fn optional_capability(name: &'static str, cap: u32, why: &str, fix: &'static str) -> Check {
+    let ok = effective_caps() & (1u64 << cap) != 0;
     Check {
-        name: "CAP_SYS_PTRACE",
+        name,
         ok,
-        detail: format!(
-            "{} (optional: the exe path of other users' processes in findings)",
-            if ok { "effective" } else { "missing" }
-        ),
-        fix: "optional; grant CAP_SYS_PTRACE for exe paths of every process",
+        detail: format!("{} (optional: {why})", if ok { "effective" } else { "missing" }),
+        fix,
     }
 }
 

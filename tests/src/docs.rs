@@ -382,7 +382,7 @@ pub fn normalise_finding(line: &str) -> anyhow::Result<String> {
 /// Metric families the metrics example shows: each one's HELP, TYPE and samples, in the
 /// order /metrics renders them. Their values are exact counts of the example's sessions
 /// (or constants); nothing that varies from run to run (start time, packet counts).
-pub const EXAMPLE_METRICS: [&str; 7] = [
+pub const EXAMPLE_METRICS: [&str; 8] = [
     "pgwire_sensor_build_info",
     "pgwire_sensor_events_lost_total",
     "pgwire_sensor_findings_total",
@@ -390,10 +390,12 @@ pub const EXAMPLE_METRICS: [&str; 7] = [
     "pgwire_sensor_programs_attached",
     "pgwire_sensor_programs_expected",
     "pgwire_sensor_sessions_total",
+    "pgwire_sensor_tls_sessions_total",
 ];
 
 /// The readable, deterministic part of a /metrics page: [`EXAMPLE_METRICS`], and of
-/// `sessions_total` only the client role (the example runs with the default roles).
+/// `sessions_total` and `tls_sessions_total` only the client role (the example runs with the
+/// default roles).
 pub fn metrics_excerpt(page: &str) -> String {
     let mut out = String::new();
     for line in page.lines() {
@@ -403,7 +405,7 @@ pub fn metrics_excerpt(page: &str) -> String {
         };
         let keep = EXAMPLE_METRICS.contains(&name)
             && (line.starts_with('#')
-                || name != "pgwire_sensor_sessions_total"
+                || !name.ends_with("sessions_total")
                 || line.contains("role=\"client\""));
         if keep {
             let _ = writeln!(out, "{line}");

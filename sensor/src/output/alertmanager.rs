@@ -168,6 +168,12 @@ pub fn alert_for(latest: &Finding, tally: &Tally, source: &AlertSource) -> Alert
         a.insert("auth_method", auth.method.to_string());
         a.insert("password_sent", auth.password_sent.to_string());
     }
+    if let Some(tls) = &finding.tls {
+        a.insert("tls_verification", tls.verification.to_string());
+        if let Some(alert) = &tls.alert {
+            a.insert("tls_alert", alert.description.unwrap_or("unassigned").to_string());
+        }
+    }
     a.insert("finding", serde_json::to_string(finding).unwrap_or_default());
 
     Alert {

@@ -168,8 +168,18 @@ fn metrics_follow_the_naming_rules_and_health_follows_the_kernel() -> anyhow::Re
     for s in &samples.0 {
         for label in s.labels.keys() {
             assert!(
-                ["verdict", "role", "port", "severity", "kind", "method", "reason", "version"]
-                    .contains(&label.as_str())
+                [
+                    "verdict",
+                    "verification",
+                    "role",
+                    "port",
+                    "severity",
+                    "kind",
+                    "method",
+                    "reason",
+                    "version"
+                ]
+                .contains(&label.as_str())
                     || (s.name == "pgwire_sensor_host_info" && label == "host"),
                 "unbounded label {label} on {}",
                 s.name
@@ -187,15 +197,18 @@ fn metrics_follow_the_naming_rules_and_health_follows_the_kernel() -> anyhow::Re
 
     // Detach one of the sensor's programs behind its back, as an attacker or a careless
     // operator would: health and the metric must say so.
-    // The sensor's own links: its fds' fdinfo names each bpf_link's id.
+    // The sensor's own cgroup links: its fds' fdinfo names each bpf_link's type and id (the
+    // TLS uprobes' perf links are not cgroup attachments).
     let mut link_ids = Vec::new();
     for fd in std::fs::read_dir(format!("/proc/{}/fdinfo", sensor.pid()))? {
         let info = std::fs::read_to_string(fd?.path()).unwrap_or_default();
-        if let Some(id) = info.lines().find_map(|l| l.strip_prefix("link_id:")) {
+        let cgroup = info.lines().any(|l| l.starts_with("link_type:") && l.contains("cgroup"));
+        if let Some(id) = info.lines().find_map(|l| l.strip_prefix("link_id:")).filter(|_| cgroup)
+        {
             link_ids.push(id.trim().to_string());
         }
     }
-    assert_eq!(link_ids.len(), 4, "one bpf_link per attached program");
+    assert_eq!(link_ids.len(), 4, "one bpf_link per attached cgroup program");
     let ours = serde_json::json!({ "id": link_ids[0].parse::<u64>()? });
     let status = std::process::Command::new("bpftool")
         .args(["link", "detach", "id", &ours["id"].to_string()])

@@ -71,6 +71,10 @@ fn docs_examples_are_what_a_real_run_produces() -> anyhow::Result<()> {
         pg.admin_sql(&format!("CREATE ROLE app_user LOGIN PASSWORD '{PASSWORD}'"))?;
         pg.admin_sql("CREATE DATABASE app_db OWNER app_user")?;
     }
+    // The attacker of issue 13, terminating TLS with its own certificate on 127.0.0.3.
+    let upstream = format!("{}:{}", with_tls.host, with_tls.port).parse()?;
+    let _tls_mitm = tests::mitm::TlsMitm::start("127.0.0.3:26257", upstream)?;
+    let ca = with_tls.certs.as_ref().unwrap().ca_cert.display().to_string();
     let sensor = Sensor::start(&[])?;
 
     let session = |host: &str, settings: &str| {
@@ -78,21 +82,35 @@ fn docs_examples_are_what_a_real_run_produces() -> anyhow::Result<()> {
     };
     let plaintext = session("127.0.0.1", "sslmode=disable gssencmode=disable")?;
     assert_eq!(plaintext.stdout, "f", "the server says the session is plaintext");
-    let tls = session("127.0.0.1", "sslmode=require gssencmode=disable")?;
+    let tls =
+        session("127.0.0.1", &format!("sslmode=verify-full sslrootcert={ca} gssencmode=disable"))?;
     assert_eq!(tls.stdout, "t", "the server says the session is TLS");
+    let unverified = session("127.0.0.1", "sslmode=require gssencmode=disable")?;
+    let rejected = psql_at(
+        "127.0.0.3",
+        DB_PORT,
+        &format!("sslmode=verify-full sslrootcert={ca} gssencmode=disable"),
+        "app_user",
+        "app_db",
+        Some(PASSWORD),
+    )?;
+    assert!(!rejected.success, "verify-full refuses the attacker's certificate");
     let downgraded = session("127.0.0.2", "sslmode=prefer gssencmode=disable")?;
     assert_eq!(downgraded.stdout, "f", "the server without TLS gives a plaintext session");
 
     let plaintext_line = finding_line(&sensor, &plaintext, "plaintext")?;
     let downgraded_line = finding_line(&sensor, &downgraded, "downgraded")?;
+    let unverified_line = finding_line(&sensor, &unverified, "tls_unverified")?;
+    let rejected_line = finding_line(&sensor, &rejected, "tls_rejected")?;
     // Every count the excerpt shows has arrived (the kernel counts at decision time, the
     // agent when it writes a finding).
     wait_for("the example's counts", Duration::from_secs(10), || {
         let m = sensor.metrics().ok()?;
-        let sessions = ["plaintext", "tls", "downgraded"].map(|v| m.sessions(v, "client"));
+        let sessions = ["plaintext", "tls", "downgraded", "tls_unverified", "tls_rejected"]
+            .map(|v| m.sessions(v, "client"));
         let findings = m.get("pgwire_sensor_findings_total");
         let passwords = m.get("pgwire_sensor_passwords_exposed_total");
-        (sessions.iter().all(|n| *n >= 1.0) && findings >= 2.0 && passwords >= 2.0).then_some(())
+        (sessions.iter().all(|n| *n >= 1.0) && findings >= 4.0 && passwords >= 2.0).then_some(())
     })?;
     let (_, page) = http_get(sensor.metrics_addr, "/metrics")?;
     assert!(sensor.findings_of(tls.pid)?.is_empty(), "the TLS session has no finding");
@@ -130,6 +148,8 @@ fn docs_examples_are_what_a_real_run_produces() -> anyhow::Result<()> {
     let produced = [
         ("docs/examples/finding-plaintext.json", normalise_finding(&plaintext_line)?),
         ("docs/examples/finding-downgraded.json", normalise_finding(&downgraded_line)?),
+        ("docs/examples/finding-tls-unverified.json", normalise_finding(&unverified_line)?),
+        ("docs/examples/finding-tls-rejected.json", normalise_finding(&rejected_line)?),
         ("docs/examples/finding-summary.json", normalise_finding(&summary_line)?),
         ("docs/examples/metrics.txt", metrics_excerpt(&page)),
     ];

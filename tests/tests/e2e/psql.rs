@@ -21,9 +21,16 @@ fn psql_plaintext_session_is_reported_and_tls_session_only_counted() -> anyhow::
     let plain =
         psql(&pg, "sslmode=disable gssencmode=disable", "app_user", "app_db")?.expect_success()?;
     assert_eq!(plain.stdout, "f", "the server says the sslmode=disable session is plaintext");
-    let tls =
-        psql(&pg, "sslmode=require gssencmode=disable", "app_user", "app_db")?.expect_success()?;
-    assert_eq!(tls.stdout, "t", "the server says the sslmode=require session is TLS");
+    // A client that verifies the server: TLS with nothing wrong, counted only.
+    let ca = pg.certs.as_ref().unwrap().ca_cert.display().to_string();
+    let tls = psql(
+        &pg,
+        &format!("sslmode=verify-full sslrootcert={ca} gssencmode=disable"),
+        "app_user",
+        "app_db",
+    )?
+    .expect_success()?;
+    assert_eq!(tls.stdout, "t", "the server says the sslmode=verify-full session is TLS");
 
     let found = sensor.wait_findings_of(plain.pid, 1)?;
     assert_eq!(found.len(), 1, "exactly one finding for the plaintext session: {found:#?}");
@@ -60,9 +67,17 @@ fn psql_plaintext_session_is_reported_and_tls_session_only_counted() -> anyhow::
         |verdict: &str| after.sessions(verdict, "client") - before.sessions(verdict, "client");
     assert_eq!(delta("plaintext"), 1.0);
     assert_eq!(delta("tls"), 1.0);
-    for verdict in
-        ["tls_direct", "gssenc", "downgraded", "refused", "cancel", "rpc_plaintext", "unknown"]
-    {
+    for verdict in [
+        "tls_direct",
+        "tls_unverified",
+        "tls_rejected",
+        "gssenc",
+        "downgraded",
+        "refused",
+        "cancel",
+        "rpc_plaintext",
+        "unknown",
+    ] {
         assert_eq!(delta(verdict), 0.0, "{verdict} moved");
     }
     assert_eq!(after.sum("pgwire_sensor_events_lost_total", &[("kind", "session")]), 0.0);

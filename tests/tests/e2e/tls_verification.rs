@@ -178,3 +178,55 @@ fn psql_every_sslmode_direct_and_through_a_tls_terminating_man_in_the_middle() -
     );
     Ok(())
 }
+
+/// A client in its own mount namespace, with its own copies of libpq and OpenSSL on a tmpfs
+/// only that namespace sees (as a container brings its own): found through /proc/PID/root
+/// once a process there maps them, probed as its own file, and its next client judged.
+#[test]
+fn a_client_in_its_own_mount_namespace_with_its_own_libpq_and_openssl() -> anyhow::Result<()> {
+    use std::io::{BufRead, Write};
+    let s = arranged("e2e-tls-verify-mntns")?;
+    let probed = s.sensor.metrics()?.get("pgwire_sensor_tls_libraries_probed");
+    let lib = "/usr/lib/x86_64-linux-gnu";
+    // A holder maps the copy of OpenSSL and stays 20 s; on a line from us, psql runs there
+    // with the same copies and its pid and output come back.
+    let script = format!(
+        "mount -t tmpfs private /mnt && cp {lib}/libpq.so.5 {lib}/libssl.so.3 {lib}/libcrypto.so.3 /mnt && \
+         (LD_LIBRARY_PATH=/mnt python3 -c \"import ctypes, os, time; ctypes.CDLL('/mnt/libssl.so.3'); \
+         print('ready', flush=True); os.close(1); time.sleep(20)\" &) && read go && \
+         sh -c 'echo $$; LD_LIBRARY_PATH=/mnt exec psql \"host=127.0.0.1 port=26257 user=postgres \
+         dbname=postgres sslmode=require gssencmode=disable\" -X -At -c \"select 1\"'"
+    );
+    let mut child = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .env_remove("PGSSLMODE")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line)?;
+    assert_eq!(line.trim(), "ready", "unshare --mount and mount need root, as the suite");
+    // The next rescan finds the namespace's own OpenSSL and probes it.
+    s.sensor.wait_tls_libraries_probed(probed)?;
+    writeln!(child.stdin.as_mut().unwrap(), "go")?;
+    line.clear();
+    out.read_line(&mut line)?;
+    let psql_pid: u32 = line.trim().parse()?;
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest)?;
+    drop(child.stdin.take());
+    child.wait()?;
+    assert_eq!(rest.trim(), "1", "psql in the namespace ran its query");
+
+    let found = findings_of(&s.sensor, psql_pid, 1)?;
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(found[0]["verdict"], "tls_unverified", "{}", found[0]);
+    assert_eq!(found[0]["process"]["pid"], psql_pid);
+    assert!(
+        s.sensor.stderr().contains("/root/mnt/libssl.so.3"),
+        "probed through /proc/PID/root as its own file: {}",
+        s.sensor.stderr()
+    );
+    Ok(())
+}
