@@ -203,8 +203,7 @@ fn metrics_follow_the_naming_rules_and_health_follows_the_kernel() -> anyhow::Re
     for fd in std::fs::read_dir(format!("/proc/{}/fdinfo", sensor.pid()))? {
         let info = std::fs::read_to_string(fd?.path()).unwrap_or_default();
         let cgroup = info.lines().any(|l| l.starts_with("link_type:") && l.contains("cgroup"));
-        if let Some(id) = info.lines().find_map(|l| l.strip_prefix("link_id:")).filter(|_| cgroup)
-        {
+        if let Some(id) = info.lines().find_map(|l| l.strip_prefix("link_id:")).filter(|_| cgroup) {
             link_ids.push(id.trim().to_string());
         }
     }

@@ -9,6 +9,7 @@
 mod kstats;
 mod latency;
 pub mod loadgen;
+mod openssl_load;
 mod report;
 pub mod sensor_proc;
 pub mod server;
@@ -108,16 +109,25 @@ pub fn run(root: &Path, opts: Options) -> anyhow::Result<()> {
     server::spawn_sink(SINK_UNWATCHED)?;
     let duration = Duration::from_secs_f64(opts.seconds);
 
+    let openssl = openssl_load::OpensslPeer::start(root, &root.join("target/bench/tls"))?;
+
     let mut rows = Vec::new();
     for kind in [Session::Plaintext, Session::Downgrade, Session::Tls] {
-        rows.push(sessions_ab(&sensor_bin, kind, &opts, duration)?);
+        let addr = session_addr(kind)?;
+        rows.push(sessions_ab(&sensor_bin, kind.name(), kind.verdict(), &opts, || {
+            Ok(loadgen::sessions(addr, kind, opts.threads, duration, u64::MAX))
+        })?);
     }
+    // Real handshakes through OpenSSL at both ends: what the TLS uprobes add per connection.
+    rows.push(sessions_ab(&sensor_bin, OPENSSL_WORKLOAD, Verdict::Tls, &opts, || {
+        openssl.handshakes(opts.threads, duration)
+    })?);
     for (name, sink) in
         [("bulk unwatched port", SINK_UNWATCHED), ("bulk watched port", SINK_WATCHED)]
     {
         rows.push(bulk_ab(&sensor_bin, name, sink.parse()?, opts.pairs, duration)?);
     }
-    let kernel = kernel_costs(&sensor_bin, &opts, duration)?;
+    let kernel = kernel_costs(&sensor_bin, &opts, duration, &openssl)?;
     let latency = finding_latency(&sensor_bin, opts.latency_rate, duration)?;
     let flood = flood(&sensor_bin, opts.flood, opts.threads)?;
     let report =
@@ -157,29 +167,33 @@ fn session_addr(kind: Session) -> anyhow::Result<SocketAddr> {
     Ok(if kind == Session::Tls { TLS_SERVER } else { DOWNGRADE_SERVER }.parse()?)
 }
 
-/// Short sessions per second, detached then attached, `pairs` times.
+/// The workload of real OpenSSL handshakes (TLS 1.3, RSA 2048, the client verifying).
+const OPENSSL_WORKLOAD: &str = "openssl_tls_handshake";
+
+/// Short sessions per second from `load`, detached then attached, `pairs` times; the
+/// kernel must count each as `verdict`.
 fn sessions_ab(
     sensor_bin: &Path,
-    kind: Session,
+    name: &str,
+    verdict: Verdict,
     opts: &Options,
-    duration: Duration,
+    load: impl Fn() -> anyhow::Result<loadgen::Burst>,
 ) -> anyhow::Result<Row> {
-    let addr = session_addr(kind)?;
-    let mut row = Row::new(format!("sessions/s {}", kind.name()), "sessions/s");
+    let mut row = Row::new(format!("sessions/s {name}"), "sessions/s");
     let mut cpu_total = 0.0;
     for _ in 0..opts.pairs {
-        let a = loadgen::sessions(addr, kind, opts.threads, duration, u64::MAX);
+        let a = load()?;
         row.detached.push(a.per_second());
         let sensor = SensorProc::start(sensor_bin, &[])?;
         let before = sensor.sample()?;
-        let b = loadgen::sessions(addr, kind, opts.threads, duration, u64::MAX);
+        let b = load()?;
         // Let the agent finish what the burst queued before reading its CPU time.
         std::thread::sleep(Duration::from_millis(300));
         let after = sensor.sample()?;
         row.attached.push(b.per_second());
         row.sent += b.sessions - b.errors;
         row.errors += b.errors;
-        row.counted += after.counted(kind.verdict()) - before.counted(kind.verdict());
+        row.counted += after.counted(verdict) - before.counted(verdict);
         row.lost += after.lost - before.lost;
         cpu_total += after.cpu_seconds - before.cpu_seconds;
         row.peak_rss_kib = row.peak_rss_kib.max(Some(after.peak_rss_kib));
@@ -215,6 +229,7 @@ fn kernel_costs(
     sensor_bin: &Path,
     opts: &Options,
     duration: Duration,
+    openssl: &openssl_load::OpensslPeer,
 ) -> anyhow::Result<Vec<(String, Vec<kstats::ProgramCost>)>> {
     let sensor = SensorProc::start(sensor_bin, &[])?;
     let _stats = kstats::StatsEnabled::turn_on()?;
@@ -225,6 +240,13 @@ fn kernel_costs(
         let after = kstats::ProgramTimes::of_process(sensor.pid())?;
         costs.push((format!("sessions {}", kind.name()), after.since(&before)));
     }
+    let before = kstats::ProgramTimes::of_process(sensor.pid())?;
+    let burst = openssl.handshakes(opts.threads, duration)?;
+    let after = kstats::ProgramTimes::of_process(sensor.pid())?;
+    costs.push((
+        format!("sessions {OPENSSL_WORKLOAD} ({} handshakes)", burst.sessions - burst.errors),
+        after.since(&before),
+    ));
     for (name, sink) in
         [("bulk unwatched port", SINK_UNWATCHED), ("bulk watched port", SINK_WATCHED)]
     {
