@@ -185,6 +185,16 @@ impl Flow<'_> {
     /// called after every transition, and one copy keeps the verifier's work in bounds.
     #[inline(never)]
     pub fn apply(&mut self, effects: u8) {
+        let done = effects & effect::DONE != 0;
+        if done {
+            // The socket's two directions can run at once on two CPUs (the ingress hook
+            // runs before the socket's lock is taken), and both may see the close and
+            // decide: the one that removes the record carries the decision out, once.
+            if maps::CONNECTIONS.remove(self.cookie).is_err() {
+                return;
+            }
+            counters::stat(Stat::ConnectionsForgotten);
+        }
         if effects & effect::VERDICT != 0 {
             if let Some(verdict) = self.state.tracker.verdict() {
                 let server_port = match self.direction {
@@ -206,18 +216,16 @@ impl Flow<'_> {
         if pending && effects & (effect::AUTH | effect::DONE) != 0 {
             // The session must be reported before its authentication (or before it is
             // forgotten), with whatever of its message was captured. Only looked up: a
-            // capture created now would be empty.
+            // capture created now would be empty. (`state` stays readable after its record
+            // is removed: map memory is freed only after every program running has ended.)
             let capture = maps::CAPTURES.get_ptr_mut(self.cookie).unwrap_or(core::ptr::null_mut());
             self.emit_session(capture);
         }
         if effects & effect::AUTH != 0 {
             self.report_auth();
         }
-        if effects & effect::DONE != 0 {
+        if done {
             let _ = maps::CAPTURES.remove(self.cookie);
-            if maps::CONNECTIONS.remove(self.cookie).is_ok() {
-                counters::stat(Stat::ConnectionsForgotten);
-            }
         }
     }
 
