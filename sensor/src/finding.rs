@@ -78,6 +78,26 @@ pub struct Finding {
     /// one written in full (see `--repeat-window`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repeats: Option<Repeats>,
+    /// A plaintext or downgraded session that the same process opened to the same server
+    /// right after a `tls_rejected` one (libpq under `sslmode=prefer` retries without TLS
+    /// when the handshake fails): the rejected session it retries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<RetryOf>,
+}
+
+/// The session a plaintext retry follows.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RetryOf {
+    /// Its verdict (`tls_rejected`).
+    pub verdict: Verdict,
+    /// When it was judged; RFC 3339 UTC, microseconds.
+    #[serde(serialize_with = "rfc3339_micros")]
+    #[schemars(with = "String", extend("format" = "date-time"))]
+    pub ts: SystemTime,
+    /// Its kernel socket cookie (its own finding's `socket_cookie`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket_cookie: Option<u64>,
 }
 
 /// What a summary line adds: when the sessions it counts were seen, and a few of them.

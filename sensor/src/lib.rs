@@ -28,6 +28,7 @@ pub mod pipeline;
 pub mod preflight;
 pub mod privileges;
 pub mod repeats;
+pub mod retries;
 pub mod run;
 pub mod session;
 #[cfg(test)]

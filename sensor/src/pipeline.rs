@@ -22,6 +22,7 @@ use crate::{
     },
     pending::PendingAuth,
     repeats::Repeater,
+    retries::Retries,
     session::Session,
 };
 
@@ -36,6 +37,8 @@ pub struct Pipeline {
     origin: Origin,
     /// Sessions of one identity counted into summary lines; `None`: one line per session.
     repeater: Option<Repeater>,
+    /// Recent certificate rejections, to name the plaintext retry that follows one.
+    retries: Retries,
 }
 
 /// Where and what to push to Alertmanager: one alert per identity.
@@ -74,6 +77,7 @@ impl Pipeline {
             alerts,
             origin,
             repeater: config.finding_lines.window().map(Repeater::new),
+            retries: Retries::default(),
         })
     }
 
@@ -90,6 +94,7 @@ impl Pipeline {
                 if let Some(process) = &mut finding.process {
                     self.enricher.enrich(process);
                 }
+                self.retries.observe(&mut finding);
                 if session.auth_follows {
                     if let Some(oldest) = self.pending.hold(ev.cookie, finding, now) {
                         self.report(oldest);

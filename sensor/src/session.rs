@@ -133,6 +133,7 @@ impl Session {
             fast_open: self.fast_open,
             opened_before_start: self.opened_before_start,
             repeats: None,
+            retry_of: None,
         }
     }
 }

@@ -92,6 +92,8 @@ fn psql_every_sslmode_direct_and_through_a_tls_terminating_man_in_the_middle() -
     let sensor = &s.sensor;
     let direct = &s.pg.host;
     let ca = &s.ca;
+    // Every psql below is a process started after the sensor, judged from its first (and
+    // only) connection: the system's OpenSSL is probed at start, before any client maps it.
 
     // Clients that encrypt but accept any certificate: unverified, reported.
     for mode in ["require", "prefer"] {
@@ -132,6 +134,30 @@ fn psql_every_sslmode_direct_and_through_a_tls_terminating_man_in_the_middle() -
             "{settings}"
         );
     }
+
+    // `require` with the root file libpq looks for by itself (~/.postgresql/root.crt) and
+    // no setting naming it: verified too.
+    let home = tests::util::scratch_dir("tls-verify-home");
+    std::fs::create_dir_all(home.join(".postgresql"))?;
+    std::fs::copy(ca, home.join(".postgresql/root.crt"))?;
+    let before = counts(sensor)?;
+    let run = tests::clients::run_client(
+        std::process::Command::new("psql")
+            .arg(format!(
+                "host={direct} port=26257 user=postgres dbname=postgres sslmode=require gssencmode=disable"
+            ))
+            .args(["-X", "-At", "-c", "select 1"])
+            .env("HOME", &home)
+            .env_remove("PGSSLMODE")
+            .env_remove("PGSSLROOTCERT"),
+    )?
+    .expect_success()?;
+    assert!(findings_of(sensor, run.pid, 0)?.is_empty(), "root.crt in HOME: verified");
+    assert_eq!(
+        moved(&before, &counts(sensor)?),
+        expected(&[("verdict=tls", 1.0), ("verification=verified_chain", 1.0)]),
+        "sslmode=require with ~/.postgresql/root.crt"
+    );
 
     // Through the man in the middle. An unverifying client logs in: the attacker reads the
     // session. (The attacker's own TLS to the server is a `tls` session of unknown
@@ -176,6 +202,20 @@ fn psql_every_sslmode_direct_and_through_a_tls_terminating_man_in_the_middle() -
             ("verification=verified_chain", 1.0),
         ]),
     );
+
+    // sslmode=prefer with a root file verifies too, refuses the forged certificate... and
+    // then tries again without TLS on a new socket, which the attacker relays: the plaintext
+    // session names the rejected one it retries.
+    let retrying = psql_to(&mitm, &format!("sslmode=prefer sslrootcert={ca}"))?.expect_success()?;
+    assert_eq!(retrying.stdout, "f", "the retry is plaintext, says the server");
+    let found = findings_of(sensor, retrying.pid, 2)?;
+    assert_eq!(found.len(), 2, "{found:#?}");
+    let (rejected, retry) = (&found[0], &found[1]);
+    assert_eq!(rejected["verdict"], "tls_rejected", "{rejected}");
+    assert_eq!(retry["verdict"], "plaintext", "{retry}");
+    assert_eq!(retry["retry_of"]["verdict"], "tls_rejected");
+    assert_eq!(retry["retry_of"]["socket_cookie"], rejected["socket_cookie"]);
+    assert_eq!(retry["retry_of"]["ts"], rejected["ts"]);
     Ok(())
 }
 
