@@ -10,8 +10,8 @@ use aya_log_ebpf::info;
 use sensor_common::{
     assembly::Placement,
     event::{
-        conn_flags, event_flags, AuthEvent, Capture, ConnState, SessionEvent, EVENT_AUTH,
-        EVENT_SESSION,
+        conn_flags, event_flags, AuthEvent, Capture, ConnState, ProcRecord, SessionEvent,
+        EVENT_AUTH, EVENT_SESSION,
     },
     limits::{Stat, CAPTURE_LEN, PREFIX_LEN},
     pgwire::{classify_first, classify_tls_record, FirstMessage, TlsRecord, TLS_PEEK_LEN},
@@ -181,9 +181,9 @@ impl Flow<'_> {
         self.apply(e);
     }
 
-    /// Carry out the tracker's effects, in order: count, report, forget. Not inlined: it is
-    /// called after every transition, and one copy keeps the verifier's work in bounds.
-    #[inline(never)]
+    /// Carry out the tracker's effects, in order: count, report, forget. Inlined: most
+    /// callers pass effects the compiler knows, and each copy keeps only what they need.
+    #[inline(always)]
     pub fn apply(&mut self, effects: u8) {
         let done = effects & effect::DONE != 0;
         if done {
@@ -262,7 +262,7 @@ impl Flow<'_> {
             Direction::ClientToServer => (a, b, self.ports.src, self.ports.dst),
             Direction::ServerToClient => (b, a, self.ports.dst, self.ports.src),
         };
-        let t = self.state.tracker;
+        let t = &self.state.tracker;
         let verdict = t.verdict().unwrap_or(Verdict::Unknown);
         let message = self.state.message;
         let mut flags = self.state.flags
@@ -276,7 +276,7 @@ impl Flow<'_> {
             (*ev).kind = EVENT_SESSION;
             (*ev).cookie = self.cookie;
             (*ev).seen_ns = bpf_ktime_get_ns();
-            (*ev).proc_ = self.state.proc_;
+            copy_proc(&mut (*ev).proc_, &self.state.proc_);
             (*ev).src_addr = src_addr;
             (*ev).dst_addr = dst_addr;
             (*ev).src_port = src_port;
@@ -305,7 +305,7 @@ impl Flow<'_> {
 
     #[inline(never)]
     fn report_auth(&mut self) {
-        let t = self.state.tracker;
+        let t = &self.state.tracker;
         counters::stat(Stat::AuthSeen);
         if t.password_sent() {
             match t.auth() {
@@ -334,6 +334,24 @@ impl Flow<'_> {
     }
 }
 
+/// Copy a process record word by word. A plain assignment becomes a call to the
+/// byte-by-byte `memcpy` (48 iterations the verifier walks on every path into
+/// `emit_session`; older verifiers run out of budget on it).
+#[inline(always)]
+fn copy_proc(dst: &mut ProcRecord, src: &ProcRecord) {
+    dst.pid_tgid = src.pid_tgid;
+    dst.uid_gid = src.uid_gid;
+    dst.cgroup_id = src.cgroup_id;
+    dst.connect_ns = src.connect_ns;
+    let (d, s) = (dst.comm.as_mut_ptr().cast::<u64>(), src.comm.as_ptr().cast::<u64>());
+    // SAFETY: `comm` is 16 bytes at offset 32 of an 8-aligned `repr(C)` record: two
+    // aligned words.
+    unsafe {
+        core::ptr::write(d, core::ptr::read(s));
+        core::ptr::write(d.add(1), core::ptr::read(s.add(1)));
+    }
+}
+
 /// Copy exactly `len` (<= CAPTURE_LEN) bytes, so no byte past `len` (a pipelined message,
 /// the cancel key) reaches the ring buffer; the record's bytes past `len` are left as they
 /// are (`SessionEvent::captured` says they are undefined; they only ever held earlier
@@ -343,10 +361,12 @@ impl Flow<'_> {
 /// every word, for each way into `emit_session`, which exhausts its budget.
 #[inline(always)]
 unsafe fn copy_exact(src: *const u8, dst: *mut u8, len: u32) {
-    let mut n = len;
-    if n > CAPTURE_LEN as u32 {
-        n = CAPTURE_LEN as u32;
+    if len == 0 {
+        return;
     }
+    // 1 ..= CAPTURE_LEN, in a form every verifier follows (older ones lose a `min` the
+    // compiler rewrites); `len` never exceeds CAPTURE_LEN, so the mask changes nothing.
+    let n = (packet::opaque(len).wrapping_sub(1) & (CAPTURE_LEN as u32 - 1)) + 1;
     // SAFETY: both buffers hold CAPTURE_LEN bytes and n <= CAPTURE_LEN. A failed read leaves
     // the bytes undefined, as documented for bytes past `captured_len`.
     unsafe {
