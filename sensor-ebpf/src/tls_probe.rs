@@ -17,6 +17,19 @@ use sensor_common::{
 
 use crate::{counters, maps};
 
+/// Set by the agent at load: 1 where cgroup_skb programs may read the current thread
+/// (`bpf_get_current_pid_tgid`; not on 6.1), 0 elsewhere. Read-only data fixed at load, so
+/// the verifier drops the path the kernel does not allow.
+#[unsafe(no_mangle)]
+static TLS_LINK_BY_SENDING_THREAD: u8 = 0;
+
+#[inline(always)]
+fn by_sending_thread() -> bool {
+    // SAFETY: a read of a read-only global; volatile so the compiler keeps the load the
+    // agent's value is patched into.
+    unsafe { core::ptr::read_volatile(&TLS_LINK_BY_SENDING_THREAD) != 0 }
+}
+
 /// `SSL_CTX_new`/`SSL_CTX_new_ex` returned `ctx`: a new context verifies nothing. (Also
 /// clears what an earlier context at the same address was set to.)
 #[inline(always)]
@@ -115,21 +128,27 @@ pub fn handshake(ctx: &ProbeContext) {
 }
 
 /// The verification of the ClientHello going out now, on a connection whose connect()
-/// was recorded as `proc_`: the announcement of the sending thread, if that thread is in
+/// was recorded as `proc_`: the announcement of the sending thread (where the kernel lets
+/// the packet hook read it; else of the thread that called connect()), if that thread is in
 /// the connecting process and announced after the connect. Taken (removed) either way.
 #[inline(always)]
 pub fn verification_for_hello(proc_: &ProcRecord) -> Verification {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    // A softirq send (a retransmit) runs in whatever task it interrupted: only the
-    // connecting process's own threads are believed.
-    if (pid_tgid >> 32) as u32 != proc_.tgid() {
-        return Verification::Unknown;
-    }
+    let thread = if by_sending_thread() {
+        let current = bpf_get_current_pid_tgid();
+        // A softirq send (a retransmit) runs in whatever task it interrupted: only the
+        // connecting process's own threads are believed.
+        if (current >> 32) as u32 != proc_.tgid() {
+            return Verification::Unknown;
+        }
+        current
+    } else {
+        proc_.pid_tgid
+    };
     // SAFETY: a plain copy out of a map value.
-    let Some(announced) = (unsafe { maps::TLS_HANDSHAKES.get(pid_tgid) }).copied() else {
+    let Some(announced) = (unsafe { maps::TLS_HANDSHAKES.get(thread) }).copied() else {
         return Verification::Unknown;
     };
-    let _ = maps::TLS_HANDSHAKES.remove(pid_tgid);
+    let _ = maps::TLS_HANDSHAKES.remove(thread);
     let (verification, ambiguous) = announced.judge(proc_.connect_ns);
     if ambiguous {
         counters::stat(Stat::TlsVerificationAmbiguous);

@@ -138,6 +138,8 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
         ports = ?config.ports,
         roles = ?config.roles,
         metrics = %config.metrics_addr,
+        tls_verification = ?config.tls_verification,
+        tls_link = ?attached.tls_link,
         "attached; watching sessions"
     );
 

@@ -60,6 +60,8 @@ pub struct Attached {
     pub kernel_log: Option<KernelLogger>,
     /// The TLS uprobes' attachments, when loaded.
     pub tls: Option<TlsProbes>,
+    /// How a ClientHello is tied to its client's TLS handshake on this kernel.
+    pub tls_link: TlsLink,
 }
 
 /// aya-log's reader of the kernel programs' log records, handing them to the `log` crate.
@@ -91,18 +93,18 @@ impl Attached {
         options: LoadOptions,
     ) -> anyhow::Result<Attached> {
         raise_memlock_limit();
-        let level = kernel_log_level(options.kernel_log);
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(map_names::EVENTS, options.ring_buffer_bytes)
-            .map_max_entries(map_names::CONNECTIONS, options.max_connections)
-            .override_global("AYA_LOG_LEVEL", &level, true)
-            .load(EBPF_OBJECT)
-            .map_err(|err| {
-                anyhow!(err).context(
-                    "loading the eBPF object failed: the kernel refused a map or program \
-                 (run `sensor check` to see which requirement is missing)",
-                )
-            })?;
+        let (mut ebpf, tls_link) = match load_object(&options, TlsLink::SendingThread) {
+            Ok(ebpf) => (ebpf, TlsLink::SendingThread),
+            // Kernels before cgroup_skb programs could read the current thread (6.1).
+            Err(err) if format!("{err:#}").contains("bpf_get_current_pid_tgid") => {
+                tracing::info!(
+                    "this kernel's packet programs cannot read the sending thread: a TLS \
+                     handshake is tied to the thread that called connect()"
+                );
+                (load_object(&options, TlsLink::ConnectingThread)?, TlsLink::ConnectingThread)
+            }
+            Err(err) => return Err(err),
+        };
         write_watched_ports(&mut ebpf, ports)?;
         write_config(&mut ebpf, options.roles)?;
         let kernel_log = if options.kernel_log {
@@ -116,41 +118,31 @@ impl Attached {
         let mut programs = 0;
         let mut expected = Vec::new();
 
-        for (name, direction, kernel_type) in [
-            (
-                program_names::INGRESS,
-                CgroupSkbAttachType::Ingress,
-                attach_type::CGROUP_INET_INGRESS,
-            ),
-            (program_names::EGRESS, CgroupSkbAttachType::Egress, attach_type::CGROUP_INET_EGRESS),
-        ] {
+        for (name, direction, kernel_type) in PACKET_PROGRAMS {
             let skb: &mut CgroupSkb = program(&mut ebpf, name)?;
-            skb.load().with_context(|| format!("the kernel verifier rejected {name}"))?;
             skb.attach(&cgroup, direction, CgroupAttachMode::Single)
                 .with_context(|| attach_error(name, cgroup_dir))?;
-            expected.push((kernel_type, skb.info()?.id()));
+            let info = skb.info()?;
+            // How close the packet programs are to the verifier's budget (1M instructions).
+            tracing::debug!(
+                program = name,
+                verified_instructions = info.verified_instruction_count(),
+                "loaded"
+            );
+            expected.push((kernel_type, info.id()));
             programs += 1;
         }
 
-        for (name, kernel_type) in [
-            (program_names::CONNECT4, attach_type::CGROUP_INET4_CONNECT),
-            (program_names::CONNECT6, attach_type::CGROUP_INET6_CONNECT),
-        ] {
+        for (name, kernel_type) in CONNECT_PROGRAMS {
             let hook: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-            hook.load().with_context(|| format!("the kernel verifier rejected {name}"))?;
             hook.attach(&cgroup, CgroupAttachMode::Single)
                 .with_context(|| attach_error(name, cgroup_dir))?;
             expected.push((kernel_type, hook.info()?.id()));
             programs += 1;
         }
         let check = Some(AttachmentCheck::new(cgroup, expected));
-        let tls = if options.tls_probes {
-            tls_probes::load(&mut ebpf)?;
-            Some(TlsProbes::default())
-        } else {
-            None
-        };
-        Ok(Attached { ebpf, programs, check, kernel_log, tls })
+        let tls = options.tls_probes.then(TlsProbes::default);
+        Ok(Attached { ebpf, programs, check, kernel_log, tls, tls_link })
     }
 
     /// Attach the TLS uprobes to newly found libraries (no-op without `--tls-verification`);
@@ -180,6 +172,59 @@ impl Attached {
     pub fn take_counters(&mut self) -> anyhow::Result<KernelCounters> {
         KernelCounters::take_from(&mut self.ebpf)
     }
+}
+
+/// The packet programs, in attach order (before the connect hooks: a connection recorded
+/// by connect() then always has its SYN seen on egress).
+const PACKET_PROGRAMS: [(&str, CgroupSkbAttachType, u32); 2] = [
+    (program_names::INGRESS, CgroupSkbAttachType::Ingress, attach_type::CGROUP_INET_INGRESS),
+    (program_names::EGRESS, CgroupSkbAttachType::Egress, attach_type::CGROUP_INET_EGRESS),
+];
+
+const CONNECT_PROGRAMS: [(&str, u32); 2] = [
+    (program_names::CONNECT4, attach_type::CGROUP_INET4_CONNECT),
+    (program_names::CONNECT6, attach_type::CGROUP_INET6_CONNECT),
+];
+
+/// Which thread's TLS handshake announcement a client's ClientHello takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsLink {
+    /// The thread sending it (read in the packet hook): the strong link.
+    SendingThread,
+    /// The thread that called connect() (kernels whose packet hooks cannot read the current
+    /// thread): wrong only for a client that connects on one thread and handshakes on
+    /// another while the first handshakes another connection of another verification mode.
+    ConnectingThread,
+}
+
+/// The object loaded and every program verified (nothing attached yet).
+fn load_object(options: &LoadOptions, tls_link: TlsLink) -> anyhow::Result<Ebpf> {
+    let level = kernel_log_level(options.kernel_log);
+    let by_sending_thread = u8::from(tls_link == TlsLink::SendingThread);
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries(map_names::EVENTS, options.ring_buffer_bytes)
+        .map_max_entries(map_names::CONNECTIONS, options.max_connections)
+        .override_global("AYA_LOG_LEVEL", &level, true)
+        .override_global("TLS_LINK_BY_SENDING_THREAD", &by_sending_thread, true)
+        .load(EBPF_OBJECT)
+        .map_err(|err| {
+            anyhow!(err).context(
+                "loading the eBPF object failed: the kernel refused a map or program \
+                 (run `sensor check` to see which requirement is missing)",
+            )
+        })?;
+    for (name, _, _) in PACKET_PROGRAMS {
+        let skb: &mut CgroupSkb = program(&mut ebpf, name)?;
+        skb.load().with_context(|| format!("the kernel verifier rejected {name}"))?;
+    }
+    for (name, _) in CONNECT_PROGRAMS {
+        let hook: &mut CgroupSockAddr = program(&mut ebpf, name)?;
+        hook.load().with_context(|| format!("the kernel verifier rejected {name}"))?;
+    }
+    if options.tls_probes {
+        tls_probes::load(&mut ebpf)?;
+    }
+    Ok(ebpf)
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut T>

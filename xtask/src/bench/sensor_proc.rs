@@ -16,6 +16,8 @@ use anyhow::{bail, Context};
 pub struct SensorProc {
     child: Child,
     metrics: SocketAddr,
+    /// How long it took from start to attached (verifier included).
+    pub attached_after: Duration,
 }
 
 pub struct Sample {
@@ -82,9 +84,33 @@ impl SensorProc {
         Self::spawn(binary, extra, true)
     }
 
+    /// As `start_piped`, waiting up to `within` for the attach (an emulated VM verifies the
+    /// programs many times slower than the host).
+    pub fn start_piped_within(
+        binary: &Path,
+        extra: &[&str],
+        within: Duration,
+    ) -> anyhow::Result<SensorProc> {
+        Self::spawn_within(binary, extra, true, within)
+    }
+
     fn spawn(binary: &Path, extra: &[&str], piped: bool) -> anyhow::Result<SensorProc> {
+        Self::spawn_within(binary, extra, piped, Duration::from_secs(30))
+    }
+
+    fn spawn_within(
+        binary: &Path,
+        extra: &[&str],
+        piped: bool,
+        within: Duration,
+    ) -> anyhow::Result<SensorProc> {
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let findings = if piped { "-" } else { "/dev/null" };
+        // Kept in a file: a sensor that fails to start says why there.
+        let stderr_path =
+            std::env::temp_dir().join(format!("pgwire-sensor-{}.stderr", metrics.port()));
+        let stderr = std::fs::File::create(&stderr_path)
+            .with_context(|| format!("creating {}", stderr_path.display()))?;
         let child = Command::new(binary)
             .arg("run")
             .args(["--findings", findings, "--metrics-addr", &metrics.to_string()])
@@ -93,20 +119,28 @@ impl SensorProc {
             .arg("--findings-every-session")
             .args(extra)
             .stdout(if piped { Stdio::piped() } else { Stdio::null() })
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
-        let mut p = SensorProc { child, metrics };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut p = SensorProc { child, metrics, attached_after: Duration::ZERO };
+        let started = Instant::now();
+        let deadline = started + within;
         loop {
             if matches!(http_get(metrics, "/healthz"), Ok((200, _))) {
+                p.attached_after = started.elapsed();
                 return Ok(p);
             }
             if let Ok(Some(status)) = p.child.try_wait() {
-                bail!("the sensor exited ({status}) before attaching; run it by hand to see why");
+                let said = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+                let tail: Vec<&str> = said.lines().rev().take(600).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                bail!(
+                    "the sensor exited ({status}) before attaching; its stderr ends:\n{}",
+                    tail.join("\n")
+                );
             }
             if Instant::now() > deadline {
-                bail!("the sensor did not attach within 30 s");
+                bail!("the sensor did not attach within {within:?}");
             }
             std::thread::sleep(Duration::from_millis(50));
         }

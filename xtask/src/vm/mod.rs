@@ -25,7 +25,7 @@ use anyhow::{bail, Context};
 const KERNELS: [(&str, &str); 2] =
     [("6.1", "linux-image-cloud-amd64"), ("6.12", "linux-image-6.12-cloud-amd64")];
 
-const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
 const MUSL: &str = "x86_64-unknown-linux-musl";
 
 const INIT: &str = r#"#!/bin/busybox sh
