@@ -131,7 +131,7 @@ pub struct SessionEvent {
     pub answers: u8,
     /// [`crate::verdict::Verification`] of the client's TLS library (TLS verdicts).
     pub verification: u8,
-    /// The client's fatal TLS alert description (`tls_rejected`); 0xff: none.
+    /// The client's fatal TLS alert description (meaningful with `tls_rejected` only).
     pub tls_alert: u8,
     /// Length of the captured message according to its header (0 if unknown).
     pub message_len: u32,

@@ -59,7 +59,7 @@ pub fn session_event(verdict: Verdict, captured: &[u8], comm: &str) -> SessionEv
         requests: 0,
         answers: 0,
         verification: 0,
-        tls_alert: crate::tracker::NO_TLS_ALERT,
+        tls_alert: 0,
         message_len: captured.len() as u32,
         captured_len: captured.len().min(CAPTURE_LEN) as u32,
         _pad2: 0,

@@ -133,13 +133,11 @@ pub struct Tracker {
     tls_path: u8,
     /// `Verification` of the client's TLS library, as told by the caller at the ClientHello.
     verification: u8,
-    /// The description of the client's fatal alert (`NO_TLS_ALERT` if none).
+    /// The description of the client's fatal alert (meaningful with `tls_rejected` only:
+    /// every byte is a possible description, so none is kept to mean "no alert").
     alert: u8,
     _spare: u8,
 }
-
-/// `Tracker::alert` when the client sent none.
-pub const NO_TLS_ALERT: u8 = 0xff;
 
 pub const VERDICT_NONE: u8 = 0xff;
 
@@ -161,7 +159,7 @@ impl Tracker {
         answers: 0,
         tls_path: VERDICT_NONE,
         verification: Verification::Unknown as u8,
-        alert: NO_TLS_ALERT,
+        alert: 0,
         _spare: 0,
     };
 
@@ -223,16 +221,17 @@ impl Tracker {
         self.verification
     }
 
-    /// The description of the fatal TLS alert the client sent, if it sent one.
+    /// The description of the fatal TLS alert the client sent (`tls_rejected` only).
     pub const fn tls_alert(&self) -> Option<u8> {
-        if self.alert == NO_TLS_ALERT {
-            None
-        } else {
+        if matches!(self.verdict(), Some(Verdict::TlsRejected)) {
             Some(self.alert)
+        } else {
+            None
         }
     }
 
-    /// The wire value of [`Tracker::tls_alert`] for a kernel event (0xff: none).
+    /// The wire value of [`Tracker::tls_alert`] for a kernel event (meaningful with
+    /// `tls_rejected` only).
     pub const fn tls_alert_code(&self) -> u8 {
         self.alert
     }

@@ -11,7 +11,7 @@ use std::{
 use sensor_common::{
     event::{event_flags, ProcRecord, SessionEvent, AF_INET},
     pgwire::{classify_bytes, FirstMessage, StartupParams},
-    tracker::{answers_of, AuthMethod, Encryption, NO_TLS_ALERT},
+    tracker::{answers_of, AuthMethod, Encryption},
     verdict::{Role, Severity, UnknownReason, Verdict, Verification},
 };
 
@@ -82,7 +82,7 @@ impl Session {
             opened_before_start: ev.flags & event_flags::ADOPTED != 0,
             auth_follows: ev.flags & event_flags::AUTH_FOLLOWS != 0,
             verification: Verification::from_u8(ev.verification).unwrap_or(Verification::Unknown),
-            tls_alert: (ev.tls_alert != NO_TLS_ALERT).then_some(ev.tls_alert),
+            tls_alert: (verdict == Verdict::TlsRejected).then_some(ev.tls_alert),
         }
     }
 

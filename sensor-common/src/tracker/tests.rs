@@ -101,6 +101,9 @@ fn a_fatal_alert_after_the_client_hello_is_tls_rejected_with_its_description() {
     assert_eq!(e, effect::VERDICT | effect::DONE);
     assert_eq!((t.verdict(), t.tls_alert()), (Some(Verdict::TlsRejected), Some(48)));
     assert_eq!(t.verification(), Verification::VerifiedChain);
+    // Every byte is a description, 255 included: the verdict says an alert was sent.
+    let (t, _) = run(&[Client(HELLO), Record(TlsRecord::FatalAlert { description: 255 })]);
+    assert_eq!((t.verdict(), t.tls_alert()), (Some(Verdict::TlsRejected), Some(255)));
     // Only the first record after the ClientHello counts; a later one changes nothing.
     let (t, _) = run(&[Client(HELLO), Record(GOES_ON), Record(UNKNOWN_CA)]);
     assert_eq!((t.verdict(), t.tls_alert()), (Some(Verdict::TlsDirect), None));
