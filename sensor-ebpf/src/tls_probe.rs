@@ -6,6 +6,7 @@
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, generated::bpf_ktime_get_ns},
+    maps::LruHashMap,
     programs::{ProbeContext, RetProbeContext},
 };
 use sensor_common::{
@@ -44,13 +45,19 @@ pub fn ctx_created(ctx: &RetProbeContext) {
 /// `SSL_CTX_set_verify(ctx, mode, callback)`.
 #[inline(always)]
 pub fn ctx_set_verify(ctx: &ProbeContext) {
+    record_set_verify(ctx, &maps::TLS_CONTEXTS);
+}
+
+/// A `*_set_verify(object, mode, callback)` call: the object's mode, per process.
+#[inline(always)]
+fn record_set_verify(ctx: &ProbeContext, modes: &LruHashMap<ObjectKey, u8>) {
     let (Some(addr), Some(mode), Some(callback)) =
         (ctx.arg::<u64>(0), ctx.arg::<u32>(1), ctx.arg::<u64>(2))
     else {
         return;
     };
     let key = ObjectKey::new(bpf_get_current_pid_tgid(), addr);
-    let _ = maps::TLS_CONTEXTS.insert(key, LibraryMode::from_call(mode, callback) as u8, 0);
+    let _ = modes.insert(key, LibraryMode::from_call(mode, callback) as u8, 0);
 }
 
 /// `SSL_new(ctx)` entry: remember the context until it returns the SSL.
@@ -89,13 +96,7 @@ pub fn ssl_created(ctx: &RetProbeContext) {
 /// `SSL_set_verify(ssl, mode, callback)`.
 #[inline(always)]
 pub fn ssl_set_verify(ctx: &ProbeContext) {
-    let (Some(addr), Some(mode), Some(callback)) =
-        (ctx.arg::<u64>(0), ctx.arg::<u32>(1), ctx.arg::<u64>(2))
-    else {
-        return;
-    };
-    let key = ObjectKey::new(bpf_get_current_pid_tgid(), addr);
-    let _ = maps::TLS_SSLS.insert(key, LibraryMode::from_call(mode, callback) as u8, 0);
+    record_set_verify(ctx, &maps::TLS_SSLS);
 }
 
 /// `SSL_connect(ssl)`/`SSL_do_handshake(ssl)` entry: the first call on an SSL writes its

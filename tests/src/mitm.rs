@@ -62,7 +62,7 @@ impl Drop for Mitm {
 
 const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
 
-fn relay(mut client: TcpStream, upstream: SocketAddr) -> std::io::Result<()> {
+fn relay(mut client: TcpStream, upstream: SocketAddr) -> anyhow::Result<()> {
     let mut first = [0u8; 8];
     client.read_exact(&mut first)?;
     let mut server = TcpStream::connect(upstream)?;
@@ -71,16 +71,7 @@ fn relay(mut client: TcpStream, upstream: SocketAddr) -> std::io::Result<()> {
     } else {
         server.write_all(&first)?;
     }
-    let mut client_reader = client.try_clone()?;
-    let mut server_writer = server.try_clone()?;
-    let upstream_leg = thread::spawn(move || {
-        let _ = std::io::copy(&mut client_reader, &mut server_writer);
-        let _ = server_writer.shutdown(std::net::Shutdown::Write);
-    });
-    let _ = std::io::copy(&mut server, &mut client);
-    let _ = client.shutdown(std::net::Shutdown::Write);
-    let _ = upstream_leg.join();
-    Ok(())
+    relay_plain(client, server)
 }
 
 /// A stand-in for a GSSAPI-capable server: answers `G` to GSSENCRequest and then only reads.
@@ -311,6 +302,7 @@ fn pass_on(from: &mut impl Read, to: &mut impl Write, buf: &mut [u8]) -> anyhow:
     }
 }
 
+/// Copy both ways until both sides are done.
 fn relay_plain(mut client: TcpStream, mut server: TcpStream) -> anyhow::Result<()> {
     let mut client_reader = client.try_clone()?;
     let mut server_writer = server.try_clone()?;
