@@ -37,7 +37,9 @@ impl ProcRecord {
     }
 }
 
-/// Per-connection state kept in the kernel from connect() until nothing more is to be learned.
+/// Per-socket state, in the socket's own storage: created at connect() for every TCP socket
+/// (the process record), or when a watched connection no connect hook saw proves its start.
+/// Freed with the socket; deleted early once its session is decided.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ConnState {
@@ -52,6 +54,15 @@ pub struct ConnState {
     /// The client message being assembled in the capture buffer.
     pub message: MessageAssembly,
     pub tracker: Tracker,
+    /// The server's address as on the wire (after any NAT on this host), IPv4 in the first
+    /// 4 bytes; set when following starts (`conn_flags::FOLLOWING`).
+    pub server_addr: [u8; 16],
+    pub server_port: u16,
+    /// 4 or 6: the IP version of the packets.
+    pub ip_version: u8,
+    /// The watched port's position in the configured list (counters are per slot).
+    pub port_slot: u8,
+    pub _pad: u32,
 }
 
 impl ConnState {
@@ -65,6 +76,11 @@ impl ConnState {
             flags,
             message: MessageAssembly::NEW,
             tracker: Tracker::NEW,
+            server_addr: [0; 16],
+            server_port: 0,
+            ip_version: 0,
+            port_slot: 0,
+            _pad: 0,
         }
     }
 }
@@ -83,6 +99,11 @@ pub mod conn_flags {
     pub const ADOPTED: u32 = 32;
     /// This socket is the server's end of the session (an accepted connection).
     pub const ROLE_SERVER: u32 = 256;
+    /// A watched session is followed on this socket (its server and role are known).
+    pub const FOLLOWING: u32 = 512;
+    /// Nothing to follow on this socket: the server it reached is not on a watched port,
+    /// or its end of the session is not watched. Its packets cost one flag test.
+    pub const SETTLED: u32 = 1024;
 }
 
 /// `SessionEvent::flags` (a superset of the connection flags).
@@ -112,11 +133,21 @@ pub struct SessionEvent {
     /// `CLOCK_MONOTONIC` time the verdict was decided, in ns.
     pub seen_ns: u64,
     pub proc_: ProcRecord,
-    /// Source and destination addresses as on the wire: IPv4 in the first 4 bytes.
-    pub src_addr: [u8; 16],
-    pub dst_addr: [u8; 16],
-    pub src_port: u16,
-    pub dst_port: u16,
+    /// The client's address as its own socket has it (before any NAT on the client's
+    /// host); `client_family` says how to read it. IPv4 in the first 4 bytes.
+    pub client_addr: [u8; 16],
+    /// The server's address as on the wire (after any NAT on this host); `ip_version`.
+    pub server_addr: [u8; 16],
+    /// Role client: the address the process connected to, as its socket has it (before
+    /// any NAT); `client_family`. All zero on the server's end.
+    pub dialled_addr: [u8; 16],
+    pub client_port: u16,
+    pub server_port: u16,
+    /// 0 on the server's end.
+    pub dialled_port: u16,
+    /// 4 or 6: the family of the socket's own addresses (`client_addr`, `dialled_addr`);
+    /// an IPv6 socket may carry IPv4 as mapped addresses.
+    pub client_family: u8,
     /// 4 or 6: the IP version of the packets.
     pub ip_version: u8,
     /// [`crate::verdict::Role`].
@@ -133,13 +164,13 @@ pub struct SessionEvent {
     pub verification: u8,
     /// The client's fatal TLS alert description (meaningful with `tls_rejected` only).
     pub tls_alert: u8,
+    /// Explicit padding: no byte of the record is left to chance.
+    pub _pad: u8,
     /// Length of the captured message according to its header (0 if unknown).
     pub message_len: u32,
     /// Valid bytes in `captured`: the message that decided the verdict, never more than
     /// its own length. Bytes past `captured_len` are undefined.
     pub captured_len: u32,
-    /// Explicit padding: no byte of the record is left to chance.
-    pub _pad2: u32,
     pub captured: [u8; CAPTURE_LEN],
 }
 
@@ -176,8 +207,7 @@ pub struct Capture {
 }
 
 const _: () = assert!(core::mem::size_of::<ProcRecord>() == 48);
-const _: () = assert!(core::mem::size_of::<ConnState>() == 48 + 4 * 4 + 20 + 12);
-const _: () = assert!(
-    core::mem::size_of::<SessionEvent>() == 24 + 48 + 32 + 4 + 4 + 4 + 4 + 4 + 4 + CAPTURE_LEN
-);
+const _: () = assert!(core::mem::size_of::<ConnState>() == 48 + 4 * 4 + 20 + 12 + 24);
+const _: () =
+    assert!(core::mem::size_of::<SessionEvent>() == 24 + 48 + 48 + 6 + 2 + 8 + 8 + CAPTURE_LEN);
 const _: () = assert!(core::mem::size_of::<AuthEvent>() == 32);

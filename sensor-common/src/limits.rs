@@ -4,7 +4,6 @@
 pub mod map_names {
     pub const WATCHED_PORTS: &str = "WATCHED_PORTS";
     pub const CONFIG: &str = "CONFIG";
-    pub const CONNECTIONS: &str = "CONNECTIONS";
     pub const CAPTURES: &str = "CAPTURES";
     pub const EVENTS: &str = "EVENTS";
     pub const SESSION_COUNTERS: &str = "SESSION_COUNTERS";
@@ -38,8 +37,9 @@ pub const CONFIG_ROLES: u32 = 0;
 
 /// At most this many watched ports may be configured.
 pub const MAX_WATCHED_PORTS: usize = 64;
-/// Connections between connect() and their first bytes. LRU: a flood evicts the oldest.
-pub const CONNECTIONS_MAX: u32 = 16384;
+/// Sessions whose decision was claimed recently (socket cookies). An entry matters only
+/// while both directions of one socket may decide at once (microseconds); LRU.
+pub const DECISIONS_MAX: u32 = 8192;
 /// Connections assembling a client message at the same moment (1 KiB each). LRU: under a
 /// flood the oldest capture is evicted and that session is reported `unknown`.
 pub const CAPTURES_MAX: u32 = 2048;
@@ -66,12 +66,14 @@ crate::named_enum! {
         /// Packets to or from a watched port, with data or SYN/FIN/RST, that the packet hooks
         /// looked at (pure ACKs are skipped unread).
         PacketsInspected = 2 => "packets_inspected",
-        /// Connections to a watched port recorded by the connect hooks.
+        /// Connections followed from their connect() or their SYN: the port dialled, or the
+        /// one on the wire (after any NAT on this host), is watched.
         ConnectionsTracked = 3 => "connections_tracked",
-        /// Packets to a watched port on a connection not (or no longer) tracked: opened
-        /// before the sensor started, or already classified.
+        /// Connections to a watched port found already under way (opened before the
+        /// sensor started, byte 0 unprovable): not followed. Counted once per connection.
         PacketsUntracked = 4 => "packets_untracked",
-        /// Connect records that could not be stored.
+        /// Connections to a watched port whose state could not be stored (the kernel had
+        /// no memory for it): their sessions are not followed.
         TrackFailed = 5 => "track_failed",
         /// Connections adopted after start because the socket proved it had sent nothing yet.
         ConnectionsAdopted = 6 => "connections_adopted",
@@ -85,13 +87,20 @@ crate::named_enum! {
         AuthSeen = 10 => "auth_seen",
         /// Auth events the ring buffer had no room for (the password counters still moved).
         AuthEventsLost = 11 => "auth_events_lost",
-        /// Connections forgotten because nothing more was to be learned (or they closed).
+        /// Sessions decided: their socket's state is settled (its later packets cost one
+        /// lookup and one flag test).
         ConnectionsForgotten = 12 => "connections_forgotten",
         /// TLS handshakes announced by the client's OpenSSL (uprobes fired).
         TlsHandshakesSeen = 13 => "tls_handshakes_seen",
         /// A client's ClientHello whose thread had handshakes of both verification modes
         /// announced since its connect(): judged `unknown` rather than guessed.
         TlsVerificationAmbiguous = 14 => "tls_verification_ambiguous",
+        /// Connections followed because a NAT rule on this host sent them to a watched port
+        /// (their connect() asked for another address or port).
+        ConnectionsNat = 15 => "connections_nat",
+        /// Of those, connections whose process could not be taken from their connect():
+        /// reported without a process rather than with a guessed one.
+        NatProcessUnknown = 16 => "nat_process_unknown",
     }
 }
 

@@ -48,10 +48,13 @@ pub fn session_event(verdict: Verdict, captured: &[u8], comm: &str) -> SessionEv
             connect_ns: 0,
             comm: comm_bytes,
         },
-        src_addr: [0; 16],
-        dst_addr: [0; 16],
-        src_port: 40000,
-        dst_port: 26257,
+        client_addr: [0; 16],
+        server_addr: [0; 16],
+        dialled_addr: [0; 16],
+        client_port: 40000,
+        server_port: 26257,
+        dialled_port: 26257,
+        client_family: AF_INET,
         ip_version: AF_INET,
         role: Role::Client as u8,
         verdict: verdict as u8,
@@ -60,13 +63,15 @@ pub fn session_event(verdict: Verdict, captured: &[u8], comm: &str) -> SessionEv
         answers: 0,
         verification: 0,
         tls_alert: 0,
+        _pad: 0,
         message_len: captured.len() as u32,
         captured_len: captured.len().min(CAPTURE_LEN) as u32,
-        _pad2: 0,
         captured: [0; CAPTURE_LEN],
     };
-    ev.src_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
-    ev.dst_addr[..4].copy_from_slice(&[127, 0, 0, 2]);
+    // No NAT: the client dialled the server it reached.
+    ev.client_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+    ev.server_addr[..4].copy_from_slice(&[127, 0, 0, 2]);
+    ev.dialled_addr[..4].copy_from_slice(&[127, 0, 0, 2]);
     let n = captured.len().min(CAPTURE_LEN);
     ev.captured[..n].copy_from_slice(&captured[..n]);
     ev

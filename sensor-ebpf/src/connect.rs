@@ -1,20 +1,32 @@
 //! connect4/connect6: the one place that runs in the connecting process's own context, so
-//! the process record is taken here and stored per socket (by cookie) for the packet hooks.
+//! the process record is taken here, for every TCP connect.
+//!
+//! A connection to a watched port gets its state in the socket's own storage at once. Any
+//! other connect() only leaves its record in this CPU's `CONNECTING` slot (no allocation:
+//! this runs for every connection the host makes): the SYN leaves from inside the same
+//! connect() call, and if a NAT rule on this host sent it to a watched port (a Kubernetes
+//! Service whose port differs from its targetPort), the egress hook takes the record from
+//! the slot, if the socket's cookie says it is this socket's.
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns},
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_socket_cookie,
+            bpf_ktime_get_ns,
+        },
     },
     programs::SockAddrContext,
     EbpfContext,
 };
 use sensor_common::{
-    event::{conn_flags, ConnState, ProcRecord, COMM_LEN},
+    assembly::MessageAssembly,
+    event::{conn_flags, ProcRecord, COMM_LEN},
     limits::Stat,
+    tracker::Tracker,
 };
 
-use crate::{counters, maps};
+use crate::{counters, maps, sockets};
 
 const IPPROTO_TCP: u32 = 6;
 
@@ -27,23 +39,51 @@ pub fn on_connect(ctx: &SockAddrContext) {
     }
     // user_port holds the port in network byte order in its low 16 bits.
     let port = u16::from_be(sock_addr.user_port as u16);
-    if !maps::is_watched(port) {
+    if maps::port_slot(port).is_none() {
+        return leave_in_slot(ctx);
+    }
+    // SAFETY: `sk` of a connect hook's context is the connecting socket.
+    let sk = unsafe { sock_addr.__bindgen_anon_1.sk };
+    if sk.is_null() {
         return;
     }
-    // SAFETY: plain helper calls valid in cgroup_sock_addr programs.
-    let (cookie, cgroup_id, now) = unsafe {
-        (bpf_get_socket_cookie(ctx.as_ptr()), bpf_get_current_cgroup_id(), bpf_ktime_get_ns())
+    let Some(state) = sockets::create(sk) else {
+        counters::stat(Stat::TrackFailed);
+        return;
     };
-    let proc_ = ProcRecord {
-        pid_tgid: bpf_get_current_pid_tgid(),
-        uid_gid: bpf_get_current_uid_gid(),
-        cgroup_id,
-        connect_ns: now,
-        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
-    };
-    let state = ConnState::new(proc_, conn_flags::PROC_KNOWN);
-    match maps::CONNECTIONS.insert(cookie, state, 0) {
-        Ok(()) => counters::stat(Stat::ConnectionsTracked),
-        Err(_) => counters::stat(Stat::TrackFailed),
+    // Written in place (the storage is zero-filled when new): no copy through the stack.
+    // A socket connecting again after a failed attempt starts over.
+    fill(&mut state.proc_);
+    state.flags = conn_flags::PROC_KNOWN;
+    state.message = MessageAssembly::NEW;
+    state.tracker = Tracker::NEW;
+    counters::stat(Stat::ConnectionsTracked);
+}
+
+/// Any other connect(): its record, named by the socket's cookie, in this CPU's slot.
+#[inline(always)]
+fn leave_in_slot(ctx: &SockAddrContext) {
+    let Some(slot) = maps::CONNECTING.get_ptr_mut(0) else { return };
+    // SAFETY: this CPU's slot; the program runs with migration disabled. The cookie helper
+    // is valid in cgroup_sock_addr programs.
+    unsafe {
+        (*slot).cookie = bpf_get_socket_cookie(ctx.as_ptr());
+        (*slot).pid_tgid = bpf_get_current_pid_tgid();
+        (*slot).uid_gid = bpf_get_current_uid_gid();
+        bpf_get_current_comm((*slot).comm.as_mut_ptr().cast(), COMM_LEN as u32);
+    }
+}
+
+/// The current task's record, written in place.
+#[inline(always)]
+fn fill(p: &mut ProcRecord) {
+    p.pid_tgid = bpf_get_current_pid_tgid();
+    p.uid_gid = bpf_get_current_uid_gid();
+    // SAFETY: plain helper calls valid in cgroup_sock_addr programs; `comm` has room for
+    // COMM_LEN bytes.
+    unsafe {
+        p.cgroup_id = bpf_get_current_cgroup_id();
+        p.connect_ns = bpf_ktime_get_ns();
+        bpf_get_current_comm(p.comm.as_mut_ptr().cast(), COMM_LEN as u32);
     }
 }

@@ -3,14 +3,16 @@
 //! verdict, report the session, report authentication, forget the connection).
 
 use aya_ebpf::{
-    helpers::generated::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    bindings::bpf_sock,
+    helpers::generated::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_probe_read_kernel},
     programs::SkBuffContext,
+    EbpfContext,
 };
 use aya_log_ebpf::info;
 use sensor_common::{
     assembly::Placement,
     event::{
-        conn_flags, event_flags, AuthEvent, Capture, ConnState, ProcRecord, SessionEvent,
+        conn_flags, event_flags, AuthEvent, Capture, ConnState, ProcRecord, SessionEvent, COMM_LEN,
         EVENT_AUTH, EVENT_SESSION,
     },
     limits::{Stat, CAPTURE_LEN, PREFIX_LEN},
@@ -19,13 +21,9 @@ use sensor_common::{
     verdict::{Role, UnknownReason, Verdict},
 };
 
-use crate::{
-    counters, maps,
-    packet::{self, L4},
-    tls_probe,
-};
+use crate::{counters, maps, packet, sockets, tls_probe};
 
-/// Which way the current packet goes: addresses in events are always client -> server.
+/// Which way the current packet goes between the session's client and server.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
     ClientToServer,
@@ -34,16 +32,28 @@ pub enum Direction {
 
 pub struct Flow<'a> {
     pub ctx: &'a SkBuffContext,
-    pub l4: L4,
-    pub ports: packet::Ports,
-    pub direction: Direction,
+    /// The packet's socket (a full one): its storage holds `state`.
+    pub sk: *mut bpf_sock,
     /// Which end of the session this socket is.
     pub role: Role,
+    /// Socket cookie: names the session's capture and its events.
     pub cookie: u64,
     pub state: &'a mut ConnState,
 }
 
-impl Flow<'_> {
+impl<'a> Flow<'a> {
+    #[inline(always)]
+    pub fn new(
+        ctx: &'a SkBuffContext,
+        sk: *mut bpf_sock,
+        role: Role,
+        state: &'a mut ConnState,
+    ) -> Flow<'a> {
+        // SAFETY: helper valid for cgroup_skb; the skb pointer is the program's context.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+        Flow { ctx, sk, role, cookie, state }
+    }
+
     /// Client payload at stream offset `rel` (bytes from `payload_offset`, `len` of them).
     #[inline(always)]
     pub fn client_data(&mut self, rel: u32, payload_offset: u32, len: u32) {
@@ -189,19 +199,16 @@ impl Flow<'_> {
         if done {
             // The socket's two directions can run at once on two CPUs (the ingress hook
             // runs before the socket's lock is taken), and both may see the close and
-            // decide: the one that removes the record carries the decision out, once.
-            if maps::CONNECTIONS.remove(self.cookie).is_err() {
+            // decide: the one that claims the decision carries it out, once.
+            if !sockets::claim_decision(self.cookie) {
                 return;
             }
+            sockets::settle(self.state);
             counters::stat(Stat::ConnectionsForgotten);
         }
         if effects & effect::VERDICT != 0 {
             if let Some(verdict) = self.state.tracker.verdict() {
-                let server_port = match self.direction {
-                    Direction::ClientToServer => self.ports.dst,
-                    Direction::ServerToClient => self.ports.src,
-                };
-                let slot = maps::port_slot(server_port).unwrap_or(0);
+                let slot = self.state.port_slot as u32;
                 counters::session(slot, self.role, verdict);
                 if verdict.is_tls() {
                     counters::verification(slot, self.role, self.state.tracker.verification());
@@ -257,10 +264,20 @@ impl Flow<'_> {
             return;
         };
         let ev = entry.as_mut_ptr();
-        let (a, b) = packet::addresses(self.ctx, self.l4);
-        let (src_addr, dst_addr, src_port, dst_port) = match self.direction {
-            Direction::ClientToServer => (a, b, self.ports.src, self.ports.dst),
-            Direction::ServerToClient => (b, a, self.ports.dst, self.ports.src),
+        // The client's end as its socket has it; the server's as on the wire; what the
+        // client dialled as its socket has it (it differs from the wire under NAT).
+        let ends = packet::socket_ends(self.sk);
+        let (client_addr, client_family, client_port, dialled_addr, dialled_port) = match self.role
+        {
+            Role::Client => {
+                let (local, family) = packet::socket_address::<false>(self.sk);
+                let (remote, _) = packet::socket_address::<true>(self.sk);
+                (local, family, ends.local_port, remote, ends.remote_port)
+            }
+            Role::Server => {
+                let (remote, family) = packet::socket_address::<true>(self.sk);
+                (remote, family, ends.remote_port, [0u8; 16], 0)
+            }
         };
         let t = &self.state.tracker;
         let verdict = t.verdict().unwrap_or(Verdict::Unknown);
@@ -277,11 +294,14 @@ impl Flow<'_> {
             (*ev).cookie = self.cookie;
             (*ev).seen_ns = bpf_ktime_get_ns();
             copy_proc(&mut (*ev).proc_, &self.state.proc_);
-            (*ev).src_addr = src_addr;
-            (*ev).dst_addr = dst_addr;
-            (*ev).src_port = src_port;
-            (*ev).dst_port = dst_port;
-            (*ev).ip_version = self.l4.ip_version;
+            (*ev).client_addr = client_addr;
+            (*ev).server_addr = self.state.server_addr;
+            (*ev).dialled_addr = dialled_addr;
+            (*ev).client_port = client_port;
+            (*ev).server_port = self.state.server_port;
+            (*ev).dialled_port = dialled_port;
+            (*ev).client_family = client_family;
+            (*ev).ip_version = self.state.ip_version;
             (*ev).role = self.role as u8;
             (*ev).verdict = verdict as u8;
             (*ev).reason = t.reason_code();
@@ -289,8 +309,8 @@ impl Flow<'_> {
             (*ev).answers = t.answers();
             (*ev).verification = t.verification_code();
             (*ev).tls_alert = t.tls_alert_code();
+            (*ev)._pad = 0;
             (*ev).message_len = message.message_len();
-            (*ev)._pad2 = 0;
             if capture.is_null() {
                 captured_len = 0;
             } else {
@@ -343,9 +363,15 @@ fn copy_proc(dst: &mut ProcRecord, src: &ProcRecord) {
     dst.uid_gid = src.uid_gid;
     dst.cgroup_id = src.cgroup_id;
     dst.connect_ns = src.connect_ns;
-    let (d, s) = (dst.comm.as_mut_ptr().cast::<u64>(), src.comm.as_ptr().cast::<u64>());
-    // SAFETY: `comm` is 16 bytes at offset 32 of an 8-aligned `repr(C)` record: two
-    // aligned words.
+    copy_comm(&mut dst.comm, &src.comm);
+}
+
+/// Copy a command name as two words (see `copy_proc`). Both arrays sit at 8-aligned
+/// offsets of `repr(C)` records.
+#[inline(always)]
+pub fn copy_comm(dst: &mut [u8; COMM_LEN], src: &[u8; COMM_LEN]) {
+    let (d, s) = (dst.as_mut_ptr().cast::<u64>(), src.as_ptr().cast::<u64>());
+    // SAFETY: 16 bytes each, 8-aligned: two aligned words.
     unsafe {
         core::ptr::write(d, core::ptr::read(s));
         core::ptr::write(d.add(1), core::ptr::read(s.add(1)));

@@ -15,6 +15,7 @@ mod maps;
 mod packet;
 mod proof;
 mod segment;
+mod sockets;
 mod tls_probe;
 
 use aya_ebpf::{

@@ -5,9 +5,9 @@ use aya_ebpf::{
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
 use sensor_common::{
-    event::{Capture, ConnState},
+    event::{Capture, COMM_LEN},
     limits::{
-        Stat, CAPTURES_MAX, CONFIG_ENTRIES, CONFIG_ROLES, CONNECTIONS_MAX, EVENTS_RING_BYTES,
+        Stat, CAPTURES_MAX, CONFIG_ENTRIES, CONFIG_ROLES, DECISIONS_MAX, EVENTS_RING_BYTES,
         SESSION_COUNTERS_ENTRIES, TLS_OBJECTS_MAX, TLS_THREADS_MAX, VERIFICATION_COUNTERS_ENTRIES,
         WATCHED_PORTS_ENTRIES,
     },
@@ -24,10 +24,26 @@ pub static WATCHED_PORTS: Array<u8> = Array::with_max_entries(WATCHED_PORTS_ENTR
 #[map]
 pub static CONFIG: Array<u32> = Array::with_max_entries(CONFIG_ENTRIES, 0);
 
-/// Socket cookie -> state, from connect() until nothing more is to be learned.
+/// The last connect() on this CPU to a port not watched: its socket's cookie and process.
+/// Read by the egress hook when that connection's SYN turns out to go to a watched port
+/// (NAT on this host).
 #[map]
-pub static CONNECTIONS: LruHashMap<u64, ConnState> =
-    LruHashMap::with_max_entries(CONNECTIONS_MAX, 0);
+pub static CONNECTING: PerCpuArray<ConnectRecord> = PerCpuArray::with_max_entries(1, 0);
+
+/// What connect() can cheaply leave for the SYN (the cgroup and the time are the socket's
+/// and the SYN's own, read there).
+#[repr(C)]
+pub struct ConnectRecord {
+    pub cookie: u64,
+    pub pid_tgid: u64,
+    pub uid_gid: u64,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Socket cookie of a session whose decision a program claimed (`sockets::claim_decision`).
+/// An entry only has to outlive the moment two programs decide at once; LRU.
+#[map]
+pub static DECISIONS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(DECISIONS_MAX, 0);
 
 /// Socket cookie -> the client message being assembled (only while one is).
 #[map]
@@ -74,11 +90,6 @@ pub static TLS_HANDSHAKES: LruHashMap<u64, Handshake> =
 /// Operational counters, indexed by `Stat`.
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT as u32, 0);
-
-#[inline(always)]
-pub fn is_watched(port: u16) -> bool {
-    port_slot(port).is_some()
-}
 
 /// The port's position in the configured list, if it is watched.
 #[inline(always)]

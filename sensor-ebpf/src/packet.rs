@@ -3,11 +3,13 @@
 //! and the verifier sees constant lengths; the one variable-length copy is `load_masked`.
 
 use aya_ebpf::{
-    bindings::bpf_tcp_sock,
+    bindings::{bpf_sock, bpf_tcp_sock},
     helpers::generated::{bpf_sk_fullsock, bpf_skb_load_bytes, bpf_tcp_sock},
     programs::SkBuffContext,
     EbpfContext,
 };
+use core::mem::offset_of;
+
 use sensor_common::event::{AF_INET, AF_INET6};
 
 const IPPROTO_TCP: u8 = 6;
@@ -88,27 +90,109 @@ pub fn tcp_segment(ctx: &SkBuffContext) -> Option<(L4, Ports, TcpHeader)> {
     Some((l4, ports, tcp))
 }
 
-/// The kernel's own view of the packet's TCP socket (sequence numbers and byte counters).
+/// The packet's own socket, if it is a full one (not a request or time-wait socket). The
+/// first thing each packet program does: everything else hangs on the socket.
 #[inline(always)]
-pub fn tcp_sock(ctx: &SkBuffContext) -> Option<&bpf_tcp_sock> {
-    // SAFETY: the context is a valid __sk_buff; `sk` may be null and the helpers accept
-    // only what the verifier allows (a socket pointer checked for null).
+pub fn full_socket(ctx: &SkBuffContext) -> Option<*mut bpf_sock> {
+    // SAFETY: the context is a valid __sk_buff; `sk` may be null and the helper accepts
+    // only a socket pointer checked for null.
     unsafe {
         let sk = (*ctx.skb.skb).__bindgen_anon_2.sk;
         if sk.is_null() {
             return None;
         }
         let full = bpf_sk_fullsock(sk);
-        if full.is_null() {
-            return None;
-        }
-        let tcp = bpf_tcp_sock(full);
-        if tcp.is_null() {
-            None
-        } else {
-            Some(&*tcp)
-        }
+        (!full.is_null()).then_some(full)
     }
+}
+
+/// The kernel's own view of the TCP socket (sequence numbers and byte counters).
+#[inline(always)]
+pub fn tcp_sock(sk: *mut bpf_sock) -> Option<&'static bpf_tcp_sock> {
+    // SAFETY: `sk` is a full socket; the helper returns null for anything not TCP.
+    unsafe { bpf_tcp_sock(sk.cast()).as_ref() }
+}
+
+/// `bpf_sock::state` values (the kernel's TCP states).
+const TCP_SYN_SENT: u32 = 2;
+const TCP_LISTEN: u32 = 10;
+const SOCK_AF_INET: u32 = 2;
+
+/// A socket's own view of its two ends (before NAT on this host for what it sent, after
+/// the reverse NAT for what it received).
+#[derive(Clone, Copy)]
+pub struct SocketEnds {
+    pub local_port: u16,
+    pub remote_port: u16,
+    /// `bpf_sock::state`.
+    pub state: u32,
+}
+
+impl SocketEnds {
+    pub fn listening(&self) -> bool {
+        self.state == TCP_LISTEN
+    }
+
+    /// A client socket whose SYN is leaving (also a retransmitted one).
+    pub fn syn_sent(&self) -> bool {
+        self.state == TCP_SYN_SENT
+    }
+}
+
+#[inline(always)]
+pub fn socket_ends(sk: *mut bpf_sock) -> SocketEnds {
+    // `dst_port` is read as the 4-byte field it was before Linux 5.18 (a 2-byte load is
+    // refused there); the port sits in its first two bytes, in network order, everywhere.
+    let remote = sock_field::<{ offset_of!(bpf_sock, dst_port) }>(sk);
+    SocketEnds {
+        local_port: sock_field::<{ offset_of!(bpf_sock, src_port) }>(sk) as u16,
+        remote_port: u16::from_be(remote as u16),
+        state: sock_field::<{ offset_of!(bpf_sock, state) }>(sk),
+    }
+}
+
+/// One 4-byte field of `struct bpf_sock`, as a load at a constant offset from `sk`: the
+/// verifier refuses any arithmetic on a socket pointer, and a volatile load keeps the
+/// compiler from merging two branches' loads into one from a computed address.
+#[inline(always)]
+fn sock_field<const OFFSET: usize>(sk: *mut bpf_sock) -> u32 {
+    // SAFETY: `sk` is a full socket and OFFSET a 4-byte field of the UAPI struct.
+    unsafe { core::ptr::read_volatile(sk.cast::<u8>().add(OFFSET).cast::<u32>()) }
+}
+
+/// The socket's local (`REMOTE` false) or remote address, IPv4 in the first 4 bytes, and
+/// its family (4 or 6; an IPv6 socket may hold IPv4-mapped addresses).
+#[inline(always)]
+pub fn socket_address<const REMOTE: bool>(sk: *mut bpf_sock) -> ([u8; 16], u8) {
+    let mut addr = [0u8; 16];
+    if sock_field::<{ offset_of!(bpf_sock, family) }>(sk) == SOCK_AF_INET {
+        let ip4 = if REMOTE {
+            sock_field::<{ offset_of!(bpf_sock, dst_ip4) }>(sk)
+        } else {
+            sock_field::<{ offset_of!(bpf_sock, src_ip4) }>(sk)
+        };
+        addr[..4].copy_from_slice(&ip4.to_ne_bytes());
+        return (addr, AF_INET);
+    }
+    let words = if REMOTE {
+        [
+            sock_field::<{ offset_of!(bpf_sock, dst_ip6) }>(sk),
+            sock_field::<{ offset_of!(bpf_sock, dst_ip6) + 4 }>(sk),
+            sock_field::<{ offset_of!(bpf_sock, dst_ip6) + 8 }>(sk),
+            sock_field::<{ offset_of!(bpf_sock, dst_ip6) + 12 }>(sk),
+        ]
+    } else {
+        [
+            sock_field::<{ offset_of!(bpf_sock, src_ip6) }>(sk),
+            sock_field::<{ offset_of!(bpf_sock, src_ip6) + 4 }>(sk),
+            sock_field::<{ offset_of!(bpf_sock, src_ip6) + 8 }>(sk),
+            sock_field::<{ offset_of!(bpf_sock, src_ip6) + 12 }>(sk),
+        ]
+    };
+    for (i, word) in words.iter().enumerate() {
+        addr[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+    }
+    (addr, AF_INET6)
 }
 
 /// Load one byte of the payload.

@@ -4,7 +4,7 @@
 //! unacknowledged byte; the receiving side when it has received nothing yet and the segment
 //! is exactly the next one expected.
 
-use aya_ebpf::{bindings::bpf_tcp_sock, programs::SkBuffContext};
+use aya_ebpf::bindings::{bpf_sock, bpf_tcp_sock};
 use sensor_common::{
     event::{conn_flags, ConnState},
     verdict::Role,
@@ -25,13 +25,8 @@ fn receiver_at_start(sock: &bpf_tcp_sock, seq: u32) -> bool {
 /// Is this client segment byte 0 of the client's stream? Learns the server's byte 0 too
 /// when the server has not spoken yet.
 #[inline(always)]
-pub fn client_start(
-    ctx: &SkBuffContext,
-    tcp: &TcpHeader,
-    role: Role,
-    state: &mut ConnState,
-) -> bool {
-    let Some(sock) = packet::tcp_sock(ctx) else { return false };
+pub fn client_start(sk: *mut bpf_sock, tcp: &TcpHeader, role: Role, state: &mut ConnState) -> bool {
+    let Some(sock) = packet::tcp_sock(sk) else { return false };
     let proven = match role {
         Role::Client => sender_at_start(sock, tcp.seq),
         Role::Server => receiver_at_start(sock, tcp.seq),
@@ -56,13 +51,8 @@ pub fn client_start(
 
 /// Is this server segment byte 0 of the server's stream?
 #[inline(always)]
-pub fn server_start(
-    ctx: &SkBuffContext,
-    tcp: &TcpHeader,
-    role: Role,
-    state: &mut ConnState,
-) -> bool {
-    let Some(sock) = packet::tcp_sock(ctx) else { return false };
+pub fn server_start(sk: *mut bpf_sock, tcp: &TcpHeader, role: Role, state: &mut ConnState) -> bool {
+    let Some(sock) = packet::tcp_sock(sk) else { return false };
     let proven = match role {
         Role::Client => receiver_at_start(sock, tcp.seq),
         Role::Server => sender_at_start(sock, tcp.seq),

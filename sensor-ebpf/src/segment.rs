@@ -1,25 +1,36 @@
-//! Both cgroup_skb hooks land here. A watched session has two ends, and the sensor can sit
-//! at either: the client's socket (role client: its bytes go out, the server's come in) or
-//! the server's accepted socket (role server: the other way round). The port filter comes
-//! first (one array lookup); then the connection's state by socket cookie, or adoption of
-//! a connection whose first byte the socket itself proves; then the bytes go to the flow.
+//! Both cgroup_skb hooks land here. Everything starts from the packet's own socket: its
+//! storage says whether it is followed, settled (nothing to follow, or its session decided:
+//! one flag test), or new to the sensor. Only followed sockets have their packets read.
+//!
+//! A watched session has two ends, and the sensor can sit at either: the client's socket
+//! (role client: its bytes go out, the server's come in) or the server's accepted socket
+//! (role server: the other way round). A client socket is followed from connect() when the
+//! first packet it sends goes to a watched port on the wire (after any NAT on this host),
+//! or when the port it dialled is watched; the answers are matched by socket, whatever
+//! port the reverse NAT gives them.
 
-use aya_ebpf::{helpers::generated::bpf_get_socket_cookie, programs::SkBuffContext, EbpfContext};
+use aya_ebpf::{
+    bindings::bpf_sock,
+    helpers::generated::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_sk_cgroup_id},
+    programs::SkBuffContext,
+    EbpfContext,
+};
 use aya_log_ebpf::info;
 use sensor_common::{
-    event::{conn_flags, ConnState, ProcRecord},
+    event::{conn_flags, ConnState},
     limits::Stat,
     pgwire::{auth_code, AUTH_PEEK_LEN},
-    tracker::Phase,
+    tracker::{Phase, Tracker},
     verdict::{Role, UnknownReason},
 };
 
 use crate::{
     counters,
+    flow::copy_comm,
     flow::{Direction, Flow},
     maps,
-    packet::{self, TcpHeader, TCP_FIN, TCP_RST, TCP_SYN},
-    proof,
+    packet::{self, TcpHeader, L4, TCP_FIN, TCP_RST, TCP_SYN},
+    proof, sockets,
 };
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -30,44 +41,34 @@ pub enum Hook {
 
 #[inline(always)]
 pub fn on_segment(ctx: &SkBuffContext, hook: Hook) {
-    let Some((l4, ports, tcp)) = packet::tcp_segment(ctx) else { return };
-    let (role, direction) = match hook {
-        Hook::Egress if maps::is_watched(ports.dst) => (Role::Client, Direction::ClientToServer),
-        Hook::Ingress if maps::is_watched(ports.src) => (Role::Client, Direction::ServerToClient),
-        Hook::Ingress if maps::is_watched(ports.dst) => (Role::Server, Direction::ClientToServer),
-        Hook::Egress if maps::is_watched(ports.src) => (Role::Server, Direction::ServerToClient),
-        _ => return,
+    let Some(sk) = packet::full_socket(ctx) else { return };
+    let state = match sockets::state(sk) {
+        Some(state) if state.flags & conn_flags::SETTLED != 0 => return,
+        Some(state) if state.flags & conn_flags::FOLLOWING != 0 => state,
+        // Connected, its server not seen yet: the first packet it sends says where it goes.
+        Some(state) if hook == Hook::Egress => match start_following(ctx, sk, state) {
+            Some(state) => state,
+            None => return,
+        },
+        Some(_) => return,
+        None => match adopt(ctx, sk, hook) {
+            Some(state) => state,
+            None => return,
+        },
     };
-    if !maps::role_enabled(role) {
-        return;
-    }
+    let Some((_l4, _ports, tcp)) = packet::tcp_segment(ctx) else { return };
+    let role = if state.flags & conn_flags::ROLE_SERVER != 0 { Role::Server } else { Role::Client };
+    let direction = match (role, hook) {
+        (Role::Client, Hook::Egress) | (Role::Server, Hook::Ingress) => Direction::ClientToServer,
+        _ => Direction::ServerToClient,
+    };
     // A pure ACK carries nothing a session start is judged on (no bytes, no byte-0 marker,
-    // no end): skip it before the socket and map lookups. About half of a short session's
-    // packets are pure ACKs.
+    // no end). About half of a short session's packets are pure ACKs.
     if tcp.payload_len == 0 && tcp.flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 {
         return;
     }
     counters::stat(Stat::PacketsInspected);
-
-    // SAFETY: helper valid for cgroup_skb; the skb pointer is the program's context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let state = match maps::CONNECTIONS.get_ptr_mut(cookie) {
-        Some(state) => state,
-        // Only the client's bytes can start tracking a connection nobody recorded.
-        None if direction == Direction::ClientToServer => {
-            match adopt(ctx, cookie, &tcp, role, ports) {
-                Some(state) => state,
-                None => {
-                    counters::stat(Stat::PacketsUntracked);
-                    return;
-                }
-            }
-        }
-        None => return,
-    };
-    // SAFETY: from a successful lookup; the socket's packets are serialised by its lock.
-    let state: &mut ConnState = unsafe { &mut *state };
-    let mut flow = Flow { ctx, l4, ports, direction, role, cookie, state };
+    let mut flow = Flow::new(ctx, sk, role, state);
     match direction {
         Direction::ClientToServer => client_segment(&mut flow, &tcp),
         Direction::ServerToClient => server_segment(&mut flow, &tcp),
@@ -75,6 +76,28 @@ pub fn on_segment(ctx: &SkBuffContext, hook: Hook) {
     if tcp.flags & (TCP_FIN | TCP_RST) != 0 {
         flow.closed();
     }
+}
+
+/// A client socket recorded at connect() (it dialled a watched port) sends its first packet
+/// (its SYN): followed under the port on the wire if that is watched too (else the one
+/// dialled); settled if the client's end is not watched. Not inlined: it runs once per
+/// connection and must not weigh on the per-packet path.
+#[inline(never)]
+fn start_following(
+    ctx: &SkBuffContext,
+    sk: *mut bpf_sock,
+    state: &'static mut ConnState,
+) -> Option<&'static mut ConnState> {
+    let (l4, ports, _tcp) = packet::tcp_segment(ctx)?;
+    let slot = maps::port_slot(ports.dst)
+        .or_else(|| maps::port_slot(packet::socket_ends(sk).remote_port))
+        .filter(|_| maps::role_enabled(Role::Client));
+    let Some(slot) = slot else {
+        state.flags |= conn_flags::SETTLED;
+        return None;
+    };
+    follow(ctx, state, l4, ports, slot);
+    Some(state)
 }
 
 /// The client's bytes: where byte 0 is, then the message assembly.
@@ -93,15 +116,10 @@ fn client_segment(flow: &mut Flow, tcp: &TcpHeader) {
         return;
     }
     if flow.state.flags & conn_flags::CLIENT_BASE == 0
-        && !proof::client_start(flow.ctx, tcp, flow.role, flow.state)
+        && !proof::client_start(flow.sk, tcp, flow.role, flow.state)
     {
         // The SYN went by unseen and the socket cannot prove this is byte 0: never guess.
-        info!(
-            flow.ctx,
-            "port {} -> {}: start not seen (no SYN, byte 0 unproven): unknown",
-            flow.ports.src,
-            flow.ports.dst
-        );
+        info!(flow.ctx, "start not seen (no SYN, byte 0 unproven): unknown");
         flow.abandon(UnknownReason::StartNotSeen, Stat::PacketsUntracked);
         return;
     }
@@ -117,7 +135,7 @@ fn server_segment(flow: &mut Flow, tcp: &TcpHeader) {
         flow.state.flags |= conn_flags::SERVER_BASE;
     } else if tcp.payload_len > 0
         && flow.state.flags & conn_flags::SERVER_BASE == 0
-        && !proof::server_start(flow.ctx, tcp, flow.role, flow.state)
+        && !proof::server_start(flow.sk, tcp, flow.role, flow.state)
     {
         return;
     }
@@ -155,35 +173,107 @@ fn server_segment(flow: &mut Flow, tcp: &TcpHeader) {
     }
 }
 
-/// A connection with no connect record: opened before the sensor started, its record
-/// evicted, or (role server) accepted from a remote client. Tracked only if this data
-/// segment provably starts the client's stream.
-#[inline(always)]
-fn adopt(
-    ctx: &SkBuffContext,
-    cookie: u64,
-    tcp: &TcpHeader,
-    role: Role,
-    ports: packet::Ports,
-) -> Option<*mut ConnState> {
+/// A socket with no state: connected to a port not watched (its SYN may still go to one
+/// through NAT), opened before the sensor started, or (role server) accepted from a
+/// client. Its own ports say whether it is watched (no packet read for the rest of the
+/// host's traffic). Not inlined: it runs on sockets the sensor has not decided about yet.
+#[inline(never)]
+fn adopt(ctx: &SkBuffContext, sk: *mut bpf_sock, hook: Hook) -> Option<&'static mut ConnState> {
+    let ends = packet::socket_ends(sk);
+    if hook == Hook::Egress && ends.syn_sent() {
+        return follow_from_syn(ctx, sk);
+    }
+    // Only the client's bytes can start following a connection.
+    let (role, port) = match hook {
+        Hook::Egress => (Role::Client, ends.remote_port),
+        Hook::Ingress => (Role::Server, ends.local_port),
+    };
+    let slot = maps::port_slot(port)?;
+    if ends.listening() || !maps::role_enabled(role) {
+        return None;
+    }
+    let (l4, ports, tcp) = packet::tcp_segment(ctx)?;
     if tcp.payload_len == 0 || tcp.flags & TCP_SYN != 0 {
         return None;
     }
+    let Some(state) = sockets::create(sk) else {
+        counters::stat(Stat::TrackFailed);
+        return None;
+    };
     let role_flag = if role == Role::Server { conn_flags::ROLE_SERVER } else { 0 };
-    let mut state = ConnState::new(ProcRecord::EMPTY, conn_flags::ADOPTED | role_flag);
-    if !proof::client_start(ctx, tcp, role, &mut state) {
-        // Verbose by nature (every later packet of a judged connection lands here too):
-        // that is why kernel logging is off unless --kernel-log.
+    state.flags = conn_flags::ADOPTED | role_flag;
+    state.tracker = Tracker::NEW;
+    if !proof::client_start(sk, &tcp, role, state) {
         info!(
             ctx,
-            "port {} -> {}: not adopted (untracked, and its socket cannot prove byte 0)",
+            "port {} -> {}: not adopted (under way at start, byte 0 unproven)",
             ports.src,
             ports.dst
         );
+        // Settled at once (nothing was decided, so nothing to claim): its later packets
+        // take the short path.
+        sockets::settle(state);
+        counters::stat(Stat::PacketsUntracked);
         return None;
     }
-    maps::CONNECTIONS.insert(cookie, state, 0).ok()?;
+    follow(ctx, state, l4, ports, slot);
     info!(ctx, "port {} -> {}: adopted (opened before start, byte 0 proven)", ports.src, ports.dst);
     counters::stat(Stat::ConnectionsAdopted);
-    maps::CONNECTIONS.get_ptr_mut(cookie)
+    Some(state)
+}
+
+/// The SYN of a connection whose connect() went to a port not watched: followed if it goes
+/// to a watched port on the wire (a NAT rule on this host rewrote it), with the process
+/// its connect() left in this CPU's slot if the slot still names this socket (the SYN
+/// leaves from inside connect(); a migration or another connect() in between leaves the
+/// process unknown, never wrong).
+#[inline(never)]
+fn follow_from_syn(ctx: &SkBuffContext, sk: *mut bpf_sock) -> Option<&'static mut ConnState> {
+    let (l4, ports, _tcp) = packet::tcp_segment(ctx)?;
+    let slot = maps::port_slot(ports.dst)?;
+    if !maps::role_enabled(Role::Client) {
+        return None;
+    }
+    let Some(state) = sockets::create(sk) else {
+        counters::stat(Stat::TrackFailed);
+        return None;
+    };
+    state.tracker = Tracker::NEW;
+    // SAFETY: helper valid for cgroup_skb; the skb pointer is the program's context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if let Some(record) = maps::CONNECTING.get_ptr(0) {
+        // SAFETY: this CPU's slot, valid while the program runs.
+        let record = unsafe { &*record };
+        if record.cookie == cookie {
+            let p = &mut state.proc_;
+            p.pid_tgid = record.pid_tgid;
+            p.uid_gid = record.uid_gid;
+            copy_comm(&mut p.comm, &record.comm);
+            // SAFETY: `sk` is a full socket; both helpers are valid for cgroup_skb. The
+            // socket's cgroup is its creator's; the SYN leaves inside connect().
+            unsafe {
+                p.cgroup_id = bpf_sk_cgroup_id(sk.cast());
+                p.connect_ns = bpf_ktime_get_ns();
+            }
+            state.flags = conn_flags::PROC_KNOWN;
+        }
+    }
+    if state.flags & conn_flags::PROC_KNOWN == 0 {
+        counters::stat(Stat::NatProcessUnknown);
+    }
+    follow(ctx, state, l4, ports, slot);
+    counters::stat(Stat::ConnectionsNat);
+    counters::stat(Stat::ConnectionsTracked);
+    Some(state)
+}
+
+/// Start following a session whose client's packet (this one) shows the server as reached.
+#[inline(always)]
+fn follow(ctx: &SkBuffContext, state: &mut ConnState, l4: L4, ports: packet::Ports, slot: u32) {
+    let (_src, dst) = packet::addresses(ctx, l4);
+    state.server_addr = dst;
+    state.server_port = ports.dst;
+    state.ip_version = l4.ip_version;
+    state.port_slot = slot as u8;
+    state.flags |= conn_flags::FOLLOWING;
 }

@@ -9,7 +9,7 @@ use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 use anyhow::{bail, ensure};
 use clap::{parser::ValueSource, ArgMatches, Args, Parser};
 use sensor_common::{
-    limits::{CONNECTIONS_MAX, EVENTS_RING_BYTES, MAX_WATCHED_PORTS},
+    limits::{EVENTS_RING_BYTES, MAX_WATCHED_PORTS},
     verdict::{Role, Severity, RUNBOOK_BASE_URL},
 };
 use serde::Deserialize;
@@ -167,10 +167,11 @@ pub struct Settings {
     /// How long a plaintext session's finding waits for its authentication outcome.
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     pub auth_wait_ms: u64,
-    /// Connections the kernel follows at once (an LRU map: past it, the oldest not yet
-    /// judged are evicted and counted), 64 to 1048576.
-    #[arg(long, default_value_t = CONNECTIONS_MAX, value_name = "N")]
-    pub max_connections: u32,
+    /// No longer used, accepted so that existing configurations still load (a warning
+    /// says so): the kernel keeps each connection's state in its socket's own storage,
+    /// freed with the socket, so there is no table to size and nothing is evicted.
+    #[arg(long, hide = true, value_name = "N")]
+    pub max_connections: Option<u32>,
     /// Push one alert per misconfigured app to this Alertmanager (v2 API), e.g.
     /// http://127.0.0.1:9093. Repeat it for every peer of an HA cluster (each gets every
     /// alert, as from Prometheus). In the file: a URL or a list.
@@ -329,7 +330,6 @@ impl Settings {
             |id: &str, result: anyhow::Result<()>| result.map_err(|err| origins.error(id, err));
         named("ports", check_ports(&self.ports))?;
         named("ring_buffer_bytes", check_ring_buffer_bytes(self.ring_buffer_bytes))?;
-        named("max_connections", check_max_connections(self.max_connections))?;
         named("roles", ensure_nonempty(&self.roles))?;
         named("repeat_window", check_repeat_window(self.repeat_window))?;
         let alertmanager = self.alertmanager(origins)?;
@@ -348,7 +348,7 @@ impl Settings {
             ring_buffer_bytes: self.ring_buffer_bytes,
             auth_wait: Duration::from_millis(self.auth_wait_ms),
             alertmanager,
-            max_connections: self.max_connections,
+            ignored_settings: self.max_connections.map(|_| "max_connections").into_iter().collect(),
             roles,
             allow_second_instance: self.allow_second_instance,
             allow_untested_kernel: self.allow_untested_kernel,
@@ -451,8 +451,8 @@ pub struct RunConfig {
     /// How long a plaintext session's finding waits for its authentication outcome.
     pub auth_wait: Duration,
     pub alertmanager: Option<AlertmanagerConfig>,
-    /// Entries of the kernel's connection map.
-    pub max_connections: u32,
+    /// Settings given that no longer do anything (start-up warns about each).
+    pub ignored_settings: Vec<&'static str>,
     /// Which ends of sessions to watch: client (local processes connecting out) and/or
     /// server (sessions accepted by a local server on a watched port).
     pub roles: Vec<Role>,
@@ -521,11 +521,6 @@ fn check_min_severity(severity: Severity) -> anyhow::Result<()> {
 /// The kernel's role bitmask.
 pub fn role_bits(roles: &[Role]) -> u32 {
     roles.iter().fold(0, |bits, r| bits | 1 << (*r as u32))
-}
-
-fn check_max_connections(n: u32) -> anyhow::Result<()> {
-    ensure!((64..=1 << 20).contains(&n), "{n} is outside 64 to 1048576");
-    Ok(())
 }
 
 fn check_ring_buffer_bytes(bytes: u32) -> anyhow::Result<()> {

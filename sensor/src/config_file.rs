@@ -41,7 +41,7 @@ mod tests {
         let b = parse(Path::new("s.toml"), toml).unwrap();
         assert_eq!(a, b);
         assert_eq!(a.ports, vec![26257, 5432]);
-        assert_eq!(a.max_connections, Settings::default().max_connections, "unset: the default");
+        assert_eq!(a.max_connections, None, "unset: not given");
     }
 
     #[test]

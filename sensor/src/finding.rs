@@ -50,7 +50,12 @@ pub struct Finding {
     /// The sensor's version.
     pub sensor_version: String,
     pub src: Endpoint,
+    /// The server as the packets reached it (after any NAT on this host).
     pub dst: Endpoint,
+    /// Role client: the address and port the process connected to, when a NAT rule on its
+    /// host (a Kubernetes Service, an nft/iptables DNAT) sent the session elsewhere.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dialled: Option<Endpoint>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub process: Option<Process>,
     /// What the client asked for and what the server answered, before the verdict.

@@ -76,9 +76,15 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
         instance::acquire().map_err(Failure::runtime)?
     };
 
+    for setting in &config.ignored_settings {
+        warn!(
+            setting,
+            "this setting is no longer used and is ignored: the kernel keeps each connection's \
+             state in its socket's own storage, so there is no table to size; remove it"
+        );
+    }
     let options = LoadOptions {
         ring_buffer_bytes: config.ring_buffer_bytes,
-        max_connections: config.max_connections,
         roles: role_bits(&config.roles),
         kernel_log: config.kernel_log,
         tls_probes: config.tls_verification.enabled(),

@@ -37,6 +37,9 @@ pub struct Session {
     /// The connecting process as recorded at connect(), when a connect hook saw it.
     pub process: Option<ProcRecord>,
     pub client: SocketAddr,
+    /// Where the client connected to, when a NAT rule on its host sent the session to
+    /// another address or port (`server`).
+    pub dialled: Option<SocketAddr>,
     pub server: SocketAddr,
     pub role: Role,
     pub verdict: Verdict,
@@ -62,14 +65,16 @@ impl Session {
     /// A session as the kernel reported it. Bytes the kernel sent are not trusted: an
     /// out-of-range verdict is `unknown`, an out-of-range role `client`.
     pub fn from_event(ev: &SessionEvent) -> Session {
+        let server = SocketAddr::new(ip_of(ev.ip_version, &ev.server_addr), ev.server_port);
         let verdict = Verdict::from_u8(ev.verdict).unwrap_or(Verdict::Unknown);
         let (requested, server_answers) = negotiation_of(ev.requests, ev.answers);
         Session {
             seen: clock::to_system_time(ev.seen_ns),
             cookie: (ev.cookie != 0).then_some(ev.cookie),
             process: (ev.flags & event_flags::PROC_KNOWN != 0).then_some(ev.proc_),
-            client: SocketAddr::new(ip_of(ev.ip_version, &ev.src_addr), ev.src_port),
-            server: SocketAddr::new(ip_of(ev.ip_version, &ev.dst_addr), ev.dst_port),
+            client: SocketAddr::new(ip_of(ev.client_family, &ev.client_addr), ev.client_port),
+            dialled: dialled_of(ev, server),
+            server,
             role: Role::from_u8(ev.role).unwrap_or(Role::Client),
             verdict,
             reason: (verdict == Verdict::Unknown)
@@ -118,6 +123,7 @@ impl Session {
             sensor_version: env!("CARGO_PKG_VERSION").to_string(),
             src: Endpoint { ip: self.client.ip(), port: self.client.port() },
             dst: Endpoint { ip: self.server.ip(), port: self.server.port() },
+            dialled: self.dialled.map(|d| Endpoint { ip: d.ip(), port: d.port() }),
             process,
             negotiation: (!self.requested.is_empty()).then(|| Negotiation {
                 requested: self.requested.clone(),
@@ -183,12 +189,22 @@ fn comm_to_string(comm: &[u8]) -> String {
     String::from_utf8_lossy(&comm[..end]).into_owned()
 }
 
-fn ip_of(ip_version: u8, addr: &[u8; 16]) -> IpAddr {
-    if ip_version == AF_INET {
+/// An address as the kernel sent it; an IPv6 socket's IPv4-mapped address reads as IPv4.
+fn ip_of(family: u8, addr: &[u8; 16]) -> IpAddr {
+    if family == AF_INET {
         IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))
     } else {
-        IpAddr::V6(Ipv6Addr::from(*addr))
+        IpAddr::V6(Ipv6Addr::from(*addr)).to_canonical()
     }
+}
+
+/// What the client dialled, when it is not the server it reached (NAT on its host).
+fn dialled_of(ev: &SessionEvent, server: SocketAddr) -> Option<SocketAddr> {
+    if ev.dialled_port == 0 {
+        return None;
+    }
+    let dialled = SocketAddr::new(ip_of(ev.client_family, &ev.dialled_addr), ev.dialled_port);
+    (dialled != server).then_some(dialled)
 }
 
 #[cfg(test)]

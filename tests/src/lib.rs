@@ -19,6 +19,7 @@ pub mod memscan;
 pub mod metrics;
 pub mod mitm;
 pub mod netem;
+pub mod nft;
 pub mod pg;
 pub mod promstack;
 pub mod raw;

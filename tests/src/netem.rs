@@ -3,47 +3,24 @@
 //! side's cgroup egress hook has already seen them. Removed on drop.
 //! (This kernel has no netem qdisc; nftables' numgen does the job.)
 
-use std::process::Command;
+use crate::nft::Table;
 
-use anyhow::bail;
-
-const TABLE: &str = "pgwire_sensor_test_loss";
-
-pub struct FlowLoss;
-
-fn nft(script: &str) -> anyhow::Result<()> {
-    let out = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write;
-            child.stdin.take().unwrap().write_all(script.as_bytes())?;
-            child.wait_with_output()
-        })?;
-    if !out.status.success() {
-        bail!("nft failed on {script:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
+/// Packet loss on one flow; the rule goes when this drops.
+pub struct FlowLoss {
+    _table: Table,
 }
 
 impl FlowLoss {
     /// Drop `percent`% of the packets from `client_port` to `server_port`.
     pub fn start(client_port: u16, server_port: u16, percent: u32) -> anyhow::Result<FlowLoss> {
-        let _ = nft(&format!("delete table inet {TABLE}\n"));
-        nft(&format!(
-            "table inet {TABLE} {{\n  chain pre {{\n    type filter hook prerouting priority -300;\n    \
-             tcp sport {client_port} tcp dport {server_port} numgen random mod 100 < {percent} drop\n  }}\n}}\n"
-        ))?;
-        Ok(FlowLoss)
-    }
-}
-
-impl Drop for FlowLoss {
-    fn drop(&mut self) {
-        let _ = nft(&format!("delete table inet {TABLE}\n"));
+        let table = Table::load(
+            "inet pgwire_sensor_test_loss",
+            &format!(
+                "  chain pre {{\n    type filter hook prerouting priority -300;\n    \
+                 tcp sport {client_port} tcp dport {server_port} numgen random mod 100 < {percent} drop\n  }}"
+            ),
+        )?;
+        Ok(FlowLoss { _table: table })
     }
 }
 

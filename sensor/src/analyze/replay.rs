@@ -103,6 +103,8 @@ pub fn replay(flow: &Flow, origin: &Origin) -> Option<Replayed> {
         cookie: None,
         process: None,
         client: flow.client.into(),
+        // A capture shows the wire only: what the client dialled is not in it.
+        dialled: None,
         server: flow.server.into(),
         role: Role::Client,
         verdict,

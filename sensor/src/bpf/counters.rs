@@ -5,11 +5,10 @@ use std::sync::Mutex;
 
 use anyhow::{anyhow, Context};
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray},
+    maps::{MapData, PerCpuArray},
     Ebpf,
 };
 use sensor_common::{
-    event::ConnState,
     limits::{map_names, Stat},
     verdict::{session_counter_index, verification_counter_index, Role, Verdict, Verification},
 };
@@ -19,8 +18,6 @@ pub struct KernelCounters {
     sessions: Mutex<PerCpuArray<MapData, u64>>,
     verifications: Mutex<PerCpuArray<MapData, u64>>,
     stats: Mutex<PerCpuArray<MapData, u64>>,
-    /// The per-connection state map, only ever counted (never read or written here).
-    connections: Mutex<HashMap<MapData, u64, ConnState>>,
 }
 
 /// One reading of every counter, each summed over the CPUs.
@@ -61,24 +58,11 @@ impl KernelCounters {
         let sessions = take(map_names::SESSION_COUNTERS)?;
         let verifications = take(map_names::VERIFICATION_COUNTERS)?;
         let stats = take(map_names::STATS)?;
-        let connections = ebpf
-            .take_map(map_names::CONNECTIONS)
-            .ok_or_else(|| anyhow!("map {} missing", map_names::CONNECTIONS))?;
         Ok(KernelCounters {
             sessions: Mutex::new(sessions),
             verifications: Mutex::new(verifications),
             stats: Mutex::new(stats),
-            connections: Mutex::new(
-                HashMap::try_from(connections).context("CONNECTIONS is not a hash map")?,
-            ),
         })
-    }
-
-    /// Connections the kernel is tracking right now (walks the map's keys: at most
-    /// CONNECTIONS_MAX syscalls, done at scrape time only).
-    pub fn live_connections(&self) -> anyhow::Result<u64> {
-        let map = self.connections.lock().map_err(|_| anyhow!("connections lock poisoned"))?;
-        Ok(map.keys().filter(Result::is_ok).count() as u64)
     }
 
     pub fn read(&self) -> anyhow::Result<KernelStats> {

@@ -29,7 +29,6 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 #[derive(Debug, Clone, Copy)]
 pub struct LoadOptions {
     pub ring_buffer_bytes: u32,
-    pub max_connections: u32,
     /// Bit `1 << Role as u32` for each end of sessions to watch.
     pub roles: u32,
     /// Turn the kernel programs' diagnostics on (`--kernel-log`).
@@ -203,7 +202,6 @@ fn load_object(options: &LoadOptions, tls_link: TlsLink) -> anyhow::Result<Ebpf>
     let by_sending_thread = u8::from(tls_link == TlsLink::SendingThread);
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(map_names::EVENTS, options.ring_buffer_bytes)
-        .map_max_entries(map_names::CONNECTIONS, options.max_connections)
         .override_global("AYA_LOG_LEVEL", &level, true)
         .override_global("TLS_LINK_BY_SENDING_THREAD", &by_sending_thread, true)
         .load(EBPF_OBJECT)

@@ -188,23 +188,23 @@ fn defaults_come_from_the_flags() {
     assert_eq!(d.findings, FindingsTarget::Stdout);
     assert_eq!(d.ring_buffer_bytes, EVENTS_RING_BYTES);
     assert_eq!(d.auth_wait, Duration::from_secs(1));
-    assert_eq!(d.max_connections, CONNECTIONS_MAX);
+    assert!(d.ignored_settings.is_empty());
 }
 
 #[test]
 fn file_values_apply_and_flags_given_win() {
     let file = crate::config_file::parse(
         Path::new("s.yaml"),
-        "ports: [5432]\nmax_connections: 128\nroles: [server]\n",
+        "ports: [5432]\nring_buffer_bytes: 8192\nroles: [server]\n",
     )
     .unwrap();
-    let (flags, matches) = settings_from(&["--max-connections", "256"]);
+    let (flags, matches) = settings_from(&["--ring-buffer-bytes", "16384"]);
     let path = Path::new("s.yaml");
     let origins = Origins::new(Some(&matches), Some(path));
     let merged = Settings::overlay(file, flags, &origins).validate(&origins).unwrap();
     assert_eq!(merged.ports, vec![5432], "from the file");
     assert_eq!(merged.roles, vec![Role::Server], "from the file");
-    assert_eq!(merged.max_connections, 256, "the flag wins");
+    assert_eq!(merged.ring_buffer_bytes, 16384, "the flag wins");
     assert_eq!(merged.metrics_addr.port(), 9477, "neither: the default");
 }
 
@@ -216,4 +216,15 @@ fn errors_name_the_file_key_when_the_file_set_it() {
     let origins = Origins::new(Some(&matches), Some(path));
     let err = Settings::overlay(file, flags, &origins).validate(&origins).unwrap_err();
     assert!(err.to_string().contains("key `ports` in --config s.toml"), "{err}");
+}
+
+#[test]
+fn a_retired_setting_still_loads_and_is_named_for_the_warning() {
+    let file = crate::config_file::parse(Path::new("s.yaml"), "max_connections: 128\n").unwrap();
+    let (flags, matches) = settings_from(&[]);
+    let origins = Origins::new(Some(&matches), Some(Path::new("s.yaml")));
+    let merged = Settings::overlay(file, flags, &origins).validate(&origins).unwrap();
+    assert_eq!(merged.ignored_settings, vec!["max_connections"]);
+    let (flags, _) = settings_from(&["--max-connections", "256"]);
+    assert_eq!(flags.max_connections, Some(256), "the old flag is still accepted");
 }

@@ -6,10 +6,7 @@
 //! even when events were lost.
 
 use std::{
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
+    sync::Arc,
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -195,14 +192,31 @@ const KERNEL_COUNTERS: &[(&str, &str, Stat)] = &[
     ),
     (
         "kernel_packets_untracked_total",
-        "Packets to a watched port on connections not tracked (opened before start, or \
-         already judged).",
+        "Connections to a watched port found under way (opened before start, byte 0 \
+         unprovable): not judged. Counted once per connection.",
         Stat::PacketsUntracked,
     ),
     (
         "kernel_connections_tracked_total",
-        "Connections to a watched port recorded at connect().",
+        "Connections to a watched port followed from their connect() or their SYN (the port \
+         dialled or, after NAT on this host, the one on the wire).",
         Stat::ConnectionsTracked,
+    ),
+    (
+        "kernel_connections_nat_total",
+        "Connections followed because a NAT rule on this host sent them to a watched port.",
+        Stat::ConnectionsNat,
+    ),
+    (
+        "kernel_nat_process_unknown_total",
+        "NAT-rewritten connections whose process could not be taken from their connect() \
+         (reported without a process, never a guessed one).",
+        Stat::NatProcessUnknown,
+    ),
+    (
+        "kernel_connections_judged_total",
+        "Sessions decided: nothing more is read on their sockets.",
+        Stat::ConnectionsForgotten,
     ),
     (
         "kernel_connections_adopted_total",
@@ -211,7 +225,7 @@ const KERNEL_COUNTERS: &[(&str, &str, Stat)] = &[
     ),
     (
         "kernel_connection_track_failures_total",
-        "Connections that could not be recorded at connect().",
+        "Connections to a watched port whose state the kernel had no memory for: not judged.",
         Stat::TrackFailed,
     ),
     (
@@ -243,9 +257,6 @@ const KERNEL_COUNTERS: &[(&str, &str, Stat)] = &[
 struct KernelCollector {
     kernel: KernelSources,
     descs: Vec<Desc>,
-    /// The eviction count is derived from three readings taken at slightly different
-    /// moments; keeping the highest value seen keeps the counter monotonic.
-    evicted_high: AtomicU64,
 }
 
 struct Families {
@@ -256,8 +267,6 @@ struct Families {
     plain: Vec<(IntCounter, Stat)>,
     attached: IntGauge,
     expected: IntGauge,
-    live: IntGauge,
-    evicted: IntCounter,
 }
 
 impl Families {
@@ -308,15 +317,6 @@ impl Families {
                 name("programs_expected"),
                 "Kernel programs this sensor attaches (programs_attached should equal it).",
             )?,
-            live: IntGauge::new(
-                name("kernel_connections_live"),
-                "Connections the kernel is following right now (bounded map).",
-            )?,
-            evicted: IntCounter::new(
-                name("kernel_connections_evicted_total"),
-                "Connection records pushed out of the bounded map before their session start \
-                 was judged (derived: recorded - forgotten - live).",
-            )?,
         })
     }
 
@@ -328,8 +328,6 @@ impl Families {
             &self.passwords,
             &self.attached,
             &self.expected,
-            &self.live,
-            &self.evicted,
         ];
         all.extend(self.plain.iter().map(|(c, _)| c as &dyn Collector));
         all
@@ -344,7 +342,7 @@ impl KernelCollector {
             .into_iter()
             .flat_map(|c| c.desc().into_iter().cloned().collect::<Vec<_>>())
             .collect();
-        Ok(KernelCollector { kernel, descs, evicted_high: AtomicU64::new(0) })
+        Ok(KernelCollector { kernel, descs })
     }
 
     fn families(&self) -> prometheus::Result<Vec<MetricFamily>> {
@@ -376,16 +374,6 @@ impl KernelCollector {
                 }
                 for (counter, stat) in &f.plain {
                     counter.inc_by(stats.stat(*stat));
-                }
-                if let Ok(live) = self.kernel.counters.live_connections() {
-                    f.live.set(live as i64);
-                    let recorded =
-                        stats.stat(Stat::ConnectionsTracked) + stats.stat(Stat::ConnectionsAdopted);
-                    let derived = recorded
-                        .saturating_sub(stats.stat(Stat::ConnectionsForgotten))
-                        .saturating_sub(live);
-                    let high = self.evicted_high.fetch_max(derived, Ordering::Relaxed);
-                    f.evicted.inc_by(high.max(derived));
                 }
             }
             Err(err) => tracing::error!(err = format!("{err:#}"), "reading kernel counters failed"),

@@ -55,7 +55,10 @@ fn unknown_carries_its_reason_and_ipv6_addresses() {
     let mut ev = event(Verdict::Unknown, b"GET / HTTP/1.1\r\n");
     ev.reason = UnknownReason::NotPgwire as u8;
     ev.ip_version = AF_INET6;
-    ev.dst_addr = std::net::Ipv6Addr::LOCALHOST.octets();
+    ev.server_addr = std::net::Ipv6Addr::LOCALHOST.octets();
+    ev.client_family = AF_INET6;
+    ev.client_addr = std::net::Ipv6Addr::LOCALHOST.octets();
+    ev.dialled_addr = std::net::Ipv6Addr::LOCALHOST.octets();
     let f = finding_from_event(&ev);
     assert_eq!((f.verdict, f.reason), (Verdict::Unknown, Some(UnknownReason::NotPgwire)));
     assert_eq!(f.dst.ip, std::net::Ipv6Addr::LOCALHOST);
@@ -98,4 +101,31 @@ fn downgraded_session_names_the_negotiation_and_cleartext_password_is_critical()
     assert_eq!(json["negotiation"]["requested"], serde_json::json!(["gssenc", "ssl"]));
     assert_eq!(json["auth"]["method"], "cleartext");
     assert_eq!(json["auth"]["password_sent"], true);
+}
+
+#[test]
+fn a_nat_rewrite_on_the_client_host_names_what_was_dialled() {
+    let msg = startup_message(&[("user", "app")]);
+    let mut ev = event(Verdict::Plaintext, &msg);
+    ev.dialled_port = 36257;
+    let f = finding_from_event(&ev);
+    assert_eq!(f.dst, Endpoint { ip: [127, 0, 0, 2].into(), port: 26257 });
+    assert_eq!(f.dialled, Some(Endpoint { ip: [127, 0, 0, 2].into(), port: 36257 }));
+    let json = serde_json::to_value(&f).unwrap();
+    assert_eq!(json["dialled"]["port"], 36257);
+    // Without NAT there is nothing to say.
+    let plain = finding_from_event(&event(Verdict::Plaintext, &msg));
+    assert_eq!(plain.dialled, None);
+    assert!(serde_json::to_value(&plain).unwrap().get("dialled").is_none());
+}
+
+#[test]
+fn an_ipv6_socket_carrying_ipv4_reads_as_ipv4() {
+    let mut ev = event(Verdict::Plaintext, &startup_message(&[("user", "app")]));
+    ev.client_family = AF_INET6;
+    ev.client_addr = std::net::Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped().octets();
+    ev.dialled_addr = std::net::Ipv4Addr::new(127, 0, 0, 2).to_ipv6_mapped().octets();
+    let f = finding_from_event(&ev);
+    assert_eq!(f.src, Endpoint { ip: [127, 0, 0, 1].into(), port: 40000 });
+    assert_eq!(f.dialled, None, "the mapped address is the server reached");
 }

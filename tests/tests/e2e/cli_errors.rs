@@ -123,5 +123,12 @@ fn config_file_settings_apply_and_flags_win() -> anyhow::Result<()> {
             "port {port} from the file is watched"
         );
     }
+    // A retired setting (the connection table went when state moved into the sockets)
+    // still loads, with a warning that names it.
+    let log = sensor.stderr();
+    assert!(
+        log.contains("no longer used") && log.contains("max_connections"),
+        "no warning about max_connections:\n{log}"
+    );
     Ok(())
 }

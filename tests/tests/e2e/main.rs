@@ -20,6 +20,7 @@ mod docs_examples;
 mod finding_lines;
 mod first_bytes;
 mod hosts;
+mod nat;
 mod negotiation;
 mod packaging;
 mod psql;

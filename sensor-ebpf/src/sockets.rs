@@ -1,0 +1,77 @@
+//! Per-socket state in socket-local storage (`SOCKETS`): found from the packet's own
+//! socket in one lookup, never evicted, freed by the kernel with the socket. Created at
+//! connect() for every TCP socket (the process record), or when a watched connection no
+//! connect hook saw proves its start (or is found under way). Once nothing is left to learn
+//! on a socket, its entry is marked settled and stays, a few bytes, until the socket goes:
+//! its later packets cost one lookup and one flag test, and no memory is allocated or
+//! freed per session beyond the entry itself.
+//!
+//! Of two programs deciding a session at once (ingress runs before the socket lock), only
+//! the one that claims the decision (`claim_decision`) carries it out: an insert into a
+//! hash map under its bucket lock says who came first.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::{bpf_sock, BPF_NOEXIST, BPF_SK_STORAGE_GET_F_CREATE},
+    btf_maps::SkStorage,
+    helpers::generated::bpf_sk_storage_get,
+    macros::btf_map,
+};
+use sensor_common::event::{conn_flags, ConnState};
+
+use crate::maps;
+
+/// `-EEXIST`: the key is already in the map.
+const EEXIST: i64 = 17;
+
+#[btf_map]
+static SOCKETS: SkStorage<ConnState> = SkStorage::new();
+
+#[inline(always)]
+fn map_ptr<T>(map: &T) -> *mut c_void {
+    core::ptr::from_ref(map).cast_mut().cast()
+}
+
+/// The socket's state, if it has one.
+#[inline(always)]
+pub fn state(sk: *mut bpf_sock) -> Option<&'static mut ConnState> {
+    // SAFETY: `sk` is a full socket checked for null by the caller; the value pointer is
+    // valid while the program runs (storage is freed after an RCU grace period).
+    unsafe {
+        let p = bpf_sk_storage_get(map_ptr(&SOCKETS), sk.cast(), core::ptr::null_mut(), 0);
+        p.cast::<ConnState>().as_mut()
+    }
+}
+
+/// The socket's state, created zero-filled if it has none (`None`: no memory).
+#[inline(always)]
+pub fn create(sk: *mut bpf_sock) -> Option<&'static mut ConnState> {
+    // SAFETY: as in `state`; a null initial value asks the kernel for a zeroed one.
+    unsafe {
+        let p = bpf_sk_storage_get(
+            map_ptr(&SOCKETS),
+            sk.cast(),
+            core::ptr::null_mut(),
+            BPF_SK_STORAGE_GET_F_CREATE as u64,
+        );
+        p.cast::<ConnState>().as_mut()
+    }
+}
+
+/// Claim the session's decision for this program. `false`: another program claimed it
+/// first and carries it out. (Any error but "already there" counts as claimed: the rare
+/// busy bucket must not lose a count.)
+#[inline(always)]
+pub fn claim_decision(cookie: u64) -> bool {
+    match maps::DECISIONS.insert(cookie, 0, BPF_NOEXIST.into()) {
+        Err(err) => i64::from(err) != -EEXIST,
+        Ok(()) => true,
+    }
+}
+
+/// Nothing more to learn on this socket: its later packets leave at the first flag test.
+#[inline(always)]
+pub fn settle(state: &mut ConnState) {
+    state.flags |= conn_flags::SETTLED;
+}
