@@ -37,9 +37,10 @@ impl ProcRecord {
     }
 }
 
-/// Per-socket state, in the socket's own storage: created at connect() for every TCP socket
-/// (the process record), or when a watched connection no connect hook saw proves its start.
-/// Freed with the socket; deleted early once its session is decided.
+/// Per-socket state, in the socket's own storage: created at connect() to a watched port
+/// (the process record), at the SYN of a connection NAT sends to one, or when a watched
+/// connection no connect hook saw proves its start. Freed with the socket; settled (its
+/// packets no longer read) once its session is decided.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ConnState {

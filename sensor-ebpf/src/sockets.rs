@@ -1,7 +1,8 @@
 //! Per-socket state in socket-local storage (`SOCKETS`): found from the packet's own
 //! socket in one lookup, never evicted, freed by the kernel with the socket. Created at
-//! connect() for every TCP socket (the process record), or when a watched connection no
-//! connect hook saw proves its start (or is found under way). Once nothing is left to learn
+//! connect() to a watched port (the process record), at the SYN of a connection NAT sends
+//! to one, or when a watched connection no connect hook saw proves its start (or is found
+//! under way). Once nothing is left to learn
 //! on a socket, its entry is marked settled and stays, a few bytes, until the socket goes:
 //! its later packets cost one lookup and one flag test, and no memory is allocated or
 //! freed per session beyond the entry itself.

@@ -76,7 +76,7 @@ fn every_dashboard_query_returns_data_from_a_real_sensor() -> anyhow::Result<()>
         "pgwire_sensor_events_lost_total",
         "pgwire_sensor_findings_write_errors_total",
         "pgwire_sensor_alerts_failed_total",
-        "pgwire_sensor_kernel_connections_evicted_total",
+        "pgwire_sensor_kernel_connection_track_failures_total",
         "pgwire_sensor_start_time_seconds",
     ] {
         assert!(metrics_shown.contains(metric), "no panel shows {metric}");
