@@ -116,7 +116,7 @@ fi
 if [ "$want_test_deps" = 1 ]; then
   # file, coreutils (chroot), binutils (strip) and systemd (systemd-analyze) check the
   # release binary and the packaging.
-  apt_ensure postgresql-15 postgresql-client-15 openssl util-linux procps iproute2 tcpdump \
+  apt_ensure postgresql-15 postgresql-client-15 openssl util-linux procps iproute2 tcpdump tshark \
     nftables krb5-kdc krb5-admin-server krb5-user bpftool prometheus prometheus-alertmanager \
     libpostgresql-jdbc-java file coreutils binutils systemd strace python3
   # Fuzzing in CI (the classifier's and the capture parser's targets).

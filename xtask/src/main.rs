@@ -7,8 +7,8 @@
 //!   (as root: the end-to-end tests load and attach real eBPF programs), then a smoke run
 //!   of the benchmark.
 //! - `bench [--smoke] [--pairs N] [--seconds S] [--threads N] [--flood SESSIONS]
-//!   [--latency-rate PER_SECOND]`: the sensor's cost, attached versus detached (see
-//!   bench/mod.rs).
+//!   [--latency-rate PER_SECOND] [--sensor PATH] [--capture-peer]`: the sensor's cost,
+//!   attached versus detached, and optionally against a packet capture (see bench/mod.rs).
 //! - `alert-rules [--runbook-base-url BASE] [--up-selector MATCHERS]`:
 //!   deploy/prometheus/alerts.yml with another runbook base and `up` selector, on stdout.
 //! - `dist`: the release binary, static (musl), as target/dist/pgwire-sensor.
@@ -292,8 +292,12 @@ fn bench_cmd(args: &bench::BenchArgs) -> anyhow::Result<()> {
         bail!("the benchmark attaches eBPF programs: run as root");
     }
     let opts = args.options(&root_dir());
-    setup(false)?;
-    status(cargo().args(["build", "--release", "--package", "sensor"]))?;
+    bench::preflight(&opts)?;
+    // A binary given with --sensor (an older build, say) is measured as it is.
+    if args.sensor.is_none() {
+        setup(false)?;
+        status(cargo().args(["build", "--release", "--package", "sensor"]))?;
+    }
     bench::run(&root_dir(), opts)
 }
 
@@ -412,7 +416,7 @@ mod tests {
                 "run [SENSOR ARGS...]",
                 "test",
                 "bench [--smoke] [--pairs N] [--seconds S] [--threads N] [--flood SESSIONS] \
-                 [--latency-rate PER_SECOND]",
+                 [--latency-rate PER_SECOND] [--sensor PATH] [--capture-peer]",
                 "docs",
                 "dist",
                 "alert-rules [--runbook-base-url BASE] [--up-selector MATCHERS]",
@@ -457,6 +461,8 @@ mod tests {
                 threads: 4,
                 flood: 100_000,
                 latency_rate: 500.0,
+                sensor: root.join("target/release/sensor"),
+                capture_peer: false,
                 out: root.join("target/bench/results.json"),
             }
         );
@@ -476,11 +482,16 @@ mod tests {
             "10",
             "--latency-rate",
             "250",
+            "--sensor",
+            "/tmp/sensor-before",
+            "--capture-peer",
         ]);
         assert_eq!(
             (given.pairs, given.seconds, given.threads, given.flood, given.latency_rate),
             (5, 3.0, 2, 10, 250.0)
         );
+        assert_eq!(given.sensor, std::path::Path::new("/tmp/sensor-before"));
+        assert!(given.capture_peer);
     }
 
     #[test]

@@ -41,20 +41,30 @@ impl ProgramTimes {
         let dir = format!("/proc/{pid}/fdinfo");
         for entry in std::fs::read_dir(&dir).with_context(|| dir.clone())? {
             let Ok(text) = std::fs::read_to_string(entry?.path()) else { continue };
-            let field = |key: &str| {
-                text.lines().find_map(|l| l.strip_prefix(key)?.trim().parse::<u64>().ok())
-            };
-            // Program fds carry run_time_ns; link fds only name their program.
-            let (Some(id), Some(ns), Some(runs)) =
-                (field("prog_id:"), field("run_time_ns:"), field("run_cnt:"))
-            else {
-                continue;
-            };
-            let entry = times.entry(program_name(id)).or_insert((0, 0));
-            entry.0 += runs;
-            entry.1 += ns;
+            let Some(run) = ProgramRuns::parse(&text) else { continue };
+            let entry = times.entry(program_name(run.id)).or_insert((0, 0));
+            entry.0 += run.runs;
+            entry.1 += run.ns;
         }
         anyhow::ensure!(!times.is_empty(), "process {pid} holds no BPF program");
+        Ok(ProgramTimes(times))
+    }
+
+    /// Program fds of this process, each under the name given (no lookup by id: these are
+    /// programs this process loaded itself, such as [`super::floor`]'s).
+    pub fn of_own_fds(
+        fds: impl IntoIterator<Item = (String, std::os::fd::RawFd)>,
+    ) -> anyhow::Result<ProgramTimes> {
+        let mut times = BTreeMap::new();
+        for (name, fd) in fds {
+            let path = format!("/proc/self/fdinfo/{fd}");
+            let text = std::fs::read_to_string(&path).with_context(|| path.clone())?;
+            let run = ProgramRuns::parse(&text)
+                .with_context(|| format!("{path} ({name}): not a BPF program fd"))?;
+            let entry = times.entry(name).or_insert((0, 0));
+            entry.0 += run.runs;
+            entry.1 += run.ns;
+        }
         Ok(ProgramTimes(times))
     }
 
@@ -76,6 +86,27 @@ impl ProgramTimes {
     }
 }
 
+/// One program fd's fdinfo: its id and the kernel's run statistics.
+struct ProgramRuns {
+    id: u64,
+    runs: u64,
+    ns: u64,
+}
+
+impl ProgramRuns {
+    /// Program fds carry run_time_ns; link fds only name their program.
+    fn parse(fdinfo: &str) -> Option<ProgramRuns> {
+        let field = |key: &str| {
+            fdinfo.lines().find_map(|l| l.strip_prefix(key)?.trim().parse::<u64>().ok())
+        };
+        Some(ProgramRuns {
+            id: field("prog_id:")?,
+            ns: field("run_time_ns:")?,
+            runs: field("run_cnt:")?,
+        })
+    }
+}
+
 pub struct ProgramCost {
     pub program: String,
     pub runs: u64,
@@ -84,7 +115,7 @@ pub struct ProgramCost {
 
 /// The program's name as bpftool prints it (`ID: TYPE  name NAME  tag ...`); the id if
 /// bpftool cannot tell.
-fn program_name(id: u64) -> String {
+pub(super) fn program_name(id: u64) -> String {
     let bpftool = ["/usr/sbin/bpftool", "/usr/bin/bpftool"]
         .into_iter()
         .find(|p| Path::new(p).exists())

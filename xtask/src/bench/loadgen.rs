@@ -1,5 +1,7 @@
-//! Multi-threaded load: short sessions as fast as possible, or one long bulk stream.
+//! Multi-threaded load: short sessions as fast as possible, one long bulk stream, or round
+//! trips on persistent connections.
 
+use anyhow::Context;
 use sensor_common::verdict::Verdict;
 use std::{
     io::{Read, Write},
@@ -142,4 +144,77 @@ pub fn bulk(addr: SocketAddr, duration: Duration) -> anyhow::Result<f64> {
         sent += block.len() as u64;
     }
     Ok(sent as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Bytes of each request and each response in the round-trip workloads.
+pub const ECHO_BLOCK: usize = 64;
+
+/// Round trips before the measured ones, not counted: the connections and the caches
+/// settle, and every run (detached or attached) has the same shape.
+const WARM_UP: Duration = Duration::from_millis(200);
+
+/// `threads` persistent connections to an echo server, each writing [`ECHO_BLOCK`] bytes
+/// and reading them back in a loop: round trips per second over `duration`, after
+/// [`WARM_UP`]. With `startup`, each connection first sends a plaintext StartupMessage and
+/// reads the AuthenticationOk, so on a watched port the sensor has decided its verdict
+/// before the loop. The connections open here, inside the run: opened after an attach, they
+/// are sessions the sensor judges, not ones it found already open.
+pub fn round_trips(
+    addr: SocketAddr,
+    startup: bool,
+    threads: usize,
+    duration: Duration,
+) -> anyhow::Result<f64> {
+    let connections = (0..threads)
+        .map(|_| echo_connection(addr, startup))
+        .collect::<std::io::Result<Vec<_>>>()
+        .with_context(|| format!("connecting to the echo server {addr}"))?;
+    let measure_from = Instant::now() + WARM_UP;
+    let until = measure_from + duration;
+    let workers: Vec<_> = connections
+        .into_iter()
+        .map(|s| thread::spawn(move || echo_loop(s, measure_from, until)))
+        .collect();
+    let mut total = 0;
+    for w in workers {
+        total += w
+            .join()
+            .map_err(|_| anyhow::anyhow!("a round-trip thread panicked"))?
+            .with_context(|| format!("round trips to {addr}"))?;
+    }
+    Ok(total as f64 / duration.as_secs_f64())
+}
+
+fn echo_connection(addr: SocketAddr, startup: bool) -> std::io::Result<TcpStream> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    // A stuck server fails the run instead of hanging it.
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    if startup {
+        s.write_all(&startup_message())?;
+        let mut auth_ok = [0u8; 9];
+        s.read_exact(&mut auth_ok)?;
+        if auth_ok[0] != b'R' {
+            return Err(std::io::Error::other("the echo server did not answer AuthenticationOk"));
+        }
+    }
+    Ok(s)
+}
+
+/// Round trips completed between `measure_from` and `until`.
+fn echo_loop(mut s: TcpStream, measure_from: Instant, until: Instant) -> std::io::Result<u64> {
+    let request = [0x42u8; ECHO_BLOCK];
+    let mut response = [0u8; ECHO_BLOCK];
+    let mut counted = 0;
+    loop {
+        s.write_all(&request)?;
+        s.read_exact(&mut response)?;
+        let now = Instant::now();
+        if now >= until {
+            return Ok(counted);
+        }
+        if now >= measure_from {
+            counted += 1;
+        }
+    }
 }

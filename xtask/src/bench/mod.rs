@@ -4,8 +4,12 @@
 //! (CPU per 1000 sessions, peak RSS) and whether every session was counted. Then, with the
 //! sensor attached: the kernel's own run time per program (bpf_stats) on each workload, the
 //! finding latency at a steady rate, and a flood into a tiny ring buffer whose counts must
-//! stay exact. Results go to stdout as tables and to target/bench/results.json.
+//! stay exact. With `--capture-peer`, each workload also runs with the sensor detached and a
+//! packet capture of the watched port running (C), for comparison. Results go to stdout as
+//! tables and to target/bench/results.json.
 
+mod capture;
+mod floor;
 mod kstats;
 mod latency;
 pub mod loadgen;
@@ -46,6 +50,15 @@ pub struct BenchArgs {
     /// Steady rate of the finding-latency run, sessions per second [default: 500].
     #[arg(long, value_name = "PER_SECOND", value_parser = positive_f64)]
     pub latency_rate: Option<f64>,
+    /// The sensor binary to measure, e.g. an older build for a before/after comparison;
+    /// given, nothing is built [default: target/release/sensor, built first].
+    #[arg(long, value_name = "PATH")]
+    pub sensor: Option<PathBuf>,
+    /// Also run each A/B workload with the sensor detached and tshark capturing the watched
+    /// port (C): the C/A ratio, column "capture peer", is what the usual alternative costs.
+    /// Needs the Debian package tshark; not part of --smoke.
+    #[arg(long)]
+    pub capture_peer: bool,
 }
 
 fn positive_usize(s: &str) -> Result<usize, String> {
@@ -74,6 +87,10 @@ pub struct Options {
     pub flood: u64,
     /// Steady rate of the finding-latency run, sessions per second.
     pub latency_rate: f64,
+    /// The sensor binary run attached.
+    pub sensor: PathBuf,
+    /// Run the C series (tshark capturing) of every A/B workload.
+    pub capture_peer: bool,
     pub out: PathBuf,
 }
 
@@ -86,6 +103,8 @@ impl BenchArgs {
             threads: self.threads.unwrap_or(4),
             flood: self.flood.unwrap_or(flood),
             latency_rate: self.latency_rate.unwrap_or(500.0),
+            sensor: self.sensor.clone().unwrap_or_else(|| root.join("target/release/sensor")),
+            capture_peer: self.capture_peer,
             out: root.join("target/bench/results.json"),
         }
     }
@@ -98,15 +117,49 @@ const TLS_SERVER: &str = "127.0.0.2:26257";
 const SINK_WATCHED: &str = "127.0.0.3:26257";
 const SINK_UNWATCHED: &str = "127.0.0.3:26258";
 
+/// A request/response workload: persistent connections to an echo server.
+struct RoundTrips {
+    name: &'static str,
+    server: &'static str,
+    /// A plaintext startup first, so that on a watched port the session's verdict is decided
+    /// and the round trips measure what the sensor costs a judged session.
+    startup: bool,
+}
+
+/// On their own loopback address: 127.0.0.4:26257 is the OpenSSL peer's.
+const ROUND_TRIPS: [RoundTrips; 2] = [
+    RoundTrips { name: "req/resp unwatched port", server: "127.0.0.6:26259", startup: false },
+    RoundTrips {
+        name: "req/resp watched port (verdict decided)",
+        server: "127.0.0.6:26257",
+        startup: true,
+    },
+];
+
 /// The smallest ring buffer the sensor accepts: the flood must overflow it.
 const FLOOD_RING_BYTES: u32 = 4096;
 
+/// What the run needs besides the sensor, checked before the sensor is built.
+pub fn preflight(opts: &Options) -> anyhow::Result<()> {
+    if opts.capture_peer {
+        capture::check_installed()?;
+    }
+    Ok(())
+}
+
 pub fn run(root: &Path, opts: Options) -> anyhow::Result<()> {
-    let sensor_bin = root.join("target/release/sensor");
+    preflight(&opts)?;
+    anyhow::ensure!(opts.sensor.is_file(), "no sensor binary at {}", opts.sensor.display());
+    // A bare file name given to --sensor means the one here, not one on PATH.
+    let opts = Options { sensor: std::path::absolute(&opts.sensor)?, ..opts };
+    let sensor_bin = opts.sensor.as_path();
     server::spawn_pgwire(DOWNGRADE_SERVER, server::Answer::No)?;
     server::spawn_pgwire(TLS_SERVER, server::Answer::Yes)?;
     server::spawn_sink(SINK_WATCHED)?;
     server::spawn_sink(SINK_UNWATCHED)?;
+    for w in &ROUND_TRIPS {
+        server::spawn_echo(w.server, w.startup)?;
+    }
     let duration = Duration::from_secs_f64(opts.seconds);
 
     let openssl = openssl_load::OpensslPeer::start(root, &root.join("target/bench/tls"))?;
@@ -114,22 +167,25 @@ pub fn run(root: &Path, opts: Options) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for kind in [Session::Plaintext, Session::Downgrade, Session::Tls] {
         let addr = session_addr(kind)?;
-        rows.push(sessions_ab(&sensor_bin, kind.name(), kind.verdict(), &opts, || {
+        rows.push(sessions_ab(kind.name(), kind.verdict(), &opts, || {
             Ok(loadgen::sessions(addr, kind, opts.threads, duration, u64::MAX))
         })?);
     }
     // Real handshakes through OpenSSL at both ends: what the TLS uprobes add per connection.
-    rows.push(sessions_ab(&sensor_bin, OPENSSL_WORKLOAD, Verdict::Tls, &opts, || {
+    rows.push(sessions_ab(OPENSSL_WORKLOAD, Verdict::Tls, &opts, || {
         openssl.handshakes(opts.threads, duration)
     })?);
     for (name, sink) in
         [("bulk unwatched port", SINK_UNWATCHED), ("bulk watched port", SINK_WATCHED)]
     {
-        rows.push(bulk_ab(&sensor_bin, name, sink.parse()?, opts.pairs, duration)?);
+        rows.push(bulk_ab(&opts, name, sink.parse()?, duration)?);
     }
-    let kernel = kernel_costs(&sensor_bin, &opts, duration, &openssl)?;
-    let latency = finding_latency(&sensor_bin, opts.latency_rate, duration)?;
-    let flood = flood(&sensor_bin, opts.flood, opts.threads)?;
+    for w in &ROUND_TRIPS {
+        rows.push(round_trips_ab(&opts, w, duration)?);
+    }
+    let kernel = kernel_costs(&opts, duration, &openssl)?;
+    let latency = finding_latency(sensor_bin, opts.latency_rate, duration)?;
+    let flood = flood(sensor_bin, opts.flood, opts.threads)?;
     let report =
         Report { rows, latency: Some((opts.latency_rate, latency)), kernel, flood: Some(flood) };
 
@@ -170,10 +226,28 @@ fn session_addr(kind: Session) -> anyhow::Result<SocketAddr> {
 /// The workload of real OpenSSL handshakes (TLS 1.3, RSA 2048, the client verifying).
 const OPENSSL_WORKLOAD: &str = "openssl_tls_handshake";
 
+/// Series C of one pair, into `row`: `load` (its rate) with the sensor detached and tshark
+/// capturing the watched port; nothing without --capture-peer.
+fn capture_run(
+    opts: &Options,
+    row: &mut Row,
+    load: impl FnOnce() -> anyhow::Result<f64>,
+) -> anyhow::Result<()> {
+    if !opts.capture_peer {
+        return Ok(());
+    }
+    let capture = capture::Capture::start()?;
+    let rate = load()?;
+    let counts = capture.stop()?;
+    row.peer.push(rate);
+    row.peer_packets += counts.captured;
+    row.peer_dropped += counts.dropped;
+    Ok(())
+}
+
 /// Short sessions per second from `load`, detached then attached, `pairs` times; the
 /// kernel must count each as `verdict`.
 fn sessions_ab(
-    sensor_bin: &Path,
     name: &str,
     verdict: Verdict,
     opts: &Options,
@@ -184,7 +258,7 @@ fn sessions_ab(
     for _ in 0..opts.pairs {
         let a = load()?;
         row.detached.push(a.per_second());
-        let sensor = SensorProc::start(sensor_bin, &[])?;
+        let sensor = SensorProc::start(&opts.sensor, &[])?;
         let before = sensor.sample()?;
         let b = load()?;
         // Let the agent finish what the burst queued before reading its CPU time.
@@ -198,6 +272,7 @@ fn sessions_ab(
         cpu_total += after.cpu_seconds - before.cpu_seconds;
         row.peak_rss_kib = row.peak_rss_kib.max(Some(after.peak_rss_kib));
         sensor.stop()?;
+        capture_run(opts, &mut row, || Ok(load()?.per_second()))?;
     }
     if row.sent > 0 {
         row.cpu_ms_per_1000 = Some(cpu_total * 1000.0 / row.sent as f64 * 1000.0);
@@ -207,54 +282,93 @@ fn sessions_ab(
 
 /// Bulk throughput on one connection, detached then attached, `pairs` times.
 fn bulk_ab(
-    sensor_bin: &Path,
+    opts: &Options,
     name: &str,
     addr: SocketAddr,
-    pairs: usize,
     duration: Duration,
 ) -> anyhow::Result<Row> {
     let mut row = Row::new(name.to_string(), "MB/s");
-    for _ in 0..pairs {
-        row.detached.push(loadgen::bulk(addr, duration)? / 1e6);
-        let sensor = SensorProc::start(sensor_bin, &[])?;
-        row.attached.push(loadgen::bulk(addr, duration)? / 1e6);
+    let load = || -> anyhow::Result<f64> { Ok(loadgen::bulk(addr, duration)? / 1e6) };
+    for _ in 0..opts.pairs {
+        row.detached.push(load()?);
+        let sensor = SensorProc::start(&opts.sensor, &[])?;
+        row.attached.push(load()?);
         sensor.stop()?;
+        capture_run(opts, &mut row, load)?;
+    }
+    Ok(row)
+}
+
+/// Round trips per second, detached then attached, `pairs` times. Each run opens its own
+/// connections (see [`loadgen::round_trips`]); on the watched port the kernel must count
+/// each as a plaintext session.
+fn round_trips_ab(opts: &Options, w: &RoundTrips, duration: Duration) -> anyhow::Result<Row> {
+    let mut row = Row::new(w.name.to_string(), "round trips/s");
+    let addr: SocketAddr = w.server.parse()?;
+    let load = || loadgen::round_trips(addr, w.startup, opts.threads, duration);
+    for _ in 0..opts.pairs {
+        row.detached.push(load()?);
+        let sensor = SensorProc::start(&opts.sensor, &[])?;
+        let before = sensor.sample()?;
+        row.attached.push(load()?);
+        if w.startup {
+            let after = sensor.sample()?;
+            row.sent += opts.threads as u64;
+            row.counted += after.counted(Verdict::Plaintext) - before.counted(Verdict::Plaintext);
+            row.lost += after.lost - before.lost;
+        }
+        sensor.stop()?;
+        capture_run(opts, &mut row, load)?;
     }
     Ok(row)
 }
 
 /// The kernel's run time per program on each workload, with bpf_stats on only for these
-/// runs (the statistics cost two clock reads per run, so the A/B runs go without).
+/// runs (the statistics cost two clock reads per run, so the A/B runs go without). Empty
+/// programs on the sensor's cgroup hooks run alongside: their rows (`floor (empty program):
+/// HOOK`) are what the statistics and the dispatch cost a program that does nothing.
 fn kernel_costs(
-    sensor_bin: &Path,
     opts: &Options,
     duration: Duration,
     openssl: &openssl_load::OpensslPeer,
 ) -> anyhow::Result<Vec<(String, Vec<kstats::ProgramCost>)>> {
-    let sensor = SensorProc::start(sensor_bin, &[])?;
+    let sensor = SensorProc::start(&opts.sensor, &[])?;
     let _stats = kstats::StatsEnabled::turn_on()?;
+    let floor = floor::FloorPrograms::attach(&floor::cgroup2_root()?)?;
+    let sample = || -> anyhow::Result<[kstats::ProgramTimes; 2]> {
+        Ok([kstats::ProgramTimes::of_process(sensor.pid())?, floor.times()?])
+    };
+    // The sensor's programs, then the floor's.
+    let since = |after: [kstats::ProgramTimes; 2], before: [kstats::ProgramTimes; 2]| {
+        let mut costs = after[0].since(&before[0]);
+        costs.extend(after[1].since(&before[1]));
+        costs
+    };
     let mut costs = Vec::new();
     for kind in [Session::Plaintext, Session::Tls] {
-        let before = kstats::ProgramTimes::of_process(sensor.pid())?;
+        let before = sample()?;
         loadgen::sessions(session_addr(kind)?, kind, opts.threads, duration, u64::MAX);
-        let after = kstats::ProgramTimes::of_process(sensor.pid())?;
-        costs.push((format!("sessions {}", kind.name()), after.since(&before)));
+        costs.push((format!("sessions {}", kind.name()), since(sample()?, before)));
     }
-    let before = kstats::ProgramTimes::of_process(sensor.pid())?;
+    let before = sample()?;
     let burst = openssl.handshakes(opts.threads, duration)?;
-    let after = kstats::ProgramTimes::of_process(sensor.pid())?;
     costs.push((
         format!("sessions {OPENSSL_WORKLOAD} ({} handshakes)", burst.sessions - burst.errors),
-        after.since(&before),
+        since(sample()?, before),
     ));
     for (name, sink) in
         [("bulk unwatched port", SINK_UNWATCHED), ("bulk watched port", SINK_WATCHED)]
     {
-        let before = kstats::ProgramTimes::of_process(sensor.pid())?;
+        let before = sample()?;
         loadgen::bulk(sink.parse()?, duration)?;
-        let after = kstats::ProgramTimes::of_process(sensor.pid())?;
-        costs.push((name.to_string(), after.since(&before)));
+        costs.push((name.to_string(), since(sample()?, before)));
     }
+    for w in &ROUND_TRIPS {
+        let before = sample()?;
+        loadgen::round_trips(w.server.parse()?, w.startup, opts.threads, duration)?;
+        costs.push((w.name.to_string(), since(sample()?, before)));
+    }
+    drop(floor);
     sensor.stop()?;
     Ok(costs)
 }

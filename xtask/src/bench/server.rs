@@ -1,12 +1,15 @@
 //! A minimal pgwire server for benchmarks: answers SSLRequest with `N` or `S` (by port),
 //! reads the client's next message, answers AuthenticationOk and closes; a sink port reads
-//! everything (bulk throughput). Threads, std only: the cost measured must be the sensor's.
+//! everything (bulk throughput); an echo port sends back each block it reads (round trips on
+//! persistent connections). Threads, std only: the cost measured must be the sensor's.
 
 use std::{
     io::{Read, Write},
     net::{TcpListener, TcpStream},
     thread,
 };
+
+use super::loadgen::ECHO_BLOCK;
 
 #[derive(Clone, Copy)]
 pub enum Answer {
@@ -71,4 +74,36 @@ pub fn spawn_sink(addr: &str) -> anyhow::Result<()> {
         }
     });
     Ok(())
+}
+
+/// An echo server for the round-trip workloads: each block of [`ECHO_BLOCK`] bytes read is
+/// sent back. With `startup`, a plaintext StartupMessage is read and answered with
+/// AuthenticationOk first, so that on a watched port the session's verdict is decided
+/// before the round trips.
+pub fn spawn_echo(addr: &str, startup: bool) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(addr)?;
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            thread::spawn(move || {
+                let _ = echo(stream, startup);
+            });
+        }
+    });
+    Ok(())
+}
+
+/// Ends with the client's close (an UnexpectedEof error).
+fn echo(mut s: TcpStream, startup: bool) -> std::io::Result<()> {
+    s.set_nodelay(true)?;
+    if startup {
+        let mut first = [0u8; 8];
+        s.read_exact(&mut first)?;
+        read_message(&mut s, &first)?;
+        s.write_all(&AUTH_OK)?;
+    }
+    let mut block = [0u8; ECHO_BLOCK];
+    loop {
+        s.read_exact(&mut block)?;
+        s.write_all(&block)?;
+    }
 }
