@@ -218,3 +218,38 @@ fn echo_loop(mut s: TcpStream, measure_from: Instant, until: Instant) -> std::io
         }
     }
 }
+
+/// At most this many connects per run: each closed one keeps a local port in TIME_WAIT.
+const CONNECTS_MAX: u64 = 10_000;
+
+/// `threads` clients connecting and closing at once (no bytes) until `duration` or
+/// `CONNECTS_MAX`, to a listener of its own on an unwatched port that accepts and closes:
+/// the connect() hook's cost on connections that are not watched. Returns the connects
+/// made.
+pub fn connects(threads: usize, duration: Duration) -> anyhow::Result<u64> {
+    let listener = std::net::TcpListener::bind("127.0.0.7:0")?;
+    let addr = listener.local_addr()?;
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            drop(stream);
+        }
+    });
+    let made = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..threads)
+        .map(|_| {
+            let made = made.clone();
+            thread::spawn(move || {
+                while started.elapsed() < duration && made.load(Ordering::Relaxed) < CONNECTS_MAX {
+                    if TcpStream::connect(addr).is_ok() {
+                        made.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.join();
+    }
+    Ok(made.load(Ordering::Relaxed))
+}

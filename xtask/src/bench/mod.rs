@@ -368,6 +368,10 @@ fn kernel_costs(
         loadgen::round_trips(w.server.parse()?, w.startup, opts.threads, duration)?;
         costs.push((w.name.to_string(), since(sample()?, before)));
     }
+    // connect() to a port not watched: what every other service's connections pay.
+    let before = sample()?;
+    let made = loadgen::connects(opts.threads, duration)?;
+    costs.push((format!("connects to an unwatched port ({made})"), since(sample()?, before)));
     drop(floor);
     sensor.stop()?;
     Ok(costs)
