@@ -21,8 +21,6 @@ pub struct ProcRecord {
 }
 
 impl ProcRecord {
-    pub const EMPTY: ProcRecord =
-        ProcRecord { pid_tgid: 0, uid_gid: 0, cgroup_id: 0, connect_ns: 0, comm: [0; COMM_LEN] };
     pub const fn tgid(&self) -> u32 {
         (self.pid_tgid >> 32) as u32
     }
@@ -67,22 +65,17 @@ pub struct ConnState {
 }
 
 impl ConnState {
-    /// A connection about to send its first byte, with what is known of its process.
-    pub const fn new(proc_: ProcRecord, flags: u32) -> ConnState {
-        ConnState {
-            proc_,
-            client_base: 0,
-            server_base: 0,
-            server_offset: 0,
-            flags,
-            message: MessageAssembly::NEW,
-            tracker: Tracker::NEW,
-            server_addr: [0; 16],
-            server_port: 0,
-            ip_version: 0,
-            port_slot: 0,
-            _pad: 0,
-        }
+    /// Start a connection over in place, before its first byte: `flags` as given, no
+    /// stream position, a new message and tracker. The process record and the server's
+    /// address are left to the caller (written field by field in the kernel: a whole-struct
+    /// assignment there becomes a byte-by-byte copy the verifier walks).
+    pub fn start(&mut self, flags: u32) {
+        self.client_base = 0;
+        self.server_base = 0;
+        self.server_offset = 0;
+        self.flags = flags;
+        self.message = MessageAssembly::NEW;
+        self.tracker = Tracker::NEW;
     }
 }
 

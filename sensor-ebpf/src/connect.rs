@@ -20,10 +20,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use sensor_common::{
-    assembly::MessageAssembly,
     event::{conn_flags, ProcRecord, COMM_LEN},
     limits::Stat,
-    tracker::Tracker,
 };
 
 use crate::{counters, maps, sockets};
@@ -51,12 +49,10 @@ pub fn on_connect(ctx: &SockAddrContext) {
         counters::stat(Stat::TrackFailed);
         return;
     };
-    // Written in place (the storage is zero-filled when new): no copy through the stack.
-    // A socket connecting again after a failed attempt starts over.
+    // Written in place: no copy through the stack. A socket connecting again after a
+    // failed attempt starts over.
     fill(&mut state.proc_);
-    state.flags = conn_flags::PROC_KNOWN;
-    state.message = MessageAssembly::NEW;
-    state.tracker = Tracker::NEW;
+    state.start(conn_flags::PROC_KNOWN);
     counters::stat(Stat::ConnectionsTracked);
 }
 

@@ -20,7 +20,7 @@ use sensor_common::{
     event::{conn_flags, ConnState},
     limits::Stat,
     pgwire::{auth_code, AUTH_PEEK_LEN},
-    tracker::{Phase, Tracker},
+    tracker::Phase,
     verdict::{Role, UnknownReason},
 };
 
@@ -201,8 +201,7 @@ fn adopt(ctx: &SkBuffContext, sk: *mut bpf_sock, hook: Hook) -> Option<&'static 
         return None;
     };
     let role_flag = if role == Role::Server { conn_flags::ROLE_SERVER } else { 0 };
-    state.flags = conn_flags::ADOPTED | role_flag;
-    state.tracker = Tracker::NEW;
+    state.start(conn_flags::ADOPTED | role_flag);
     if !proof::client_start(sk, &tcp, role, state) {
         info!(
             ctx,
@@ -238,7 +237,7 @@ fn follow_from_syn(ctx: &SkBuffContext, sk: *mut bpf_sock) -> Option<&'static mu
         counters::stat(Stat::TrackFailed);
         return None;
     };
-    state.tracker = Tracker::NEW;
+    state.start(0);
     // SAFETY: helper valid for cgroup_skb; the skb pointer is the program's context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     if let Some(record) = maps::CONNECTING.get_ptr(0) {
@@ -255,7 +254,7 @@ fn follow_from_syn(ctx: &SkBuffContext, sk: *mut bpf_sock) -> Option<&'static mu
                 p.cgroup_id = bpf_sk_cgroup_id(sk.cast());
                 p.connect_ns = bpf_ktime_get_ns();
             }
-            state.flags = conn_flags::PROC_KNOWN;
+            state.flags |= conn_flags::PROC_KNOWN;
         }
     }
     if state.flags & conn_flags::PROC_KNOWN == 0 {
