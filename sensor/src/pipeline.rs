@@ -181,9 +181,7 @@ impl Pipeline {
     /// Write the findings queued by `handle` (call once per batch of events).
     pub fn flush(&mut self) {
         let flushed = self.findings.flush();
-        for severity in flushed.written {
-            self.state.metrics.finding_written(severity);
-        }
+        self.state.metrics.findings_written(&flushed.written);
         if let Some((lines, err)) = flushed.failed {
             self.state.metrics.findings_write_errors.inc_by(lines as u64);
             self.write_errors.report(&err, lines, Instant::now());

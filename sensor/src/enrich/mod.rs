@@ -29,6 +29,27 @@ pub struct ProcDetails {
     pub ppid: Option<u32>,
     pub parent_comm: Option<String>,
     pub cgroup: Option<String>,
+    /// Read from `cgroup` once, when the process is first seen (not per session).
+    pub container: ContainerOf,
+}
+
+/// What a process's cgroup path says about where it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ContainerOf {
+    pub container_id: Option<String>,
+    pub pod_uid: Option<String>,
+    pub systemd_unit: Option<String>,
+}
+
+impl ContainerOf {
+    pub fn from_cgroup(path: Option<&str>) -> ContainerOf {
+        let Some(path) = path else { return ContainerOf::default() };
+        ContainerOf {
+            container_id: container_id(path),
+            pod_uid: pod_uid(path),
+            systemd_unit: systemd_unit(path),
+        }
+    }
 }
 
 pub struct Enricher {
@@ -70,11 +91,9 @@ impl Enricher {
         process.cmdline = d.cmdline;
         process.ppid = d.ppid;
         process.parent_comm = d.parent_comm;
-        if let Some(path) = &d.cgroup {
-            process.container_id = container_id(path);
-            process.pod_uid = pod_uid(path);
-            process.systemd_unit = systemd_unit(path);
-        }
+        process.container_id = d.container.container_id;
+        process.pod_uid = d.container.pod_uid;
+        process.systemd_unit = d.container.systemd_unit;
         process.cgroup = d.cgroup;
     }
 

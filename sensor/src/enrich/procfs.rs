@@ -3,7 +3,7 @@
 
 use std::{fs, io::Read};
 
-use super::{redact::redact_command_line, ProcDetails};
+use super::{redact::redact_command_line, ContainerOf, ProcDetails};
 
 /// Command lines longer than this are cut (after redaction).
 const MAX_CMDLINE: usize = 4096;
@@ -36,7 +36,8 @@ pub fn read(pid: u32) -> Option<ProcDetails> {
         .and_then(|pp| fs::read_to_string(format!("/proc/{pp}/comm")).ok())
         .map(|c| c.trim_end().to_string());
     let cgroup = fs::read_to_string(format!("{base}/cgroup")).ok().and_then(|s| v2_path(&s));
-    Some(ProcDetails { comm, exe, cmdline, ppid, parent_comm, cgroup })
+    let container = ContainerOf::from_cgroup(cgroup.as_deref());
+    Some(ProcDetails { comm, exe, cmdline, ppid, parent_comm, cgroup, container })
 }
 
 /// The cgroup v2 path (`0::/path`) from /proc/PID/cgroup.

@@ -97,19 +97,28 @@ impl FindingsWriter {
         }
         let (written, error) = write_some(&mut self.out, &self.pending);
         let lines = std::mem::take(&mut self.severities);
-        let start = usize::from(self.torn);
-        let whole = self.pending[start..written.max(start)].iter().filter(|&&b| b == b'\n').count();
-        // Still inside a line: nothing written while already torn, or cut mid-line now.
-        self.torn = error.is_some()
-            && if written == 0 { self.torn } else { self.pending[written - 1] != b'\n' };
-        self.pending.clear();
-        match error {
+        let flushed = match error {
             None => Flushed { written: lines, failed: None },
-            Some(err) => Flushed {
-                failed: Some((lines.len() - whole, err.to_string())),
-                written: lines.into_iter().take(whole).collect(),
-            },
+            Some(err) => {
+                // Only a failed write needs to know how many whole lines got out (counting
+                // them on every batch cost 4% of the agent's CPU with a line per session).
+                let start = usize::from(self.torn);
+                let whole =
+                    self.pending[start..written.max(start)].iter().filter(|&&b| b == b'\n').count();
+                // Still inside a line: nothing written while already torn, or cut mid-line.
+                self.torn =
+                    if written == 0 { self.torn } else { self.pending[written - 1] != b'\n' };
+                Flushed {
+                    failed: Some((lines.len() - whole, err.to_string())),
+                    written: lines.into_iter().take(whole).collect(),
+                }
+            }
+        };
+        if flushed.failed.is_none() {
+            self.torn = false;
         }
+        self.pending.clear();
+        flushed
     }
 
     /// Reopen the path when the file there is no longer the one being written (moved by

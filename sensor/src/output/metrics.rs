@@ -168,8 +168,14 @@ impl Metrics {
         })
     }
 
-    pub fn finding_written(&self, severity: Severity) {
-        self.findings.with_label_values(&[severity.name()]).inc();
+    /// Count a batch's written lines: one label lookup per severity present, not per line.
+    pub fn findings_written(&self, severities: &[Severity]) {
+        for severity in Severity::ALL {
+            let lines = severities.iter().filter(|&&s| s == severity).count() as u64;
+            if lines > 0 {
+                self.findings.with_label_values(&[severity.name()]).inc_by(lines);
+            }
+        }
     }
 
     /// The text exposition format.
