@@ -293,10 +293,11 @@ fn bench_cmd(args: &bench::BenchArgs) -> anyhow::Result<()> {
     }
     let opts = args.options(&root_dir());
     bench::preflight(&opts)?;
-    // A binary given with --sensor (an older build, say) is measured as it is.
+    // A binary given with --sensor (an older build, say) is measured as it is; otherwise the
+    // one users install (the static musl build the package and the image ship), whose
+    // allocator and memory footprint differ from a glibc development build's.
     if args.sensor.is_none() {
-        setup(false)?;
-        status(cargo().args(["build", "--release", "--package", "sensor"]))?;
+        dist()?;
     }
     bench::run(&root_dir(), opts)
 }

@@ -23,6 +23,9 @@ pub struct Latency {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// The agent's CPU per 1,000 sessions at this steady rate (set by the caller, which
+    /// owns the sensor process): at a low rate each session pays for its own wakeup.
+    pub cpu_ms_per_1000: Option<f64>,
 }
 
 /// The client's port in a client-role finding line: `"src":{"ip":"...","port":N}`.
@@ -78,6 +81,7 @@ pub fn measure(
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
         max_ms: latencies.last().copied().unwrap_or(f64::NAN),
+        cpu_ms_per_1000: None,
     }
 }
 

@@ -51,7 +51,8 @@ pub struct BenchArgs {
     #[arg(long, value_name = "PER_SECOND", value_parser = positive_f64)]
     pub latency_rate: Option<f64>,
     /// The sensor binary to measure, e.g. an older build for a before/after comparison;
-    /// given, nothing is built [default: target/release/sensor, built first].
+    /// given, nothing is built [default: target/dist/pgwire-sensor, the static binary that
+    /// is shipped, built first by `cargo xtask dist`].
     #[arg(long, value_name = "PATH")]
     pub sensor: Option<PathBuf>,
     /// Also run each A/B workload with the sensor detached and tshark capturing the watched
@@ -103,7 +104,7 @@ impl BenchArgs {
             threads: self.threads.unwrap_or(4),
             flood: self.flood.unwrap_or(flood),
             latency_rate: self.latency_rate.unwrap_or(500.0),
-            sensor: self.sensor.clone().unwrap_or_else(|| root.join("target/release/sensor")),
+            sensor: self.sensor.clone().unwrap_or_else(|| root.join("target/dist/pgwire-sensor")),
             capture_peer: self.capture_peer,
             out: root.join("target/bench/results.json"),
         }
@@ -258,7 +259,7 @@ fn sessions_ab(
     for _ in 0..opts.pairs {
         let a = load()?;
         row.detached.push(a.per_second());
-        let sensor = SensorProc::start(&opts.sensor, &[])?;
+        let sensor = SensorProc::start_as_installed(&opts.sensor)?;
         let before = sensor.sample()?;
         let b = load()?;
         // Let the agent finish what the burst queued before reading its CPU time.
@@ -385,7 +386,13 @@ fn finding_latency(
 ) -> anyhow::Result<latency::Latency> {
     let mut sensor = SensorProc::start_piped(sensor_bin, &[])?;
     let findings = sensor.finding_lines().context("no findings pipe")?;
-    let measured = latency::measure(session_addr(Session::Plaintext)?, rate, duration, &findings);
+    let before = sensor.sample()?;
+    let mut measured =
+        latency::measure(session_addr(Session::Plaintext)?, rate, duration, &findings);
+    let cpu = sensor.sample()?.cpu_seconds - before.cpu_seconds;
+    if measured.sent > 0 {
+        measured.cpu_ms_per_1000 = Some(cpu * 1000.0 / measured.sent as f64 * 1000.0);
+    }
     sensor.stop()?;
     Ok(measured)
 }

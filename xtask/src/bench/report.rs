@@ -151,8 +151,13 @@ impl Report {
             let _ = writeln!(
                 t,
                 "\nfinding latency, plaintext sessions at {rate:.0}/s: p50 {:.2} ms, p99 {:.2} ms, \
-                 max {:.2} ms ({} of {} sessions matched)",
-                l.p50_ms, l.p99_ms, l.max_ms, l.matched, l.sent
+                 max {:.2} ms ({} of {} sessions matched); agent CPU {} ms/1000 sessions",
+                l.p50_ms,
+                l.p99_ms,
+                l.max_ms,
+                l.matched,
+                l.sent,
+                l.cpu_ms_per_1000.map_or("-".into(), |v| format!("{v:.1}"))
             );
         }
         if !self.kernel.is_empty() {
@@ -250,12 +255,13 @@ impl Report {
             let _ = write!(
                 out,
                 ", \"latency\": {{\"rate\": {rate}, \"sent\": {}, \"matched\": {}, \
-                 \"p50_ms\": {}, \"p99_ms\": {}, \"max_ms\": {}}}",
+                 \"p50_ms\": {}, \"p99_ms\": {}, \"max_ms\": {}, \"cpu_ms_per_1000\": {}}}",
                 l.sent,
                 l.matched,
                 num(l.p50_ms),
                 num(l.p99_ms),
-                num(l.max_ms)
+                num(l.max_ms),
+                l.cpu_ms_per_1000.map_or("null".into(), num)
             );
         }
         out.push_str(", \"kernel\": [");

@@ -73,10 +73,26 @@ fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     Ok((code, body.to_string()))
 }
 
+/// Which finding lines the sensor writes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lines {
+    /// One line per session (`--findings-every-session`): the latency and flood bookkeeping
+    /// match lines to sessions.
+    EverySession,
+    /// The installed default: a session's first line, then summaries per repeat window.
+    AsInstalled,
+}
+
 impl SensorProc {
-    /// Findings go to /dev/null.
+    /// Findings (one line per session) go to /dev/null.
     pub fn start(binary: &Path, extra: &[&str]) -> anyhow::Result<SensorProc> {
         Self::spawn(binary, extra, false)
+    }
+
+    /// Findings go to /dev/null, written as an installed sensor writes them (summary
+    /// lines): what the agent costs a host in its default configuration.
+    pub fn start_as_installed(binary: &Path) -> anyhow::Result<SensorProc> {
+        Self::spawn_within(binary, &[], false, Lines::AsInstalled, Duration::from_secs(30))
     }
 
     /// Findings go to a pipe: read them with `finding_lines`.
@@ -91,17 +107,18 @@ impl SensorProc {
         extra: &[&str],
         within: Duration,
     ) -> anyhow::Result<SensorProc> {
-        Self::spawn_within(binary, extra, true, within)
+        Self::spawn_within(binary, extra, true, Lines::EverySession, within)
     }
 
     fn spawn(binary: &Path, extra: &[&str], piped: bool) -> anyhow::Result<SensorProc> {
-        Self::spawn_within(binary, extra, piped, Duration::from_secs(30))
+        Self::spawn_within(binary, extra, piped, Lines::EverySession, Duration::from_secs(30))
     }
 
     fn spawn_within(
         binary: &Path,
         extra: &[&str],
         piped: bool,
+        lines: Lines,
         within: Duration,
     ) -> anyhow::Result<SensorProc> {
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
@@ -114,9 +131,7 @@ impl SensorProc {
         let child = Command::new(binary)
             .arg("run")
             .args(["--findings", findings, "--metrics-addr", &metrics.to_string()])
-            // One line per session: the latency and flood bookkeeping match lines to
-            // sessions.
-            .arg("--findings-every-session")
+            .args((lines == Lines::EverySession).then_some("--findings-every-session"))
             .args(extra)
             .stdout(if piped { Stdio::piped() } else { Stdio::null() })
             .stderr(stderr)
@@ -176,13 +191,19 @@ impl SensorProc {
         let after = stat.rsplit_once(')').context("bad stat")?.1;
         let f: Vec<&str> = after.split_whitespace().collect();
         let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
+        // Nanoseconds on the CPU (schedstat), where the kernel has it: clock ticks are 10 ms,
+        // coarse for a few thousand sessions.
+        let cpu_seconds = std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+            .ok()
+            .and_then(|text| text.split_whitespace().next()?.parse::<f64>().ok())
+            .map_or(ticks / clock_ticks(), |ns| ns / 1e9);
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
         let peak_rss_kib = status
             .lines()
             .find_map(|l| l.strip_prefix("VmHWM:"))
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .unwrap_or(0);
-        Ok(Sample { text, lost, findings, cpu_seconds: ticks / clock_ticks(), peak_rss_kib })
+        Ok(Sample { text, lost, findings, cpu_seconds, peak_rss_kib })
     }
 
     pub fn stop(mut self) -> anyhow::Result<()> {
