@@ -14,7 +14,6 @@
 //! eviction), so memory stays bounded and nothing counted is lost.
 
 use std::{
-    collections::HashMap,
     net::IpAddr,
     time::{Duration, SystemTime},
 };
@@ -42,20 +41,74 @@ struct Identity {
     database: Option<String>,
 }
 
-impl Identity {
-    fn of(f: &Finding) -> Identity {
-        Identity {
+/// A finding's identity borrowed from it, to look a window up without copying strings.
+/// Field for field as `Identity`, so both hash alike (`String` and `&str` hash as `str`).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct IdentityRef<'a> {
+    verdict: Verdict,
+    severity: Severity,
+    role: Role,
+    process: Option<(&'a str, Option<&'a str>, Option<&'a str>)>,
+    dst: (IpAddr, u16),
+    user: Option<&'a str>,
+    database: Option<&'a str>,
+}
+
+impl<'a> IdentityRef<'a> {
+    fn of(f: &'a Finding) -> IdentityRef<'a> {
+        IdentityRef {
             verdict: f.verdict,
             severity: f.severity,
             role: f.role,
             process: f.process.as_ref().map(|p| {
-                let place = p.container_id.clone().or(p.pod_uid.clone()).or(p.systemd_unit.clone());
-                (p.exe.clone().unwrap_or_else(|| p.comm.clone()), p.cmdline.clone(), place)
+                let place = p.container_id.as_deref().or(p.pod_uid.as_deref());
+                let place = place.or(p.systemd_unit.as_deref());
+                (p.exe.as_deref().unwrap_or(&p.comm), p.cmdline.as_deref(), place)
             }),
             dst: (f.dst.ip, f.dst.port),
-            user: f.startup.as_ref().and_then(|s| s.user.clone()),
-            database: f.startup.as_ref().and_then(|s| s.database.clone()),
+            user: f.startup.as_ref().and_then(|s| s.user.as_deref()),
+            database: f.startup.as_ref().and_then(|s| s.database.as_deref()),
         }
+    }
+
+    fn to_owned(&self) -> Identity {
+        let owned = |s: Option<&str>| s.map(str::to_string);
+        Identity {
+            verdict: self.verdict,
+            severity: self.severity,
+            role: self.role,
+            process: self
+                .process
+                .map(|(exe, cmdline, place)| (exe.to_string(), owned(cmdline), owned(place))),
+            dst: self.dst,
+            user: owned(self.user),
+            database: owned(self.database),
+        }
+    }
+}
+
+impl hashbrown::Equivalent<Identity> for IdentityRef<'_> {
+    fn equivalent(&self, key: &Identity) -> bool {
+        fn s(o: &Option<String>) -> Option<&str> {
+            o.as_deref()
+        }
+        self.verdict == key.verdict
+            && self.severity == key.severity
+            && self.role == key.role
+            && self.process
+                == key
+                    .process
+                    .as_ref()
+                    .map(|(exe, cmdline, place)| (exe.as_str(), s(cmdline), s(place)))
+            && self.dst == key.dst
+            && self.user == s(&key.user)
+            && self.database == s(&key.database)
+    }
+}
+
+impl Identity {
+    fn of(f: &Finding) -> Identity {
+        IdentityRef::of(f).to_owned()
     }
 }
 
@@ -137,7 +190,7 @@ impl Window {
 /// The repeat window's bookkeeping; see the module documentation.
 pub struct Repeater {
     window: Duration,
-    open: HashMap<Identity, Window>,
+    open: hashbrown::HashMap<Identity, Window>,
     max: usize,
     /// Windows closed early because the table was full.
     pub evicted: u64,
@@ -149,17 +202,17 @@ impl Repeater {
     }
 
     pub fn with_capacity(window: Duration, max: usize) -> Repeater {
-        Repeater { window, open: HashMap::new(), max: max.max(1), evicted: 0 }
+        Repeater { window, open: hashbrown::HashMap::new(), max: max.max(1), evicted: 0 }
     }
 
     /// A session's finding: the lines to write now (itself when its identity has no open
     /// window, and an evicted identity's summary when the table was full).
     pub fn observe(&mut self, finding: Finding) -> Vec<Finding> {
-        let identity = Identity::of(&finding);
-        if let Some(window) = self.open.get_mut(&identity) {
+        if let Some(window) = self.open.get_mut(&IdentityRef::of(&finding)) {
             window.count(finding);
             return Vec::new();
         }
+        let identity = Identity::of(&finding);
         let mut out = Vec::new();
         if self.open.len() >= self.max {
             out.extend(self.evict_oldest());

@@ -73,28 +73,25 @@ impl Enricher {
     /// kernel recorded.
     pub fn enrich(&mut self, process: &mut Process) {
         process.user = self.users.name(process.uid);
-        let details = match self.cache.get(&process.pid) {
-            Some(d) if d.comm == process.comm => Some(d.clone()),
-            _ => {
-                let fresh = procfs::read(process.pid);
-                if let Some(d) = &fresh {
-                    self.remember(process.pid, d.clone());
-                }
-                fresh.filter(|d| d.comm == process.comm)
+        let cached = self.cache.get(&process.pid).filter(|d| d.comm == process.comm).is_some();
+        if !cached {
+            if let Some(fresh) = procfs::read(process.pid) {
+                self.remember(process.pid, fresh);
             }
-        };
-        let Some(d) = details else {
+        }
+        // Fields cloned one by one from the cache: no copy of the whole record per session.
+        let Some(d) = self.cache.get(&process.pid).filter(|d| d.comm == process.comm) else {
             process.exited = true;
             return;
         };
-        process.exe = d.exe;
-        process.cmdline = d.cmdline;
+        process.exe.clone_from(&d.exe);
+        process.cmdline.clone_from(&d.cmdline);
         process.ppid = d.ppid;
-        process.parent_comm = d.parent_comm;
-        process.container_id = d.container.container_id;
-        process.pod_uid = d.container.pod_uid;
-        process.systemd_unit = d.container.systemd_unit;
-        process.cgroup = d.cgroup;
+        process.parent_comm.clone_from(&d.parent_comm);
+        process.container_id.clone_from(&d.container.container_id);
+        process.pod_uid.clone_from(&d.container.pod_uid);
+        process.systemd_unit.clone_from(&d.container.systemd_unit);
+        process.cgroup.clone_from(&d.cgroup);
     }
 
     fn remember(&mut self, pid: u32, details: ProcDetails) {

@@ -103,3 +103,19 @@ proptest! {
         prop_assert!(r.len() <= capacity);
     }
 }
+
+#[test]
+fn a_borrowed_identity_finds_the_window_of_its_owned_copy() {
+    use std::hash::BuildHasher;
+    let mut f = session("flask", 0, 40000, 7);
+    let p = f.process.as_mut().unwrap();
+    (p.cmdline, p.pod_uid) = (Some("flask run".into()), Some("pod-1".into()));
+    f.startup.as_mut().unwrap().database = None;
+    let hasher = hashbrown::DefaultHashBuilder::default();
+    let borrowed = IdentityRef::of(&f);
+    let owned = Identity::of(&f);
+    assert_eq!(hasher.hash_one(&borrowed), hasher.hash_one(&owned));
+    assert!(hashbrown::Equivalent::equivalent(&borrowed, &owned));
+    let other = session("gunicorn", 0, 40000, 7);
+    assert!(!hashbrown::Equivalent::equivalent(&IdentityRef::of(&other), &owned));
+}
