@@ -17,7 +17,7 @@
 //! `BUSY_COALESCE` more; the rate falls back below the threshold when the load stops.
 //! A wait is restarted if the 100 ms ticker or a signal wakes the loop meanwhile.
 
-use std::{io, mem::size_of, ptr, time::Duration};
+use std::{io, mem::size_of, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
 use sensor_common::event::{AuthEvent, SessionEvent, EVENT_AUTH, EVENT_SESSION};
@@ -57,50 +57,64 @@ impl EventStream {
         Ok(EventStream { ring, malformed: 0, wait: COALESCE })
     }
 
-    /// Wait until the kernel has written events, let more gather (`coalesce_after` the last
-    /// drain), then move all available ones to `out`. Cancel-safe: nothing is consumed
-    /// before the last await.
-    pub async fn next_batch(&mut self, out: &mut Vec<KernelEvent>) -> io::Result<()> {
+    /// Wait until the kernel has written events, then let more gather (`coalesce_after` the
+    /// last drain); `drain` takes them. Cancel-safe: a wait cut short keeps the ring's
+    /// readiness, so the next one returns at once.
+    pub async fn wait(&mut self) -> io::Result<()> {
         let mut guard = self.ring.readable_mut().await?;
         tokio::time::sleep(self.wait).await;
-        let ring = guard.get_inner_mut();
-        let before = out.len();
-        self.malformed += drain(ring, out);
-        self.wait = coalesce_after(out.len() - before);
+        // Cleared before draining: events submitted from here on are either drained by
+        // the `drain` that follows or, submitted after it caught up, wake the reader again.
         guard.clear_ready();
         Ok(())
     }
 
-    /// Take whatever is in the ring buffer now, without waiting (used at shutdown).
-    pub fn drain_now(&mut self, out: &mut Vec<KernelEvent>) {
-        self.malformed += drain(self.ring.get_mut(), out);
-    }
-}
-
-fn drain(ring: &mut RingBuf<MapData>, out: &mut Vec<KernelEvent>) -> u64 {
-    let mut malformed = 0;
-    while let Some(item) = ring.next() {
-        match decode(&item) {
-            Some(ev) => out.push(ev),
-            None => malformed += 1,
+    /// Hand every event in the ring to `handle`, in place: a record is read where the
+    /// kernel wrote it (no copy of the ~680-byte session event into a batch) and released
+    /// when `handle` returns. Returns how many events were handled.
+    pub fn drain(&mut self, mut handle: impl FnMut(KernelEvent<'_>)) -> usize {
+        let ring = self.ring.get_mut();
+        let mut scratch = Vec::new();
+        let mut handled = 0;
+        while let Some(item) = ring.next() {
+            match decode(aligned(&item, &mut scratch)) {
+                Some(event) => {
+                    handle(event);
+                    handled += 1;
+                }
+                None => self.malformed += 1,
+            }
         }
+        self.wait = coalesce_after(handled);
+        handled
     }
-    malformed
 }
 
-/// What the kernel sends.
-// Events live briefly in a reused batch Vec; boxing the large variant would allocate once
-// per session instead.
-#[allow(clippy::large_enum_variant)]
+/// What the kernel sends, borrowed from the ring buffer.
 #[derive(Clone, Copy)]
-pub enum KernelEvent {
-    Session(SessionEvent),
-    Auth(AuthEvent),
+pub enum KernelEvent<'a> {
+    Session(&'a SessionEvent),
+    Auth(&'a AuthEvent),
 }
 
-/// Copy a ring buffer record into an owned event; `None` if its kind is unknown or it is
-/// too short for its kind.
-pub fn decode(bytes: &[u8]) -> Option<KernelEvent> {
+/// `bytes` if 8-byte aligned, as the kernel aligns every ring buffer record; otherwise a
+/// copy in `scratch` that is.
+fn aligned<'a>(bytes: &'a [u8], scratch: &'a mut Vec<u64>) -> &'a [u8] {
+    if bytes.as_ptr().cast::<u64>().is_aligned() {
+        return bytes;
+    }
+    scratch.clear();
+    scratch.resize(bytes.len().div_ceil(8), 0);
+    // SAFETY: `scratch` holds at least `bytes.len()` bytes, viewed as bytes while borrowed.
+    let copy: &mut [u8] =
+        unsafe { std::slice::from_raw_parts_mut(scratch.as_mut_ptr().cast(), bytes.len()) };
+    copy.copy_from_slice(bytes);
+    copy
+}
+
+/// A ring buffer record as an event; `None` if its kind is unknown, it is too short for
+/// its kind, or it is not aligned for it (see `aligned`).
+pub fn decode(bytes: &[u8]) -> Option<KernelEvent<'_>> {
     let kind = u32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?);
     match kind {
         EVENT_SESSION => read::<SessionEvent>(bytes).map(KernelEvent::Session),
@@ -109,13 +123,15 @@ pub fn decode(bytes: &[u8]) -> Option<KernelEvent> {
     }
 }
 
-fn read<T: aya::Pod>(bytes: &[u8]) -> Option<T> {
-    if bytes.len() < size_of::<T>() {
+fn read<T: aya::Pod>(bytes: &[u8]) -> Option<&T> {
+    let at = bytes.as_ptr().cast::<T>();
+    if bytes.len() < size_of::<T>() || !at.is_aligned() {
         return None;
     }
-    // SAFETY: length checked; T is plain #[repr(C)] data valid for any bytes (aya::Pod),
-    // and read_unaligned copes with the record's alignment.
-    Some(unsafe { ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+    // SAFETY: length and alignment checked; T is plain #[repr(C)] data valid for any bytes
+    // (aya::Pod); the kernel does not write a committed record until the reader releases
+    // it, after the borrow ends.
+    Some(unsafe { &*at })
 }
 
 #[cfg(test)]
@@ -136,14 +152,32 @@ mod tests {
     fn records_are_decoded_by_kind_and_short_ones_rejected() {
         assert!(decode(&[]).is_none());
         assert!(decode(&[1, 0, 0, 0, 0, 0]).is_none(), "a session kind but far too short");
-        let mut bytes = vec![0u8; size_of::<SessionEvent>()];
+        let size = size_of::<SessionEvent>();
+        let mut bytes = vec![0u8; size];
         bytes[..4].copy_from_slice(&EVENT_SESSION.to_ne_bytes());
         bytes[8] = 42; // cookie, little-endian
-        assert!(matches!(decode(&bytes), Some(KernelEvent::Session(ev)) if ev.cookie == 42));
-        let mut auth = vec![0u8; size_of::<AuthEvent>()];
-        auth[..4].copy_from_slice(&EVENT_AUTH.to_ne_bytes());
-        assert!(matches!(decode(&auth), Some(KernelEvent::Auth(_))));
-        bytes[..4].copy_from_slice(&7u32.to_ne_bytes());
-        assert!(decode(&bytes).is_none(), "unknown kinds are rejected");
+                       // 8-byte aligned storage, as the kernel aligns every record: read in place.
+        let mut words = vec![0u64; size.div_ceil(8) + 1];
+        // SAFETY: the u64s' own memory, viewed as bytes for the test's lifetime.
+        let storage: &mut [u8] =
+            unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast(), words.len() * 8) };
+        storage[..size].copy_from_slice(&bytes);
+        let mut scratch = Vec::new();
+        let in_place = aligned(&storage[..size], &mut scratch);
+        assert_eq!(in_place.as_ptr(), storage.as_ptr(), "no copy of an aligned record");
+        assert!(matches!(decode(in_place), Some(KernelEvent::Session(ev)) if ev.cookie == 42));
+        // One that is not aligned is refused by decode and copied by `aligned`.
+        storage[1..=size].copy_from_slice(&bytes);
+        assert!(decode(&storage[1..=size]).is_none(), "never read misaligned");
+        let copied = aligned(&storage[1..=size], &mut scratch);
+        assert!(matches!(decode(copied), Some(KernelEvent::Session(ev)) if ev.cookie == 42));
+        let mut auth = vec![0u64; size_of::<AuthEvent>().div_ceil(8)];
+        auth[0] = u64::from(EVENT_AUTH); // kind in the first 4 bytes (little-endian)
+                                         // SAFETY: as above.
+        let auth: &[u8] =
+            unsafe { std::slice::from_raw_parts(auth.as_ptr().cast(), size_of::<AuthEvent>()) };
+        assert!(matches!(decode(auth), Some(KernelEvent::Auth(_))));
+        storage[..4].copy_from_slice(&7u32.to_ne_bytes());
+        assert!(decode(&storage[..size]).is_none(), "unknown kinds are rejected");
     }
 }

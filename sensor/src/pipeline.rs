@@ -81,10 +81,10 @@ impl Pipeline {
         })
     }
 
-    pub fn handle(&mut self, event: KernelEvent, now: Instant) {
+    pub fn handle(&mut self, event: KernelEvent<'_>, now: Instant) {
         match event {
             KernelEvent::Session(ev) => {
-                let session = Session::from_event(&ev);
+                let session = Session::from_event(ev);
                 if session.verdict.counted_only() {
                     return; // counted in the kernel; no evidence to report
                 }

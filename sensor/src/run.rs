@@ -23,7 +23,7 @@ use crate::{
     cgroup,
     config::{role_bits, RunConfig, TlsVerification},
     error::Failure,
-    events::{EventStream, KernelEvent},
+    events::EventStream,
     identity::Origin,
     instance, kernel_log,
     output::{
@@ -159,16 +159,15 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
         None
     };
 
-    let mut batch: Vec<KernelEvent> = Vec::with_capacity(64);
     let mut ticker = tokio::time::interval(TICK);
     let outcome = loop {
         tokio::select! {
-            read = events.next_batch(&mut batch) => {
-                if let Err(err) = read {
+            ready = events.wait() => {
+                if let Err(err) = ready {
                     break Err(Failure::runtime(anyhow::Error::new(err).context("reading events failed")));
                 }
                 let now = Instant::now();
-                batch.drain(..).for_each(|ev| pipeline.handle(ev, now));
+                events.drain(|ev| pipeline.handle(ev, now));
                 pipeline.flush();
             }
             _ = ticker.tick() => pipeline.tick(Instant::now()),
@@ -182,9 +181,8 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
     };
 
     // Whatever the kernel already sent is reported before detaching.
-    events.drain_now(&mut batch);
     let now = Instant::now();
-    batch.drain(..).for_each(|ev| pipeline.handle(ev, now));
+    events.drain(|ev| pipeline.handle(ev, now));
     pipeline.finish();
     if events.malformed > 0 {
         warn!(records = events.malformed, "ignored malformed ring buffer records");
