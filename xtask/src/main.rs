@@ -462,7 +462,7 @@ mod tests {
                 threads: 4,
                 flood: 100_000,
                 latency_rate: 500.0,
-                sensor: root.join("target/release/sensor"),
+                sensor: root.join("target/dist/pgwire-sensor"),
                 capture_peer: false,
                 out: root.join("target/bench/results.json"),
             }
