@@ -23,6 +23,11 @@ pub enum Session {
     Downgrade,
     /// SSLRequest, the server says S, then a ClientHello.
     Tls,
+    /// SSLRequest, the server says N, and the client gives up (`sslmode=require`).
+    Refused,
+    /// A plaintext StartupMessage, and a password in clear when the server asks for one
+    /// (`server::spawn_password`).
+    Password,
 }
 
 impl Session {
@@ -31,6 +36,8 @@ impl Session {
             Session::Plaintext => "plaintext_startup",
             Session::Downgrade => "ssl_n_startup",
             Session::Tls => "ssl_s_client_hello",
+            Session::Refused => "ssl_n_close",
+            Session::Password => "plaintext_cleartext_password",
         }
     }
 
@@ -40,6 +47,8 @@ impl Session {
             Session::Plaintext => Verdict::Plaintext,
             Session::Downgrade => Verdict::Downgraded,
             Session::Tls => Verdict::Tls,
+            Session::Refused => Verdict::Refused,
+            Session::Password => Verdict::Plaintext,
         }
     }
 }
@@ -53,6 +62,8 @@ pub fn startup_message() -> Vec<u8> {
 }
 
 const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+/// PasswordMessage `p` with the password "bench" (a test value, in clear by design).
+const PASSWORD_MESSAGE: [u8; 11] = [b'p', 0, 0, 0, 10, b'b', b'e', b'n', b'c', b'h', 0];
 const CLIENT_HELLO: [u8; 11] = [0x16, 0x03, 0x01, 0x00, 0x40, 0x01, 0x00, 0x00, 0x3c, 0x03, 0x03];
 
 fn one_session(addr: SocketAddr, kind: Session, startup: &[u8]) -> std::io::Result<()> {
@@ -71,6 +82,16 @@ fn one_session(addr: SocketAddr, kind: Session, startup: &[u8]) -> std::io::Resu
             s.read_exact(&mut byte)?;
             s.write_all(&CLIENT_HELLO)?;
             return Ok(());
+        }
+        Session::Refused => {
+            s.write_all(&SSL_REQUEST)?;
+            return s.read_exact(&mut byte);
+        }
+        Session::Password => {
+            s.write_all(startup)?;
+            let mut ask = [0u8; 9];
+            s.read_exact(&mut ask)?;
+            s.write_all(&PASSWORD_MESSAGE)?;
         }
     }
     let mut reply = [0u8; 9];

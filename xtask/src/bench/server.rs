@@ -63,6 +63,35 @@ fn serve(mut s: TcpStream, answer: Answer) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A server that asks for the password in clear (AuthenticationCleartextPassword), reads
+/// the client's PasswordMessage and accepts it: the auth exchange the sensor follows.
+pub fn spawn_password(addr: &str) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(addr)?;
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            thread::spawn(move || {
+                let _ = ask_password(stream);
+            });
+        }
+    });
+    Ok(())
+}
+
+fn ask_password(mut s: TcpStream) -> std::io::Result<()> {
+    s.set_nodelay(true)?;
+    let mut first = [0u8; 8];
+    s.read_exact(&mut first)?;
+    read_message(&mut s, &first)?;
+    s.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3])?;
+    let mut head = [0u8; 5];
+    s.read_exact(&mut head)?;
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    let mut password = vec![0u8; len.saturating_sub(4).min(1000)];
+    s.read_exact(&mut password)?;
+    s.write_all(&AUTH_OK)?;
+    Ok(())
+}
+
 pub fn spawn_sink(addr: &str) -> anyhow::Result<()> {
     let listener = TcpListener::bind(addr)?;
     thread::spawn(move || {

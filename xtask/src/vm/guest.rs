@@ -1,25 +1,59 @@
-//! `xtask vm-guest`: the smoke test inside a test VM (see vm/mod.rs), as root in an
+//! `xtask vm-guest`: the kernel-side tests inside a test VM (see vm/mod.rs), as root in an
 //! initramfs with /proc, /sys, cgroup2 and loopback set up by /init. It runs `sensor check`,
-//! starts the sensor, sends one plaintext StartupMessage and one SSLRequest answered `S`
-//! followed by a ClientHello, and prints one `VMTEST` line the host parses:
-//! `VMTEST kernel=<release> check=<ok|fail> attach=<ok|fail> plaintext_finding=<ok|fail>
-//! tls_count=<ok|fail> caps_after_attach=<CapPrm>` (which capabilities the sensor kept
-//! once attached: CAP_BPF stays where the kernel refuses map reads without it).
+//! starts the sensor and makes one session of each kind the hooks decide, against the
+//! bench's own pgwire servers on 26257, then floods a 4 KiB ring buffer. It prints one
+//! `VMTEST` line the host parses: `VMTEST kernel=<release>` followed by `<test>=<ok|fail>`
+//! for each of [`TESTS`], and `caps_after_attach=<CapPrm>` (which capabilities the sensor
+//! kept once attached: CAP_BPF stays where the kernel refuses map reads without it).
 
 use sensor_common::verdict::Verdict;
-use std::{net::SocketAddr, path::Path, process::Command, time::Duration};
+use std::{
+    io::Write,
+    net::{SocketAddr, TcpStream},
+    path::Path,
+    process::Command,
+    sync::mpsc::Receiver,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context;
 
 use crate::bench::{
     loadgen::{self, Session},
-    sensor_proc::SensorProc,
+    sensor_proc::{Sample, SensorProc},
     server,
 };
 
 const SENSOR: &str = "/sensor";
+/// Answers an SSLRequest with `N`: plaintext, downgraded and refused sessions.
 const PLAIN_SERVER: &str = "127.0.0.1:26257";
 const TLS_SERVER: &str = "127.0.0.2:26257";
+/// Asks for the password in clear.
+const PASSWORD_SERVER: &str = "127.0.0.3:26257";
+const IPV6_SERVER: &str = "[::1]:26257";
+/// Emulated CPUs verify the programs many times slower than the host.
+const ATTACH_WITHIN: Duration = Duration::from_secs(240);
+/// Sessions sent into a 4 KiB ring buffer while the agent is stopped: far more than the
+/// ring holds (a session event is ~700 bytes).
+const FLOOD_SESSIONS: u64 = 200;
+/// CAP_NET_ADMIN, CAP_SYS_PTRACE, CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF: what the agent may
+/// keep after attaching (docs/deployment.md); a root process starts with ~41 more.
+const MAY_KEEP: u64 = (1 << 12) | (1 << 19) | (1 << 21) | (1 << 38) | (1 << 39);
+
+/// Every test the guest runs, in the order of the VMTEST line and the host's matrix.
+pub const TESTS: [&str; 11] = [
+    "check",
+    "attach",
+    "plaintext",
+    "downgraded",
+    "refused",
+    "cleartext_password",
+    "ipv6",
+    "opened_before_start",
+    "tls_count",
+    "ring_overflow_exact",
+    "privileges_dropped",
+];
 
 fn word(ok: bool) -> &'static str {
     if ok {
@@ -31,60 +65,162 @@ fn word(ok: bool) -> &'static str {
 
 pub fn run() -> anyhow::Result<()> {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")?.trim().to_string();
+    let mut results: Vec<(&str, bool)> = Vec::new();
     let check = Command::new(SENSOR).arg("check").output()?;
     println!("{}", String::from_utf8_lossy(&check.stdout));
-    let check_ok = check.status.success();
+    results.push(("check", check.status.success()));
 
     server::spawn_pgwire(PLAIN_SERVER, server::Answer::No)?;
     server::spawn_pgwire(TLS_SERVER, server::Answer::Yes)?;
-    let (mut attach_ok, mut plain_ok, mut tls_ok) = (false, false, false);
+    server::spawn_password(PASSWORD_SERVER)?;
+    let ipv6 = server::spawn_pgwire(IPV6_SERVER, server::Answer::No);
+    if let Err(err) = &ipv6 {
+        println!("no IPv6 loopback: {err:#}");
+    }
+    // Connected before the sensor starts; its StartupMessage goes after the attach.
+    let early = TcpStream::connect(PLAIN_SERVER).context("the early connection")?;
+
     let mut caps_kept = String::from("-");
-    // TCG emulates the CPU: the verifier runs many times slower than on the host.
-    match SensorProc::start_piped_within(Path::new(SENSOR), &[], Duration::from_secs(240)) {
-        Err(err) => println!("sensor did not attach: {err:#}"),
+    // One sensor for every test (an attach takes minutes under TCG on older kernels), with
+    // the smallest ring buffer: one session at a time fits, the flood at the end does not.
+    let small_ring = ["--ring-buffer-bytes", "4096"];
+    match SensorProc::start_piped_within(Path::new(SENSOR), &small_ring, ATTACH_WITHIN) {
+        Err(err) => {
+            println!("sensor did not attach: {err:#}");
+            results.push(("attach", false));
+        }
         Ok(mut sensor) => {
-            attach_ok = true;
             println!("attached after {:.1} s", sensor.attached_after.as_secs_f64());
-            caps_kept = std::fs::read_to_string(format!("/proc/{}/status", sensor.pid()))
-                .ok()
-                .and_then(|s| {
-                    s.lines().find_map(|l| Some(l.strip_prefix("CapPrm:")?.trim().to_string()))
-                })
-                .unwrap_or_default();
+            caps_kept = capabilities_of(sensor.pid());
             let lines = sensor.finding_lines().context("no findings pipe")?;
-            let once = |addr: &str, kind| {
-                let addr: SocketAddr = addr.parse().expect("literal address");
-                loadgen::sessions(addr, kind, 1, Duration::from_secs(10), 1)
-            };
-            let plain = once(PLAIN_SERVER, Session::Plaintext);
-            let tls = once(TLS_SERVER, Session::Tls);
-            let finding = lines
-                .recv_timeout(Duration::from_secs(5))
-                .map(|(_, line)| line)
-                .unwrap_or_default();
-            println!("finding: {finding}");
-            plain_ok = plain.errors == 0 && finding.contains("\"verdict\":\"plaintext\"");
-            std::thread::sleep(Duration::from_millis(300));
-            match sensor.sample() {
-                Ok(sample) => {
-                    tls_ok = tls.errors == 0 && sample.counted(Verdict::Tls) == 1;
-                    plain_ok &= sample.counted(Verdict::Plaintext) == 1;
-                }
-                Err(err) => println!("metrics: {err:#}"),
-            }
-            if let Err(err) = sensor.stop() {
+            let mut sessions = Sessions { sensor: &sensor, lines: &lines };
+            results.extend(sessions.each_kind(early, ipv6.is_ok()));
+            results.push(("ring_overflow_exact", ring_overflow(&sensor)));
+            let stopped = sensor.stop();
+            if let Err(err) = &stopped {
                 println!("stop: {err:#}");
-                attach_ok = false;
             }
+            results.push(("attach", stopped.is_ok()));
+            let dropped =
+                u64::from_str_radix(&caps_kept, 16).is_ok_and(|caps| caps & !MAY_KEEP == 0);
+            results.push(("privileges_dropped", dropped));
         }
     }
-    println!(
-        "VMTEST kernel={kernel} check={} attach={} plaintext_finding={} tls_count={} \
-         caps_after_attach={caps_kept}",
-        word(check_ok),
-        word(attach_ok),
-        word(plain_ok),
-        word(tls_ok)
-    );
+    let mut line = format!("VMTEST kernel={kernel}");
+    for test in TESTS {
+        let ok = results.iter().filter(|(name, _)| *name == test).all(|(_, ok)| *ok)
+            && results.iter().any(|(name, _)| *name == test);
+        line.push_str(&format!(" {test}={}", word(ok)));
+    }
+    println!("{line} caps_after_attach={caps_kept}");
     Ok(())
+}
+
+/// Sessions into the sensor's 4 KiB ring buffer while the agent is stopped (SIGSTOP), so
+/// the ring overflows for certain: the kernel must count every session, and every one must
+/// be either reported or counted as lost once the agent runs again.
+fn ring_overflow(sensor: &SensorProc) -> bool {
+    let signal = |sig: &str| {
+        let _ = Command::new("kill").args([sig, &sensor.pid().to_string()]).status();
+    };
+    let Ok(before) = sensor.sample() else { return false };
+    signal("-STOP");
+    let addr: SocketAddr = PLAIN_SERVER.parse().expect("literal address");
+    let burst =
+        loadgen::sessions(addr, Session::Plaintext, 4, Duration::from_secs(120), FLOOD_SESSIONS);
+    signal("-CONT");
+    // Findings whose auth event was lost are written after --auth-wait (1 s by default).
+    std::thread::sleep(Duration::from_millis(2500));
+    let Ok(after) = sensor.sample() else { return false };
+    let sent = burst.sessions - burst.errors;
+    let counted = after.counted(Verdict::Plaintext) - before.counted(Verdict::Plaintext);
+    let findings = after.findings - before.findings;
+    let lost = after.lost_of("session") - before.lost_of("session");
+    println!("ring overflow: sent {sent} counted {counted} findings {findings} lost {lost}");
+    burst.errors == 0 && lost > 0 && counted == sent && findings + lost == sent
+}
+
+fn capabilities_of(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| Some(l.strip_prefix("CapPrm:")?.trim().to_string())))
+        .unwrap_or_default()
+}
+
+/// One session of each kind against an attached sensor, each checked by its kernel count
+/// and its finding line.
+struct Sessions<'a> {
+    sensor: &'a SensorProc,
+    lines: &'a Receiver<(Instant, String)>,
+}
+
+impl Sessions<'_> {
+    fn each_kind(&mut self, early: TcpStream, ipv6: bool) -> Vec<(&'static str, bool)> {
+        let mut results = vec![
+            (
+                "plaintext",
+                self.one(PLAIN_SERVER, Session::Plaintext, &["\"verdict\":\"plaintext\""]),
+            ),
+            (
+                "downgraded",
+                self.one(PLAIN_SERVER, Session::Downgrade, &["\"verdict\":\"downgraded\""]),
+            ),
+            ("refused", self.one(PLAIN_SERVER, Session::Refused, &["\"verdict\":\"refused\""])),
+            (
+                "cleartext_password",
+                self.one(
+                    PASSWORD_SERVER,
+                    Session::Password,
+                    &["\"password_sent\":true", "\"severity\":\"critical\""],
+                ),
+            ),
+            ("tls_count", self.one(TLS_SERVER, Session::Tls, &[])),
+        ];
+        let v6 = ipv6 && self.one(IPV6_SERVER, Session::Plaintext, &["\"ip\":\"::1\""]);
+        results.push(("ipv6", v6));
+        results.push(("opened_before_start", self.early(early)));
+        results
+    }
+
+    /// One session of `kind` to `addr`: counted once under its verdict, and (when
+    /// `finding` names anything) a finding line containing all of `finding`.
+    fn one(&mut self, addr: &str, kind: Session, finding: &[&str]) -> bool {
+        let before = self.sample();
+        let addr: SocketAddr = addr.parse().expect("literal address");
+        let sent = loadgen::sessions(addr, kind, 1, Duration::from_secs(10), 1);
+        let line_ok = finding.is_empty() || self.line_with(finding);
+        std::thread::sleep(Duration::from_millis(300));
+        let counted = match (before, self.sample()) {
+            (Some(b), Some(a)) => a.counted(kind.verdict()) - b.counted(kind.verdict()),
+            _ => 0,
+        };
+        println!("{}: errors {} counted {counted} finding {line_ok}", kind.name(), sent.errors);
+        sent.errors == 0 && counted == 1 && line_ok
+    }
+
+    /// The connection opened before the sensor started sends its StartupMessage now: a
+    /// plaintext finding that says so.
+    fn early(&mut self, mut early: TcpStream) -> bool {
+        let sent = early.write_all(&loadgen::startup_message()).is_ok();
+        let line = self.line_with(&["\"opened_before_start\":true", "\"verdict\":\"plaintext\""]);
+        println!("opened before start: sent {sent} finding {line}");
+        sent && line
+    }
+
+    fn sample(&self) -> Option<Sample> {
+        self.sensor.sample().map_err(|err| println!("metrics: {err:#}")).ok()
+    }
+
+    /// Wait (up to 5 s) for a finding line containing every one of `parts`.
+    fn line_with(&mut self, parts: &[&str]) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let Ok((_, line)) = self.lines.recv_timeout(left) else { return false };
+            if parts.iter().all(|p| line.contains(p)) {
+                println!("finding: {line}");
+                return true;
+            }
+        }
+        false
+    }
 }

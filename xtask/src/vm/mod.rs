@@ -21,9 +21,62 @@ use std::{
 
 use anyhow::{bail, Context};
 
-/// (label, Debian meta package naming the newest kernel of that series).
-const KERNELS: [(&str, &str); 2] =
-    [("6.1", "linux-image-cloud-amd64"), ("6.12", "linux-image-6.12-cloud-amd64")];
+/// (label, Debian meta package naming the newest kernel of that series, where it comes
+/// from). The oldest one is the sensor's minimum kernel (`preflight::MIN_KERNEL`).
+const KERNELS: [(&str, &str, Suite); 3] = [
+    ("5.10", "linux-image-cloud-amd64", Suite::Bullseye),
+    ("6.1", "linux-image-cloud-amd64", Suite::System),
+    ("6.12", "linux-image-6.12-cloud-amd64", Suite::System),
+];
+
+/// Where a kernel package is found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Suite {
+    /// The machine's own apt sources (Debian 12, bookworm).
+    System,
+    /// Debian 11 (bullseye and bullseye-security), through an apt source list of vm-test's
+    /// own under target/vm/apt: nothing system-wide is changed.
+    Bullseye,
+}
+
+const BULLSEYE_SOURCES: &str = "\
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bullseye main
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian-security bullseye-security main
+";
+
+impl Suite {
+    /// apt options that select this suite's package lists (none for the system's).
+    fn apt_options(self, work: &Path) -> anyhow::Result<Vec<String>> {
+        match self {
+            Suite::System => Ok(Vec::new()),
+            Suite::Bullseye => {
+                let apt = work.join("apt");
+                let lists = apt.join("lists");
+                std::fs::create_dir_all(lists.join("partial"))?;
+                std::fs::create_dir_all(apt.join("cache/archives/partial"))?;
+                std::fs::create_dir_all(apt.join("parts"))?;
+                let list = apt.join("bullseye.list");
+                std::fs::write(&list, BULLSEYE_SOURCES)?;
+                let opts = [
+                    format!("Dir::Etc::SourceList={}", list.display()),
+                    format!("Dir::Etc::SourceParts={}", apt.join("parts").display()),
+                    format!("Dir::State::Lists={}", lists.display()),
+                    format!("Dir::Cache={}", apt.join("cache").display()),
+                ];
+                Ok(opts.iter().flat_map(|o| ["-o".to_string(), o.clone()]).collect())
+            }
+        }
+    }
+
+    /// Bring this suite's package lists up to date (the system's are the machine's own
+    /// business: `apt-get update` is run by the bootstrap script).
+    fn update(self, work: &Path) -> anyhow::Result<()> {
+        if self == Suite::System {
+            return Ok(());
+        }
+        crate::status(Command::new("apt-get").args(self.apt_options(work)?).args(["-q", "update"]))
+    }
+}
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
 const MUSL: &str = "x86_64-unknown-linux-musl";
@@ -60,7 +113,7 @@ impl Outcome {
     }
 
     fn passed(&self) -> bool {
-        ["check", "attach", "plaintext_finding", "tls_count"].iter().all(|k| self.field(k) == "ok")
+        guest::TESTS.iter().all(|k| self.field(k) == "ok")
     }
 }
 
@@ -91,9 +144,15 @@ pub fn run(root: &Path, accel: Accel) -> anyhow::Result<()> {
     std::fs::create_dir_all(work.join("debs"))?;
     let initramfs = build_initramfs(root, &work)?;
     let mut outcomes = Vec::new();
-    for (label, meta) in KERNELS {
-        let package = newest_kernel(meta)?;
-        let vmlinuz = fetch_kernel(&work, &package)?;
+    let mut updated = Vec::new();
+    for (label, meta, suite) in KERNELS {
+        if !updated.contains(&suite) {
+            suite.update(&work)?;
+            updated.push(suite);
+        }
+        let apt = suite.apt_options(&work)?;
+        let package = newest_kernel(&apt, meta)?;
+        let vmlinuz = fetch_kernel(&work, &apt, &package)?;
         let started = Instant::now();
         let mut console = boot(&vmlinuz, &initramfs, accel)?;
         if guest_never_ran(&console) {
@@ -128,29 +187,27 @@ fn guest_never_ran(console: &str) -> bool {
 }
 
 fn matrix(outcomes: &[Outcome]) -> String {
-    let mut t = String::from(
-        "| kernel | package | sensor check | load + attach | plaintext -> finding | SSLRequest -> tls count | CapPrm after attach | boot + test |\n|---|---|---|---|---|---|---|---|\n",
-    );
+    let mut t = String::from("| kernel | package |");
+    for test in guest::TESTS {
+        let _ = write!(t, " {test} |");
+    }
+    t.push_str(" CapPrm after attach | boot + test |\n|---|---|");
+    t.push_str(&"---|".repeat(guest::TESTS.len() + 2));
+    t.push('\n');
     for o in outcomes {
-        let _ = writeln!(
-            t,
-            "| {} | {} | {} | {} | {} | {} | {} | {:.1} s |",
-            o.field("kernel"),
-            o.package,
-            o.field("check"),
-            o.field("attach"),
-            o.field("plaintext_finding"),
-            o.field("tls_count"),
-            o.field("caps_after_attach"),
-            o.seconds
-        );
+        let _ = write!(t, "| {} | {} |", o.field("kernel"), o.package);
+        for test in guest::TESTS {
+            let _ = write!(t, " {} |", o.field(test));
+        }
+        let _ = writeln!(t, " {} | {:.1} s |", o.field("caps_after_attach"), o.seconds);
     }
     t
 }
 
 /// The kernel package a Debian meta package points at (`Depends: linux-image-...`).
-fn newest_kernel(meta: &str) -> anyhow::Result<String> {
-    let out = Command::new("apt-cache").args(["depends", "--important", meta]).output()?;
+fn newest_kernel(apt: &[String], meta: &str) -> anyhow::Result<String> {
+    let out =
+        Command::new("apt-cache").args(apt).args(["depends", "--important", meta]).output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     text.lines()
         .filter_map(|l| l.trim().strip_prefix("Depends: "))
@@ -162,7 +219,7 @@ fn newest_kernel(meta: &str) -> anyhow::Result<String> {
 }
 
 /// Download the package (once) and extract its vmlinuz.
-fn fetch_kernel(work: &Path, package: &str) -> anyhow::Result<PathBuf> {
+fn fetch_kernel(work: &Path, apt: &[String], package: &str) -> anyhow::Result<PathBuf> {
     let vmlinuz = work.join("kernels").join(package).join("vmlinuz");
     if vmlinuz.exists() {
         return Ok(vmlinuz);
@@ -174,7 +231,9 @@ fn fetch_kernel(work: &Path, package: &str) -> anyhow::Result<PathBuf> {
         })
     };
     if deb(&debs).is_none() {
-        crate::status(Command::new("apt-get").current_dir(&debs).args(["download", package]))?;
+        crate::status(
+            Command::new("apt-get").current_dir(&debs).args(apt).args(["download", package]),
+        )?;
     }
     let deb = deb(&debs).context("apt-get download left no .deb")?;
     let tree = work.join("kernels").join(package).join("tree");
@@ -258,7 +317,26 @@ fn boot(vmlinuz: &Path, initramfs: &Path, accel: Accel) -> anyhow::Result<String
 
 #[cfg(test)]
 mod tests {
-    use super::guest_never_ran;
+    use super::{guest, guest_never_ran, matrix, Outcome};
+
+    fn outcome(line: &str) -> Outcome {
+        Outcome { label: "5.10", package: "p".into(), line: Some(line.into()), seconds: 1.0 }
+    }
+
+    #[test]
+    fn a_kernel_passes_only_when_every_guest_test_says_ok() {
+        let all: String = guest::TESTS.iter().map(|t| format!(" {t}=ok")).collect();
+        let passed = outcome(&format!("VMTEST kernel=5.10.0{all} caps_after_attach=0"));
+        assert!(passed.passed());
+        let one_failed = all.replacen("refused=ok", "refused=fail", 1);
+        assert!(!outcome(&format!("VMTEST kernel=5.10.0{one_failed}")).passed());
+        let one_missing = all.replacen(" ipv6=ok", "", 1);
+        assert!(!outcome(&format!("VMTEST kernel=5.10.0{one_missing}")).passed());
+        let table = matrix(&[passed]);
+        assert_eq!(table.lines().count(), 3);
+        let columns = |l: &str| l.matches('|').count();
+        assert!(table.lines().all(|l| columns(l) == guest::TESTS.len() + 5), "{table}");
+    }
 
     #[test]
     fn only_a_guest_whose_init_never_got_going_is_booted_again() {
