@@ -208,7 +208,7 @@ pub struct Settings {
     /// then arrives twice, and every packet is inspected twice).
     #[arg(long)]
     pub allow_second_instance: bool,
-    /// Run on a kernel older than the oldest tested one (6.1), down to 5.8.
+    /// Run on a kernel older than the oldest tested one (5.10), down to 5.8.
     #[arg(long)]
     pub allow_untested_kernel: bool,
     /// The Kubernetes node this sensor runs on, stamped on findings and used as the alerts'
