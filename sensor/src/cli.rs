@@ -38,12 +38,11 @@ pub enum Command {
     /// CAP_BPF + CAP_PERFMON + CAP_NET_ADMIN).
     #[command(after_help = EXIT_CODES)]
     Run(Box<RunArgs>),
-    /// Check each kernel and privilege requirement and say what is missing.
-    Check {
-        /// Accept a kernel older than the oldest tested one (5.8 at the very least).
-        #[arg(long)]
-        allow_untested_kernel: bool,
-    },
+    /// Check what `run` with the same settings (flags, --config) needs: kernel, privileges,
+    /// cgroup, BPF support, metrics address, findings target; say what is missing and how
+    /// to fix it. Exit 0 when `run` would start.
+    #[command(after_help = EXIT_CODES)]
+    Check(Box<CheckArgs>),
     /// Classify the sessions in a pcap/pcapng capture, offline (no privileges needed).
     #[command(after_help = EXIT_CODES)]
     Analyze(AnalyzeArgs),
@@ -74,6 +73,15 @@ pub struct RunArgs {
     pub settings: Settings,
 }
 
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Text for people, or one JSON object for automation.
+    #[arg(long, value_enum, default_value_t = preflight::Format::Text)]
+    pub format: preflight::Format,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
 /// Parse the command line, run, and turn the outcome into an exit code.
 pub fn main() -> ExitCode {
     // Matches are kept: they say which settings were given on the command line.
@@ -85,8 +93,12 @@ pub fn main() -> ExitCode {
             let run_matches = matches.subcommand_matches("run");
             run_config(*args, run_matches).and_then(run::run)
         }
-        Command::Check { allow_untested_kernel } => {
-            return preflight::print_report(allow_untested_kernel)
+        Command::Check(args) => {
+            let check_matches = matches.subcommand_matches("check");
+            match run_config(args.run, check_matches) {
+                Ok(config) => return preflight::print_report(&config, args.format),
+                Err(failure) => Err(failure),
+            }
         }
         Command::Analyze(args) => analyze_config(args).and_then(analyze::run),
     };

@@ -5,7 +5,11 @@ use std::{fs, process::ExitCode};
 
 use aya::{maps::MapType, programs::ProgramType};
 
-use crate::{cgroup, error::Failure};
+use crate::{
+    cgroup,
+    config::{FindingsTarget, RunConfig, TlsVerification},
+    error::Failure,
+};
 
 /// Oldest kernel the sensor supports: the oldest one `cargo xtask vm-test` boots and passes
 /// every kernel-side test on (Debian 11's 5.10; also tested: 6.1, 6.12 and the build hosts'
@@ -26,55 +30,141 @@ const CAP_BPF: u32 = 39;
 pub struct Check {
     pub name: &'static str,
     pub ok: bool,
+    /// false: the check could not be run (`detail` says why); never dropped silently.
+    pub ran: bool,
     pub detail: String,
     /// How to fix it, when missing.
     pub fix: &'static str,
 }
 
-pub fn run_checks(allow_untested_kernel: bool) -> Vec<Check> {
-    let mut checks = vec![kernel_version(allow_untested_kernel)];
+impl Check {
+    fn new(name: &'static str, ok: bool, detail: String, fix: &'static str) -> Check {
+        Check { name, ok, ran: true, detail, fix }
+    }
+
+    fn not_run(name: &'static str, why: String, fix: &'static str) -> Check {
+        Check { name, ok: false, ran: false, detail: why, fix }
+    }
+
+    /// Missing, but `run` works without it (with less).
+    fn optional(&self) -> bool {
+        matches!(self.name, "kernel BTF" | "CAP_SYS_PTRACE" | "CAP_SYS_ADMIN")
+    }
+
+    pub fn status(&self) -> Status {
+        match (self.ran, self.ok, self.optional()) {
+            (false, _, _) => Status::NotRun,
+            (true, true, _) => Status::Ok,
+            (true, false, true) => Status::Optional,
+            (true, false, false) => Status::Missing,
+        }
+    }
+}
+
+/// A check's outcome, as `sensor check` prints it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Ok,
+    /// Required and missing: `run` stops.
+    Missing,
+    /// Missing, and `run` goes on with less.
+    Optional,
+    /// Could not be checked (e.g. without the privileges to probe): `run` may still fail.
+    NotRun,
+}
+
+/// How `sensor check` prints its report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// One aligned line per check, with the fix under each one that is not ok.
+    #[default]
+    Text,
+    /// One JSON object: `ok` and every check's name, status, detail and fix.
+    Json,
+}
+
+/// Every check `run` makes with these settings, in order. With `outputs`, also the
+/// metrics address and the findings target, which `run` opens itself (and whose errors it
+/// reports as they happen).
+pub fn run_checks(config: &RunConfig, outputs: bool) -> Vec<Check> {
+    let mut checks = vec![kernel_version(config.allow_untested_kernel)];
     let caps = capabilities();
     let privileged = caps.iter().all(|c| c.ok);
     checks.extend(caps);
-    checks.push(cgroup_v2());
+    checks.push(cgroup_v2(config.cgroup.as_deref()));
     // Probing needs the privileges; without them the probes would only repeat that.
-    if privileged {
-        checks.push(program_support());
-        checks.push(ring_buffer_support());
+    for name in ["BPF program types", "BPF ring buffer"] {
+        checks.push(if !privileged {
+            Check::not_run(
+                name,
+                "not probed: loading a test program needs the capabilities above".into(),
+                "run `sensor check` with the privileges `run` will have",
+            )
+        } else if name == "BPF program types" {
+            program_support()
+        } else {
+            ring_buffer_support()
+        });
     }
     checks.push(ptrace_capability());
-    checks.push(sys_admin_capability());
+    checks.push(sys_admin_capability(config.tls_verification));
     checks.push(btf());
+    if outputs {
+        checks.push(metrics_address(config.metrics_addr));
+        checks.push(findings_target(&config.findings));
+    }
     checks
 }
 
-/// Checks whose failure does not stop `run`.
-fn optional(check: &Check) -> bool {
-    matches!(check.name, "kernel BTF" | "CAP_SYS_PTRACE" | "CAP_SYS_ADMIN")
-}
-
-/// Print every check; exit 0 when all pass, 1 otherwise.
-pub fn print_report(allow_untested_kernel: bool) -> ExitCode {
-    let checks = run_checks(allow_untested_kernel);
-    for check in &checks {
-        if check.ok {
-            println!("ok       {:<22} {}", check.name, check.detail);
-        } else if optional(check) {
-            println!("optional {:<22} {}\n         fix: {}", check.name, check.detail, check.fix);
-        } else {
-            println!("MISSING  {:<22} {}\n         fix: {}", check.name, check.detail, check.fix);
+/// Print every check (text or JSON); exit 0 when `run` would start (every check ok or
+/// optional), 1 otherwise (a missing requirement, or one that could not be checked).
+pub fn print_report(config: &RunConfig, format: Format) -> ExitCode {
+    let checks = run_checks(config, true);
+    let ready = checks.iter().all(|c| matches!(c.status(), Status::Ok | Status::Optional));
+    match format {
+        Format::Text => {
+            for check in &checks {
+                let label = match check.status() {
+                    Status::Ok => "ok",
+                    Status::Optional => "optional",
+                    Status::Missing => "MISSING",
+                    Status::NotRun => "NOT RUN",
+                };
+                println!("{label:<8} {:<22} {}", check.name, check.detail);
+                if check.status() != Status::Ok {
+                    println!("         fix: {}", check.fix);
+                }
+            }
         }
+        Format::Json => println!("{}", report_json(&checks, ready)),
     }
-    if checks.iter().all(|c| c.ok || optional(c)) {
+    if ready {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     }
 }
 
+fn report_json(checks: &[Check], ready: bool) -> serde_json::Value {
+    let checks: Vec<serde_json::Value> = checks
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "name": c.name,
+                "status": c.status(),
+                "detail": c.detail,
+                "fix": if c.status() == Status::Ok { None } else { Some(c.fix) },
+            })
+        })
+        .collect();
+    serde_json::json!({ "ok": ready, "checks": checks })
+}
+
 /// For `run`: the first missing requirement as an error.
-pub fn require_all(allow_untested_kernel: bool) -> Result<(), Failure> {
-    match run_checks(allow_untested_kernel).into_iter().find(|c| !c.ok && !optional(c)) {
+pub fn require_all(config: &RunConfig) -> Result<(), Failure> {
+    let missing = run_checks(config, false).into_iter().find(|c| c.status() == Status::Missing);
+    match missing {
         None => Ok(()),
         Some(c) => Err(Failure::runtime(anyhow::anyhow!(
             "{}: {}. Fix: {} (`sensor check` lists every requirement)",
@@ -85,12 +175,54 @@ pub fn require_all(allow_untested_kernel: bool) -> Result<(), Failure> {
     }
 }
 
+/// `run` listens there: taken by another process, it would stop at start.
+fn metrics_address(addr: std::net::SocketAddr) -> Check {
+    let (ok, detail) = match std::net::TcpListener::bind(addr) {
+        Ok(_) => (true, format!("{addr} free")),
+        Err(err) => (false, format!("cannot listen on {addr}: {err}")),
+    };
+    Check::new(
+        "metrics address",
+        ok,
+        detail,
+        "stop what listens there (another sensor?) or pick a free --metrics-addr",
+    )
+}
+
+/// `run` appends findings there (creating the file 0600).
+fn findings_target(target: &FindingsTarget) -> Check {
+    let FindingsTarget::File(path) = target else {
+        return Check::new("findings", true, "stdout".into(), "");
+    };
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let writable = |p: &std::path::Path| {
+        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).ok();
+        // SAFETY: a valid NUL-terminated path; access(2) only reads it.
+        c.is_some_and(|c| unsafe { libc::access(c.as_ptr(), libc::W_OK) } == 0)
+    };
+    let (ok, detail) = if path.exists() {
+        (writable(path), format!("{} (exists)", path.display()))
+    } else {
+        (writable(&dir), format!("{} (created at start in {})", path.display(), dir.display()))
+    };
+    Check::new(
+        "findings",
+        ok,
+        if ok { detail } else { format!("cannot write {detail}") },
+        "create the directory, make it writable by the sensor's user, or pick another --findings",
+    )
+}
+
 fn kernel_version(allow_untested: bool) -> Check {
     let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let release = release.trim();
     let version = parse_release(release);
     Check {
         name: "kernel version",
+        ran: true,
         ok: version.is_some_and(|v| kernel_supported(v, allow_untested)),
         detail: format!(
             "{release} (supported: >= {}.{}, tested with cargo xtask vm-test)",
@@ -131,14 +263,14 @@ fn capabilities() -> Vec<Check> {
         .iter()
         .map(|&(name, cap, sys_admin_will_do, why)| {
             let ok = has(cap) || (sys_admin_will_do && has(CAP_SYS_ADMIN));
-            Check {
+            Check::new(
                 name,
                 ok,
-                detail: format!("{} ({why})", if ok { "effective" } else { "missing" }),
-                fix: "run as root, or grant it: systemd AmbientCapabilities=CAP_BPF CAP_PERFMON \
-                      CAP_NET_ADMIN (deploy/systemd), setpriv --ambient-caps +bpf,+perfmon,+net_admin, \
-                      or the DaemonSet's capabilities.add (deploy/kubernetes)",
-            }
+                format!("{} ({why})", if ok { "effective" } else { "missing" }),
+                "run as root, or grant it: systemd AmbientCapabilities=CAP_BPF CAP_PERFMON \
+                 CAP_NET_ADMIN (deploy/systemd), setpriv --ambient-caps +bpf,+perfmon,+net_admin, \
+                 or the DaemonSet's capabilities.add (deploy/kubernetes)",
+            )
         })
         .collect()
 }
@@ -156,8 +288,17 @@ fn ptrace_capability() -> Check {
 }
 
 /// Optional: the kernel opens a uprobe (TLS verification from clients' OpenSSL) only with
-/// CAP_SYS_ADMIN; without it every TLS session's verification is `unknown`.
-fn sys_admin_capability() -> Check {
+/// CAP_SYS_ADMIN; without it every TLS session's verification is `unknown`. Not needed at
+/// all with `--tls-verification off`.
+fn sys_admin_capability(tls: TlsVerification) -> Check {
+    if !tls.enabled() {
+        return Check::new(
+            "CAP_SYS_ADMIN",
+            true,
+            "not needed (--tls-verification off: no uprobes)".into(),
+            "",
+        );
+    }
     optional_capability(
         "CAP_SYS_ADMIN",
         CAP_SYS_ADMIN,
@@ -168,12 +309,12 @@ fn sys_admin_capability() -> Check {
 
 fn optional_capability(name: &'static str, cap: u32, why: &str, fix: &'static str) -> Check {
     let ok = effective_caps() & (1u64 << cap) != 0;
-    Check {
+    Check::new(
         name,
         ok,
-        detail: format!("{} (optional: {why})", if ok { "effective" } else { "missing" }),
+        format!("{} (optional: {why})", if ok { "effective" } else { "missing" }),
         fix,
-    }
+    )
 }
 
 /// This process's effective capability set (none if /proc cannot tell).
@@ -187,20 +328,22 @@ fn parse_cap_eff(status: &str) -> Option<u64> {
     u64::from_str_radix(line["CapEff:".len()..].trim(), 16).ok()
 }
 
-fn cgroup_v2() -> Check {
-    match cgroup::find_cgroup2_root() {
-        Ok(path) => Check {
-            name: "cgroup v2",
-            ok: true,
-            detail: format!("mounted at {}", path.display()),
-            fix: "",
-        },
-        Err(err) => Check {
-            name: "cgroup v2",
-            ok: false,
-            detail: format!("{err:#}"),
-            fix: "mount cgroup2 (mount -t cgroup2 none /sys/fs/cgroup/unified) or pass --cgroup",
-        },
+/// Where `run` attaches: the `--cgroup` directory given, or the cgroup2 root.
+fn cgroup_v2(given: Option<&std::path::Path>) -> Check {
+    let found = match given {
+        Some(dir) => {
+            cgroup::validate_cgroup_dir(dir).map(|()| format!("--cgroup {}", dir.display()))
+        }
+        None => cgroup::find_cgroup2_root().map(|path| format!("mounted at {}", path.display())),
+    };
+    match found {
+        Ok(detail) => Check::new("cgroup v2", true, detail, ""),
+        Err(err) => Check::new(
+            "cgroup v2",
+            false,
+            format!("{err:#}"),
+            "mount cgroup2 (mount -t cgroup2 none /sys/fs/cgroup/unified) or pass --cgroup",
+        ),
     }
 }
 
@@ -217,16 +360,16 @@ fn program_support() -> Check {
             Err(err) => Some(format!("{name}: {err}")),
         })
         .collect();
-    Check {
-        name: "BPF program types",
-        ok: missing.is_empty(),
-        detail: if missing.is_empty() {
+    Check::new(
+        "BPF program types",
+        missing.is_empty(),
+        if missing.is_empty() {
             "cgroup_skb, cgroup_sock_addr load".to_string()
         } else {
             missing.join("; ")
         },
-        fix: "use a kernel built with CONFIG_BPF_SYSCALL and CONFIG_CGROUP_BPF",
-    }
+        "use a kernel built with CONFIG_BPF_SYSCALL and CONFIG_CGROUP_BPF",
+    )
 }
 
 fn ring_buffer_support() -> Check {
@@ -235,18 +378,18 @@ fn ring_buffer_support() -> Check {
         Ok(false) => (false, "BPF ring buffer not supported".to_string()),
         Err(err) => (false, format!("probe failed: {err}")),
     };
-    Check { name: "BPF ring buffer", ok, detail, fix: "run on Linux 5.8 or newer" }
+    Check::new("BPF ring buffer", ok, detail, "run on Linux 5.8 or newer")
 }
 
 fn btf() -> Check {
     let ok = fs::metadata("/sys/kernel/btf/vmlinux").is_ok();
-    Check {
-        name: "kernel BTF",
+    Check::new(
+        "kernel BTF",
         ok,
-        detail: if ok { "/sys/kernel/btf/vmlinux present" } else { "no /sys/kernel/btf/vmlinux" }
+        if ok { "/sys/kernel/btf/vmlinux present" } else { "no /sys/kernel/btf/vmlinux" }
             .to_string(),
-        fix: "optional today; a kernel with CONFIG_DEBUG_INFO_BTF=y is recommended",
-    }
+        "optional today; a kernel with CONFIG_DEBUG_INFO_BTF=y is recommended",
+    )
 }
 
 #[cfg(test)]

@@ -57,7 +57,7 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let cgroup_dir = resolve_cgroup(&config)?;
-    preflight::require_all(config.allow_untested_kernel)?;
+    preflight::require_all(&config)?;
 
     let origin = Origin::detect(config.machine_id_file.as_deref(), config.node_name.clone())
         .map_err(Failure::config)?;

@@ -85,6 +85,66 @@ fn check_passes_as_root_and_version_prints() {
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("sensor 0.1.0"));
 }
 
+/// `check` takes `run`'s settings and checks what `run` with them would meet; `--format
+/// json` says the same for automation, every check with a status.
+#[test]
+fn check_takes_runs_settings_and_reports_json() {
+    let _serial = tests::serial();
+    let json = |args: &[&str]| -> (Option<i32>, serde_json::Value) {
+        // A free metrics address unless the test picks one (flag or file): a sensor
+        // running on this host holds the default.
+        let picked = args.iter().any(|a| *a == "--metrics-addr" || *a == "--config");
+        let free: &[&str] = if picked { &[] } else { &["--metrics-addr", "127.0.0.1:0"] };
+        let out = Command::new(sensor_binary().unwrap())
+            .args(["check", "--format", "json"])
+            .args(free)
+            .args(args)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let report = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+        (out.status.code(), report)
+    };
+    let status_of = |report: &serde_json::Value, name: &str| -> String {
+        let checks = report["checks"].as_array().expect("a list of checks");
+        let check = checks.iter().find(|c| c["name"] == name).unwrap_or_else(|| panic!("{name}"));
+        check["status"].as_str().unwrap().to_string()
+    };
+    let (code, report) = json(&[]);
+    assert_eq!((code, report["ok"].as_bool()), (Some(0), Some(true)), "{report}");
+    for name in ["kernel version", "cgroup v2", "BPF ring buffer", "metrics address", "findings"] {
+        assert_eq!(status_of(&report, name), "ok", "{report}");
+    }
+
+    // What run would meet: a taken metrics address, a --cgroup that is not one, a findings
+    // directory that does not exist.
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, report) = json(&["--metrics-addr", &addr]);
+    assert_eq!((code, status_of(&report, "metrics address").as_str()), (Some(1), "missing"));
+    let (code, report) = json(&["--cgroup", "/tmp"]);
+    assert_eq!((code, status_of(&report, "cgroup v2").as_str()), (Some(1), "missing"));
+    let (code, report) = json(&["--findings", "/nonexistent-dir/findings.jsonl"]);
+    assert_eq!((code, status_of(&report, "findings").as_str()), (Some(1), "missing"));
+    // TLS verification off: CAP_SYS_ADMIN is not needed at all.
+    let (_, report) = json(&["--tls-verification", "off"]);
+    let checks = report["checks"].as_array().unwrap();
+    let sys_admin = checks.iter().find(|c| c["name"] == "CAP_SYS_ADMIN").unwrap();
+    assert!(sys_admin["detail"].as_str().unwrap().contains("not needed"), "{sys_admin}");
+
+    // The same settings from a config file; a bad one is a configuration error (exit 2).
+    let dir = tests::util::scratch_dir("check-config");
+    let config = dir.join("sensor.yaml");
+    std::fs::write(&config, format!("metrics_addr: \"{addr}\"\n")).unwrap();
+    let (code, report) = json(&["--config", config.to_str().unwrap()]);
+    assert_eq!((code, status_of(&report, "metrics address").as_str()), (Some(1), "missing"));
+    std::fs::write(&config, "portz: [1]\n").unwrap();
+    let (code, stderr) = run(&["check", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("portz"), "{stderr}");
+    drop(taken);
+}
+
 #[test]
 fn config_file_errors_name_the_key_and_exit_2() {
     let dir = tests::util::scratch_dir("config-errors");
