@@ -5,6 +5,7 @@
 use std::{
     fs,
     path::{Path, PathBuf},
+    ptr,
 };
 
 use anyhow::{bail, Context};
@@ -21,6 +22,73 @@ pub fn find_cgroup2_root() -> anyhow::Result<PathBuf> {
              systemd.unified_cgroup_hierarchy=1), or pass --cgroup PATH"
         ),
     }
+}
+
+/// Where the sensor mounts a cgroup2 hierarchy of its own when the host has none mounted
+/// (cgroup v1 only, e.g. systemd in legacy mode), as Cilium does: the v2 hierarchy exists
+/// in every kernel the sensor supports, mounted or not, and its root holds every process.
+pub const OWN_MOUNT: &str = "/run/pgwire-sensor/cgroup2";
+
+/// Whether the kernel offers the cgroup2 filesystem (listed in /proc/filesystems).
+pub fn cgroup2_available() -> bool {
+    fs::read_to_string("/proc/filesystems")
+        .is_ok_and(|text| text.lines().any(|l| l.split_whitespace().last() == Some("cgroup2")))
+}
+
+/// A cgroup2 mount of the sensor's own, unmounted (lazily: open descriptors keep working)
+/// and its directory removed when dropped. The sensor drops it right after attaching:
+/// the links hold the cgroup itself, not the mount, so nothing is left mounted even if
+/// the sensor is killed.
+#[derive(Debug)]
+pub struct OwnMount {
+    path: PathBuf,
+}
+
+impl OwnMount {
+    /// Mount cgroup2 at `path` (created if needed). Needs CAP_SYS_ADMIN.
+    pub fn mount(path: &Path) -> anyhow::Result<OwnMount> {
+        fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+        let target = c_path(path)?;
+        let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        // SAFETY: NUL-terminated strings that outlive the call; no mount data.
+        let rc = unsafe {
+            libc::mount(c"none".as_ptr(), target.as_ptr(), c"cgroup2".as_ptr(), flags, ptr::null())
+        };
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            let _ = fs::remove_dir(path);
+            bail!(
+                "no cgroup v2 filesystem is mounted, and mounting one at {} failed: {err} \
+                 (needs CAP_SYS_ADMIN; or mount it yourself: `mount -t cgroup2 none \
+                 /sys/fs/cgroup/unified`, or pass --cgroup PATH)",
+                path.display()
+            );
+        }
+        Ok(OwnMount { path: path.to_path_buf() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for OwnMount {
+    fn drop(&mut self) {
+        if let Ok(target) = c_path(&self.path) {
+            // SAFETY: a NUL-terminated path that outlives the call.
+            if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } != 0 {
+                let err = std::io::Error::last_os_error();
+                tracing::warn!(path = %self.path.display(), %err, "cannot unmount the sensor's own cgroup2 mount");
+                return;
+            }
+        }
+        let _ = fs::remove_dir(&self.path);
+    }
+}
+
+fn c_path(path: &Path) -> anyhow::Result<std::ffi::CString> {
+    std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .with_context(|| format!("{}: a NUL byte in the path", path.display()))
 }
 
 /// Check a user-given `--cgroup PATH` is a cgroup v2 directory.
@@ -113,5 +181,24 @@ mod tests {
     fn none_without_cgroup2() {
         assert_eq!(cgroup2_mount_from_mountinfo("1 0 0:1 / / rw - ext4 /dev/vda rw\n"), None);
         assert_eq!(cgroup2_mount_from_mountinfo("garbage\n\n - \n"), None);
+    }
+
+    /// As root (CI runs the unit tests as root): the sensor's own mount is the same
+    /// hierarchy root the host has mounted, and nothing of it is left once dropped.
+    #[test]
+    fn an_own_mount_is_the_hierarchy_root_and_leaves_nothing() {
+        use std::os::unix::fs::MetadataExt;
+        assert!(cgroup2_available(), "this kernel has no cgroup2 filesystem");
+        let host_root = find_cgroup2_root().expect("CI and build hosts mount cgroup2");
+        let dir = crate::test_files::scratch_dir("own-cgroup2", &[]).join("cgroup2");
+        let own = OwnMount::mount(&dir).expect("mounting cgroup2 (as root)");
+        let (mine, hosts) = (fs::metadata(own.path()).unwrap(), fs::metadata(&host_root).unwrap());
+        assert_eq!((mine.dev(), mine.ino()), (hosts.dev(), hosts.ino()), "the same root");
+        assert!(own.path().join("cgroup.procs").exists());
+        drop(own);
+        assert!(!dir.exists(), "the mount point is removed");
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mountinfo.contains(&*dir.to_string_lossy()), "unmounted");
+        fs::remove_dir_all(dir.parent().unwrap()).unwrap();
     }
 }

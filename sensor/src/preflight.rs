@@ -334,7 +334,7 @@ fn cgroup_v2(given: Option<&std::path::Path>) -> Check {
         Some(dir) => {
             cgroup::validate_cgroup_dir(dir).map(|()| format!("--cgroup {}", dir.display()))
         }
-        None => cgroup::find_cgroup2_root().map(|path| format!("mounted at {}", path.display())),
+        None => cgroup2_root(),
     };
     match found {
         Ok(detail) => Check::new("cgroup v2", true, detail, ""),
@@ -345,6 +345,28 @@ fn cgroup_v2(given: Option<&std::path::Path>) -> Check {
             "mount cgroup2 (mount -t cgroup2 none /sys/fs/cgroup/unified) or pass --cgroup",
         ),
     }
+}
+
+/// Where `run` attaches without `--cgroup`: the cgroup2 root, or on a cgroup v1 host (no
+/// cgroup2 mounted) a mount of its own, which needs the filesystem and CAP_SYS_ADMIN.
+fn cgroup2_root() -> anyhow::Result<String> {
+    let not_mounted = match cgroup::find_cgroup2_root() {
+        Ok(path) => return Ok(format!("mounted at {}", path.display())),
+        Err(err) => err,
+    };
+    if !cgroup::cgroup2_available() {
+        return Err(not_mounted);
+    }
+    if effective_caps() & (1 << CAP_SYS_ADMIN) == 0 {
+        return Err(
+            not_mounted.context("run would mount one of its own, which needs CAP_SYS_ADMIN")
+        );
+    }
+    Ok(format!(
+        "none mounted (a cgroup v1 host): run mounts its own at {} for the attach and \
+         unmounts it once attached",
+        cgroup::OWN_MOUNT
+    ))
 }
 
 fn program_support() -> Check {

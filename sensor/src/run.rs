@@ -6,7 +6,7 @@
 //! dropped, on every exit path (and by the kernel when the process dies: bpf_link fds).
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{atomic::Ordering, Arc},
 };
 
@@ -56,7 +56,7 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
-    let cgroup_dir = resolve_cgroup(&config)?;
+    let (cgroup_dir, own_mount) = resolve_cgroup(&config)?;
     preflight::require_all(&config)?;
 
     let origin = Origin::detect(config.machine_id_file.as_deref(), config.node_name.clone())
@@ -89,7 +89,11 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
         kernel_log: config.kernel_log,
         tls_probes: config.tls_verification.enabled(),
     };
-    let mut attached = Attached::load_and_attach(&config.ports, &cgroup_dir, options)?;
+    let attached = Attached::load_and_attach(&config.ports, &cgroup_dir, options);
+    // Attached (or not), the sensor's own mount goes: the links and the attachment check
+    // hold the cgroup itself, not the mount.
+    drop(own_mount);
+    let mut attached = attached?;
     // The OpenSSL copies there already, before the first session is judged: the
     // distribution's (so a client started later is probed from its first connection) and
     // every running process's.
@@ -195,12 +199,23 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
     outcome
 }
 
-fn resolve_cgroup(config: &RunConfig) -> Result<PathBuf, Failure> {
+/// Where to attach: the `--cgroup` given, the host's cgroup2 root, or (no cgroup2 mounted:
+/// a cgroup v1 host) the root of a cgroup2 mount of the sensor's own.
+fn resolve_cgroup(config: &RunConfig) -> Result<(PathBuf, Option<cgroup::OwnMount>), Failure> {
     match &config.cgroup {
         Some(dir) => {
             cgroup::validate_cgroup_dir(dir).map_err(Failure::config)?;
-            Ok(dir.clone())
+            Ok((dir.clone(), None))
         }
-        None => Ok(cgroup::find_cgroup2_root()?),
+        None => match cgroup::find_cgroup2_root() {
+            Ok(root) => Ok((root, None)),
+            Err(not_mounted) if cgroup::cgroup2_available() => {
+                let own = cgroup::OwnMount::mount(Path::new(cgroup::OWN_MOUNT))
+                    .map_err(|err| Failure::runtime(err.context(not_mounted.to_string())))?;
+                info!(path = %own.path().display(), "no cgroup2 mounted (a cgroup v1 host): mounted one of the sensor's own to attach at its root");
+                Ok((own.path().to_path_buf(), Some(own)))
+            }
+            Err(not_mounted) => Err(not_mounted.into()),
+        },
     }
 }
