@@ -40,8 +40,15 @@ const FLOOD_SESSIONS: u64 = 200;
 /// keep after attaching (docs/deployment.md); a root process starts with ~41 more.
 const MAY_KEEP: u64 = (1 << 12) | (1 << 19) | (1 << 21) | (1 << 38) | (1 << 39);
 
+/// On the kernel command line of the guests that also run `cgroup_v1_host` (it needs a
+/// second attach, which takes minutes on older kernels under TCG).
+pub const CGROUP_V1_FLAG: &str = "vmtest.cgroup_v1=1";
+
+/// Run only where the host asks for it with [`CGROUP_V1_FLAG`]; `-` elsewhere.
+pub const CGROUP_V1_TEST: &str = "cgroup_v1_host";
+
 /// Every test the guest runs, in the order of the VMTEST line and the host's matrix.
-pub const TESTS: [&str; 11] = [
+pub const TESTS: [&str; 12] = [
     "check",
     "attach",
     "plaintext",
@@ -53,6 +60,7 @@ pub const TESTS: [&str; 11] = [
     "tls_count",
     "ring_overflow_exact",
     "privileges_dropped",
+    CGROUP_V1_TEST,
 ];
 
 fn word(ok: bool) -> &'static str {
@@ -106,8 +114,17 @@ pub fn run() -> anyhow::Result<()> {
             results.push(("privileges_dropped", dropped));
         }
     }
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    if cmdline.split_whitespace().any(|w| w == CGROUP_V1_FLAG) {
+        results.push((CGROUP_V1_TEST, cgroup_v1_host()));
+    }
+
     let mut line = format!("VMTEST kernel={kernel}");
     for test in TESTS {
+        if test == CGROUP_V1_TEST && !results.iter().any(|(name, _)| *name == test) {
+            line.push_str(&format!(" {test}=-"));
+            continue;
+        }
         let ok = results.iter().filter(|(name, _)| *name == test).all(|(_, ok)| *ok)
             && results.iter().any(|(name, _)| *name == test);
         line.push_str(&format!(" {test}={}", word(ok)));
@@ -138,6 +155,49 @@ fn ring_overflow(sensor: &SensorProc) -> bool {
     let lost = after.lost_of("session") - before.lost_of("session");
     println!("ring overflow: sent {sent} counted {counted} findings {findings} lost {lost}");
     burst.errors == 0 && lost > 0 && counted == sent && findings + lost == sent
+}
+
+/// A host with cgroup v1 controllers only: the guest's cgroup2 mount is replaced by a v1
+/// `cpu` hierarchy. `sensor check` must say it will mount its own; the sensor must attach
+/// through a cgroup2 mount of its own at the hierarchy's root (a plaintext session gives
+/// its finding) and leave nothing mounted.
+fn cgroup_v1_host() -> bool {
+    let v1_only = "umount /sys/fs/cgroup && mount -t tmpfs cgroup /sys/fs/cgroup && \
+                   mkdir /sys/fs/cgroup/cpu && mount -t cgroup -o cpu cgroup /sys/fs/cgroup/cpu";
+    let switched = Command::new("sh").args(["-c", v1_only]).status().is_ok_and(|s| s.success());
+    let mountinfo = || std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let no_cgroup2 = !mountinfo().contains(" - cgroup2 ");
+    let check = Command::new(SENSOR).args(["check", "--format", "json"]).output();
+    let check_ok = check.is_ok_and(|out| {
+        let report = String::from_utf8_lossy(&out.stdout);
+        println!("check on a cgroup v1 host: {report}");
+        out.status.success() && report.contains("none mounted (a cgroup v1 host)")
+    });
+    let mut attached_ok = false;
+    match SensorProc::start_piped_within(Path::new(SENSOR), &[], ATTACH_WITHIN) {
+        Err(err) => println!("cgroup v1 host: sensor did not attach: {err:#}"),
+        Ok(mut sensor) => {
+            let own_gone = !mountinfo().contains("/run/pgwire-sensor/cgroup2");
+            let lines = sensor.finding_lines();
+            let addr: SocketAddr = PLAIN_SERVER.parse().expect("literal address");
+            let sent = loadgen::sessions(addr, Session::Plaintext, 1, Duration::from_secs(10), 1);
+            let found = lines.is_some_and(|lines| {
+                let mut sessions = Sessions { sensor: &sensor, lines: &lines };
+                sessions.line_with(&["\"verdict\":\"plaintext\""])
+            });
+            println!(
+                "cgroup v1 host: own mount gone after attach {own_gone}, errors {} finding {found}",
+                sent.errors
+            );
+            attached_ok = own_gone && sent.errors == 0 && found && sensor.stop().is_ok();
+        }
+    }
+    let left = mountinfo().contains("/run/pgwire-sensor")
+        || Path::new("/run/pgwire-sensor/cgroup2").exists();
+    println!(
+        "cgroup v1 host: switched {switched} no cgroup2 {no_cgroup2} check {check_ok} left {left}"
+    );
+    switched && no_cgroup2 && check_ok && attached_ok && !left
 }
 
 fn capabilities_of(pid: u32) -> String {
