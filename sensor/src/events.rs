@@ -47,20 +47,33 @@ pub struct EventStream {
     pub malformed: u64,
     /// The wait before the next drain (see `coalesce_after`).
     wait: Duration,
+    /// The last drain stopped at `DRAIN_CAP` with records left in the ring.
+    more: bool,
 }
+
+/// Events handled per drain at most, so that findings are flushed, ticks run and signals
+/// are taken between drains however fast sessions come.
+pub const DRAIN_CAP: usize = 4096;
 
 impl EventStream {
     pub fn new(ring: RingBuf<MapData>) -> io::Result<Self> {
         // SAFETY: the RingBuf owns its map fd for as long as it lives, and the AsyncFd owns
         // the RingBuf, so the fd stays open and the same until the AsyncFd is dropped.
         let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }?;
-        Ok(EventStream { ring, malformed: 0, wait: COALESCE })
+        Ok(EventStream { ring, malformed: 0, wait: COALESCE, more: false })
     }
 
     /// Wait until the kernel has written events, then let more gather (`coalesce_after` the
     /// last drain); `drain` takes them. Cancel-safe: a wait cut short keeps the ring's
     /// readiness, so the next one returns at once.
     pub async fn wait(&mut self) -> io::Result<()> {
+        if self.more {
+            // The last drain stopped at its cap with records left: no wakeup will come for
+            // them (readiness was cleared, the kernel sees a reader behind). Only let the
+            // loop tick and take signals in between.
+            tokio::task::yield_now().await;
+            return Ok(());
+        }
         let mut guard = self.ring.readable_mut().await?;
         tokio::time::sleep(self.wait).await;
         // Cleared before draining: events submitted from here on are either drained by
@@ -76,6 +89,7 @@ impl EventStream {
         let ring = self.ring.get_mut();
         let mut scratch = Vec::new();
         let mut handled = 0;
+        self.more = false;
         while let Some(item) = ring.next() {
             match decode(aligned(&item, &mut scratch)) {
                 Some(event) => {
@@ -83,6 +97,12 @@ impl EventStream {
                     handled += 1;
                 }
                 None => self.malformed += 1,
+            }
+            if handled >= DRAIN_CAP {
+                // Sessions arriving as fast as they are handled would keep this loop going
+                // forever, with no flush, tick or SIGTERM in between.
+                self.more = true;
+                break;
             }
         }
         self.wait = coalesce_after(handled);
