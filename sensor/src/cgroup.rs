@@ -45,6 +45,17 @@ pub struct OwnMount {
 }
 
 impl OwnMount {
+    /// Mount cgroup2 at [`OWN_MOUNT`], or take over the mount a killed sensor left there
+    /// (it is then unmounted like a new one).
+    pub fn mount_or_adopt() -> anyhow::Result<OwnMount> {
+        let path = Path::new(OWN_MOUNT);
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        if cgroup2_mount_from_mountinfo(&mountinfo).is_some_and(|root| root == path) {
+            return Ok(OwnMount { path: path.to_path_buf() });
+        }
+        OwnMount::mount(path)
+    }
+
     /// Mount cgroup2 at `path` (created if needed). Needs CAP_SYS_ADMIN.
     pub fn mount(path: &Path) -> anyhow::Result<OwnMount> {
         fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
@@ -58,9 +69,10 @@ impl OwnMount {
             let err = std::io::Error::last_os_error();
             let _ = fs::remove_dir(path);
             bail!(
-                "no cgroup v2 filesystem is mounted, and mounting one at {} failed: {err} \
-                 (needs CAP_SYS_ADMIN; or mount it yourself: `mount -t cgroup2 none \
-                 /sys/fs/cgroup/unified`, or pass --cgroup PATH)",
+                "no cgroup v2 filesystem is mounted (a cgroup v1 host), and mounting one at {} \
+                 failed: {err}. It needs CAP_SYS_ADMIN and mount(2) allowed (a systemd \
+                 SystemCallFilter or seccomp profile may refuse it); or mount cgroup2 \
+                 somewhere yourself and pass --cgroup PATH",
                 path.display()
             );
         }
@@ -83,6 +95,10 @@ impl Drop for OwnMount {
             }
         }
         let _ = fs::remove_dir(&self.path);
+        // /run/pgwire-sensor too, when nothing else of the sensor's is in it.
+        if let Some(parent) = self.path.parent() {
+            let _ = fs::remove_dir(parent);
+        }
     }
 }
 
@@ -197,8 +213,8 @@ mod tests {
         assert!(own.path().join("cgroup.procs").exists());
         drop(own);
         assert!(!dir.exists(), "the mount point is removed");
+        assert!(!dir.parent().unwrap().exists(), "and its empty parent");
         let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
         assert!(!mountinfo.contains(&*dir.to_string_lossy()), "unmounted");
-        fs::remove_dir_all(dir.parent().unwrap()).unwrap();
     }
 }

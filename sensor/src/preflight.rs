@@ -108,7 +108,9 @@ pub fn run_checks(config: &RunConfig, outputs: bool) -> Vec<Check> {
         });
     }
     checks.push(ptrace_capability());
-    checks.push(sys_admin_capability(config.tls_verification));
+    let mounts_own = config.cgroup.is_none()
+        && cgroup::find_cgroup2_root().is_err_and(|_| cgroup::cgroup2_available());
+    checks.push(sys_admin_capability(config.tls_verification, mounts_own));
     checks.push(btf());
     if outputs {
         checks.push(metrics_address(config.metrics_addr));
@@ -290,7 +292,20 @@ fn ptrace_capability() -> Check {
 /// Optional: the kernel opens a uprobe (TLS verification from clients' OpenSSL) only with
 /// CAP_SYS_ADMIN; without it every TLS session's verification is `unknown`. Not needed at
 /// all with `--tls-verification off`.
-fn sys_admin_capability(tls: TlsVerification) -> Check {
+fn sys_admin_capability(tls: TlsVerification, mounts_own_cgroup2: bool) -> Check {
+    if mounts_own_cgroup2 {
+        // Reported by the cgroup check, which needs it on a cgroup v1 host.
+        let ok = effective_caps() & (1 << CAP_SYS_ADMIN) != 0;
+        return Check::new(
+            "CAP_SYS_ADMIN",
+            ok,
+            format!(
+                "{} (needed to mount cgroup2 on this cgroup v1 host; also for TLS verification)",
+                if ok { "effective" } else { "missing" }
+            ),
+            "grant CAP_SYS_ADMIN, or mount cgroup2 yourself and pass --cgroup",
+        );
+    }
     if !tls.enabled() {
         return Check::new(
             "CAP_SYS_ADMIN",
@@ -342,7 +357,8 @@ fn cgroup_v2(given: Option<&std::path::Path>) -> Check {
             "cgroup v2",
             false,
             format!("{err:#}"),
-            "mount cgroup2 (mount -t cgroup2 none /sys/fs/cgroup/unified) or pass --cgroup",
+            "mount cgroup2 and pass --cgroup, or (a cgroup v1 host) grant CAP_SYS_ADMIN so \
+             that run mounts one of its own",
         ),
     }
 }

@@ -56,7 +56,7 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
-    let (cgroup_dir, own_mount) = resolve_cgroup(&config)?;
+    let attach_at = plan_cgroup(&config)?;
     preflight::require_all(&config)?;
 
     let origin = Origin::detect(config.machine_id_file.as_deref(), config.node_name.clone())
@@ -88,6 +88,20 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
         roles: role_bits(&config.roles),
         kernel_log: config.kernel_log,
         tls_probes: config.tls_verification.enabled(),
+    };
+    // Mounted (a cgroup v1 host) only now, after every check and the instance lock: a
+    // run refused for another reason mounts nothing.
+    let (cgroup_dir, own_mount) = match attach_at {
+        AttachAt::Dir(dir) => (dir, None),
+        AttachAt::OwnMount => {
+            let own = cgroup::OwnMount::mount_or_adopt().map_err(Failure::runtime)?;
+            info!(
+                path = %own.path().display(),
+                "no cgroup2 mounted (a cgroup v1 host): attaching at the root of one of the \
+                 sensor's own, unmounted once attached"
+            );
+            (own.path().to_path_buf(), Some(own))
+        }
     };
     let attached = Attached::load_and_attach(&config.ports, &cgroup_dir, options);
     // Attached (or not), the sensor's own mount goes: the links and the attachment check
@@ -199,23 +213,26 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
     outcome
 }
 
-/// Where to attach: the `--cgroup` given, the host's cgroup2 root, or (no cgroup2 mounted:
-/// a cgroup v1 host) the root of a cgroup2 mount of the sensor's own.
-fn resolve_cgroup(config: &RunConfig) -> Result<(PathBuf, Option<cgroup::OwnMount>), Failure> {
-    match &config.cgroup {
-        Some(dir) => {
-            cgroup::validate_cgroup_dir(dir).map_err(Failure::config)?;
-            Ok((dir.clone(), None))
-        }
-        None => match cgroup::find_cgroup2_root() {
-            Ok(root) => Ok((root, None)),
-            Err(not_mounted) if cgroup::cgroup2_available() => {
-                let own = cgroup::OwnMount::mount(Path::new(cgroup::OWN_MOUNT))
-                    .map_err(|err| Failure::runtime(err.context(not_mounted.to_string())))?;
-                info!(path = %own.path().display(), "no cgroup2 mounted (a cgroup v1 host): mounted one of the sensor's own to attach at its root");
-                Ok((own.path().to_path_buf(), Some(own)))
-            }
-            Err(not_mounted) => Err(not_mounted.into()),
-        },
+/// Where `run` attaches.
+enum AttachAt {
+    /// The `--cgroup` given, or the host's cgroup2 root.
+    Dir(PathBuf),
+    /// No cgroup2 mounted (a cgroup v1 host): the root of a mount of the sensor's own (or
+    /// one a killed sensor left at `cgroup::OWN_MOUNT`, taken over and unmounted).
+    OwnMount,
+}
+
+/// Where to attach, decided before anything is loaded; a bad `--cgroup` is a
+/// configuration error.
+fn plan_cgroup(config: &RunConfig) -> Result<AttachAt, Failure> {
+    if let Some(dir) = &config.cgroup {
+        cgroup::validate_cgroup_dir(dir).map_err(Failure::config)?;
+        return Ok(AttachAt::Dir(dir.clone()));
+    }
+    match cgroup::find_cgroup2_root() {
+        Ok(root) if root == Path::new(cgroup::OWN_MOUNT) => Ok(AttachAt::OwnMount),
+        Ok(root) => Ok(AttachAt::Dir(root)),
+        Err(_) if cgroup::cgroup2_available() => Ok(AttachAt::OwnMount),
+        Err(not_mounted) => Err(not_mounted.into()),
     }
 }
