@@ -35,6 +35,33 @@ pub fn cgroup2_available() -> bool {
         .is_ok_and(|text| text.lines().any(|l| l.split_whitespace().last() == Some("cgroup2")))
 }
 
+/// Where `run` attaches; `sensor check` describes the same decision.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AttachAt {
+    /// The `--cgroup` directory given (validated).
+    Given(PathBuf),
+    /// The host's cgroup2 root.
+    Root(PathBuf),
+    /// No cgroup2 mounted (a cgroup v1 host): the root of a mount of the sensor's own (or
+    /// the one a killed sensor left at [`OWN_MOUNT`], taken over and unmounted).
+    OwnMount,
+}
+
+/// Where to attach: the `--cgroup` given, else the cgroup2 root, else (the filesystem
+/// exists but is not mounted) a mount of the sensor's own.
+pub fn attach_point(given: Option<&Path>) -> anyhow::Result<AttachAt> {
+    if let Some(dir) = given {
+        validate_cgroup_dir(dir)?;
+        return Ok(AttachAt::Given(dir.to_path_buf()));
+    }
+    match find_cgroup2_root() {
+        Ok(root) if root == Path::new(OWN_MOUNT) => Ok(AttachAt::OwnMount),
+        Ok(root) => Ok(AttachAt::Root(root)),
+        Err(_) if cgroup2_available() => Ok(AttachAt::OwnMount),
+        Err(not_mounted) => Err(not_mounted),
+    }
+}
+
 /// A cgroup2 mount of the sensor's own, unmounted (lazily: open descriptors keep working)
 /// and its directory removed when dropped. The sensor drops it right after attaching:
 /// the links hold the cgroup itself, not the mount, so nothing is left mounted even if
@@ -49,8 +76,7 @@ impl OwnMount {
     /// (it is then unmounted like a new one).
     pub fn mount_or_adopt() -> anyhow::Result<OwnMount> {
         let path = Path::new(OWN_MOUNT);
-        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        if cgroup2_mount_from_mountinfo(&mountinfo).is_some_and(|root| root == path) {
+        if find_cgroup2_root().is_ok_and(|root| root == path) {
             return Ok(OwnMount { path: path.to_path_buf() });
         }
         OwnMount::mount(path)

@@ -6,7 +6,7 @@ use std::{fs, process::ExitCode};
 use aya::{maps::MapType, programs::ProgramType};
 
 use crate::{
-    cgroup,
+    cgroup::{self, AttachAt},
     config::{FindingsTarget, RunConfig, TlsVerification},
     error::Failure,
 };
@@ -92,24 +92,23 @@ pub fn run_checks(config: &RunConfig, outputs: bool) -> Vec<Check> {
     let caps = capabilities();
     let privileged = caps.iter().all(|c| c.ok);
     checks.extend(caps);
-    checks.push(cgroup_v2(config.cgroup.as_deref()));
+    let attach_at = cgroup::attach_point(config.cgroup.as_deref());
+    let mounts_own = matches!(attach_at, Ok(AttachAt::OwnMount));
+    checks.push(cgroup_v2(attach_at));
     // Probing needs the privileges; without them the probes would only repeat that.
-    for name in ["BPF program types", "BPF ring buffer"] {
-        checks.push(if !privileged {
-            Check::not_run(
+    if privileged {
+        checks.push(program_support());
+        checks.push(ring_buffer_support());
+    } else {
+        for name in ["BPF program types", "BPF ring buffer"] {
+            checks.push(Check::not_run(
                 name,
                 "not probed: loading a test program needs the capabilities above".into(),
                 "run `sensor check` with the privileges `run` will have",
-            )
-        } else if name == "BPF program types" {
-            program_support()
-        } else {
-            ring_buffer_support()
-        });
+            ));
+        }
     }
     checks.push(ptrace_capability());
-    let mounts_own = config.cgroup.is_none()
-        && cgroup::find_cgroup2_root().is_err_and(|_| cgroup::cgroup2_available());
     checks.push(sys_admin_capability(config.tls_verification, mounts_own));
     checks.push(btf());
     if outputs {
@@ -344,13 +343,21 @@ fn parse_cap_eff(status: &str) -> Option<u64> {
 }
 
 /// Where `run` attaches: the `--cgroup` directory given, or the cgroup2 root.
-fn cgroup_v2(given: Option<&std::path::Path>) -> Check {
-    let found = match given {
-        Some(dir) => {
-            cgroup::validate_cgroup_dir(dir).map(|()| format!("--cgroup {}", dir.display()))
-        }
-        None => cgroup2_root(),
-    };
+/// Where `run` attaches (`cgroup::attach_point`); a mount of its own needs CAP_SYS_ADMIN.
+fn cgroup_v2(attach_at: anyhow::Result<AttachAt>) -> Check {
+    let found = attach_at.and_then(|at| match at {
+        AttachAt::Given(dir) => Ok(format!("--cgroup {}", dir.display())),
+        AttachAt::Root(root) => Ok(format!("mounted at {}", root.display())),
+        AttachAt::OwnMount if effective_caps() & (1 << CAP_SYS_ADMIN) == 0 => Err(anyhow::anyhow!(
+            "no cgroup v2 filesystem is mounted (a cgroup v1 host); run would mount one of its \
+             own, which needs CAP_SYS_ADMIN"
+        )),
+        AttachAt::OwnMount => Ok(format!(
+            "none mounted (a cgroup v1 host): run mounts its own at {} for the attach and \
+             unmounts it once attached",
+            cgroup::OWN_MOUNT
+        )),
+    });
     match found {
         Ok(detail) => Check::new("cgroup v2", true, detail, ""),
         Err(err) => Check::new(
@@ -361,28 +368,6 @@ fn cgroup_v2(given: Option<&std::path::Path>) -> Check {
              that run mounts one of its own",
         ),
     }
-}
-
-/// Where `run` attaches without `--cgroup`: the cgroup2 root, or on a cgroup v1 host (no
-/// cgroup2 mounted) a mount of its own, which needs the filesystem and CAP_SYS_ADMIN.
-fn cgroup2_root() -> anyhow::Result<String> {
-    let not_mounted = match cgroup::find_cgroup2_root() {
-        Ok(path) => return Ok(format!("mounted at {}", path.display())),
-        Err(err) => err,
-    };
-    if !cgroup::cgroup2_available() {
-        return Err(not_mounted);
-    }
-    if effective_caps() & (1 << CAP_SYS_ADMIN) == 0 {
-        return Err(
-            not_mounted.context("run would mount one of its own, which needs CAP_SYS_ADMIN")
-        );
-    }
-    Ok(format!(
-        "none mounted (a cgroup v1 host): run mounts its own at {} for the attach and \
-         unmounts it once attached",
-        cgroup::OWN_MOUNT
-    ))
 }
 
 fn program_support() -> Check {

@@ -5,10 +5,7 @@
 //! Then drop the privileges only loading needed. Detach happens when `Attached` is
 //! dropped, on every exit path (and by the kernel when the process dies: bpf_link fds).
 
-use std::{
-    path::{Path, PathBuf},
-    sync::{atomic::Ordering, Arc},
-};
+use std::sync::{atomic::Ordering, Arc};
 
 use anyhow::Context;
 use std::time::{Duration, Instant};
@@ -20,7 +17,7 @@ use tracing::{info, warn};
 
 use crate::{
     bpf::{Attached, LoadOptions},
-    cgroup,
+    cgroup::{self, AttachAt},
     config::{role_bits, RunConfig, TlsVerification},
     error::Failure,
     events::EventStream,
@@ -92,7 +89,7 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
     // Mounted (a cgroup v1 host) only now, after every check and the instance lock: a
     // run refused for another reason mounts nothing.
     let (cgroup_dir, own_mount) = match attach_at {
-        AttachAt::Dir(dir) => (dir, None),
+        AttachAt::Given(dir) | AttachAt::Root(dir) => (dir, None),
         AttachAt::OwnMount => {
             let own = cgroup::OwnMount::mount_or_adopt().map_err(Failure::runtime)?;
             info!(
@@ -213,26 +210,15 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
     outcome
 }
 
-/// Where `run` attaches.
-enum AttachAt {
-    /// The `--cgroup` given, or the host's cgroup2 root.
-    Dir(PathBuf),
-    /// No cgroup2 mounted (a cgroup v1 host): the root of a mount of the sensor's own (or
-    /// one a killed sensor left at `cgroup::OWN_MOUNT`, taken over and unmounted).
-    OwnMount,
-}
-
 /// Where to attach, decided before anything is loaded; a bad `--cgroup` is a
 /// configuration error.
 fn plan_cgroup(config: &RunConfig) -> Result<AttachAt, Failure> {
-    if let Some(dir) = &config.cgroup {
-        cgroup::validate_cgroup_dir(dir).map_err(Failure::config)?;
-        return Ok(AttachAt::Dir(dir.clone()));
-    }
-    match cgroup::find_cgroup2_root() {
-        Ok(root) if root == Path::new(cgroup::OWN_MOUNT) => Ok(AttachAt::OwnMount),
-        Ok(root) => Ok(AttachAt::Dir(root)),
-        Err(_) if cgroup::cgroup2_available() => Ok(AttachAt::OwnMount),
-        Err(not_mounted) => Err(not_mounted.into()),
-    }
+    let given = config.cgroup.as_deref();
+    cgroup::attach_point(given).map_err(|err| {
+        if given.is_some() {
+            Failure::config(err)
+        } else {
+            err.into()
+        }
+    })
 }
