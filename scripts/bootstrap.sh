@@ -3,10 +3,11 @@
 #   - the pinned nightly named in ebpf-toolchain (a frozen copy of the preinstalled one,
 #     with rust-src for build-std on bpfel-unknown-none),
 #   - bpf-linker 0.13.0 linked against that nightly's own libLLVM 22 (no apt LLVM needed),
-#   - the musl target and musl-gcc for the static release binary (cargo xtask dist).
+#   - the musl targets, musl-gcc and Debian's aarch64 cross gcc for the static release
+#     binaries (cargo xtask dist: x86_64 and aarch64).
 # Pass --test-deps to also install what the test suite drives (PostgreSQL 15, openssl,
-# Prometheus, systemd-analyze, cargo-fuzz...), --vm-deps for `cargo xtask vm-test` (QEMU,
-# busybox-static, cpio).
+# Prometheus, systemd-analyze, cargo-fuzz...), --vm-deps for `cargo xtask vm-test` (QEMU for
+# x86_64 and aarch64, cpio; the guests' kernels and busybox come through apt lists of its own).
 # Each step checks first and does nothing when already done, so running it twice is cheap.
 set -euo pipefail
 
@@ -101,16 +102,19 @@ if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION" \
   echo "$want_linker" > "$prefix/built-for"
 fi
 
-if ! rustup target list --installed | grep -q '^x86_64-unknown-linux-musl$'; then
-  log "adding the x86_64-unknown-linux-musl target (static release binary)"
-  rustup target add x86_64-unknown-linux-musl
-fi
+for target in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
+  if ! rustup target list --installed | grep -q "^$target\$"; then
+    log "adding the $target target (static release binary)"
+    rustup target add "$target"
+  fi
+done
 # musl-gcc: the static binary's TLS (rustls on ring, for https to Alertmanager) has C and
-# assembly that cc builds for the musl target.
-apt_ensure musl-tools
+# assembly that cc builds for the musl target. The aarch64 binary is cross-built: Debian's
+# aarch64 gcc compiles ring's C and links (the musl target brings its own C library).
+apt_ensure musl-tools gcc-aarch64-linux-gnu libc6-dev-arm64-cross
 
 if [ "$want_vm_deps" = 1 ]; then
-  apt_ensure qemu-system-x86 busybox-static cpio
+  apt_ensure qemu-system-x86 qemu-system-arm cpio
 fi
 
 if [ "$want_test_deps" = 1 ]; then

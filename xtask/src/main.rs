@@ -11,13 +11,15 @@
 //!   attached versus detached, and optionally against a packet capture (see bench/mod.rs).
 //! - `alert-rules [--runbook-base-url BASE] [--up-selector MATCHERS]`:
 //!   deploy/prometheus/alerts.yml with another runbook base and `up` selector, on stdout.
-//! - `dist`: the release binary, static (musl), as target/dist/pgwire-sensor.
+//! - `dist [--arch x86_64|aarch64]`: the static (musl) release binaries,
+//!   target/dist/pgwire-sensor-<arch> for x86_64 and aarch64 (or the one given).
 //! - `docs`: regenerate the documentation's examples (docs/examples/) from a real run, and
 //!   the markdown blocks that embed them (as root; see docs/examples/README.md).
-//! - `vm-test [--accel tcg|kvm]`: boot Debian's 6.1 and 6.12 kernels under QEMU and run a
-//!   smoke test of the sensor in each (see vm/mod.rs); `vm-guest` (hidden) is its part
-//!   inside the VM.
+//! - `vm-test [--accel tcg|kvm]`: boot Debian's kernels (x86_64 5.10, 6.1, 6.12; aarch64
+//!   6.1) under QEMU and run the kernel-side tests of the sensor in each (see vm/mod.rs);
+//!   `vm-guest` (hidden) is its part inside the VM.
 mod alert_rules;
+mod arch;
 mod bench;
 mod vm;
 
@@ -81,14 +83,23 @@ enum Task {
     /// and every markdown block that embeds them are rewritten (the test suite otherwise
     /// only checks that they match).
     Docs,
-    /// Build the static (musl) release binary as target/dist/pgwire-sensor.
-    Dist,
+    /// Build the static (musl) release binaries, target/dist/pgwire-sensor-<arch>.
+    ///
+    /// x86_64 and aarch64 (cross-compiled with Debian's gcc-aarch64-linux-gnu), each with
+    /// the kernel programs inside, stripped, and target/dist/SHA256SUMS.
+    Dist {
+        /// Only this architecture (default: both).
+        #[arg(long, value_enum)]
+        arch: Option<arch::Arch>,
+    },
     /// Print deploy/prometheus/alerts.yml with another runbook base and `up` selector.
     ///
     /// For a Prometheus whose job for the sensor is not `pgwire-sensor` (the Prometheus
     /// Operator sets it to the Service's name or its jobLabel), or runbooks on your own wiki.
     AlertRules(alert_rules::AlertRulesArgs),
-    /// Smoke-test the sensor on Debian's 6.1 and 6.12 kernels under QEMU, as root.
+    /// Run the kernel-side tests on Debian's kernels under QEMU, as root.
+    ///
+    /// x86_64: 5.10 (Debian 11), 6.1 and 6.12; aarch64: 6.1 (TCG on an x86_64 machine).
     VmTest {
         /// QEMU accelerator (TCG by default: nested KVM hangs these kernels at boot).
         #[arg(long, value_enum, default_value_t)]
@@ -151,7 +162,8 @@ fn main() -> ExitCode {
         Some(Task::Run { args }) => run_sensor(&args),
         Some(Task::Test) => test(),
         Some(Task::Bench(args)) => bench_cmd(&args),
-        Some(Task::Dist) => dist().map(|_| ()),
+        Some(Task::Dist { arch: Some(arch) }) => dist(&[arch]),
+        Some(Task::Dist { arch: None }) => dist(&arch::Arch::ALL),
         Some(Task::AlertRules(args)) => alert_rules_cmd(&args),
         Some(Task::Docs) => docs(),
         Some(Task::VmTest { accel }) => vm_test(accel),
@@ -250,8 +262,9 @@ fn test() -> anyhow::Result<()> {
             .arg(deploy.join("alertmanager/alertmanager.yml")),
     )?;
     status(cargo().args(["build", "--package", "sensor"]))?;
-    // The static release binary: the packaging tests check it runs with no libraries.
-    dist()?;
+    // The static release binaries: the packaging tests check they need no libraries, and
+    // vm-test boots the aarch64 one.
+    dist(&arch::Arch::ALL)?;
     // Default members only: the kernel crate cannot build for the host.
     status(cargo().args(["test", "--", "--nocapture"]))?;
     // The benchmark must keep running; no targets are asserted in this short form.
@@ -297,7 +310,7 @@ fn bench_cmd(args: &bench::BenchArgs) -> anyhow::Result<()> {
     // one users install (the static musl build the package and the image ship), whose
     // allocator and memory footprint differ from a glibc development build's.
     if args.sensor.is_none() {
-        dist()?;
+        dist(&[arch::Arch::host()])?;
     }
     bench::run(&root_dir(), opts)
 }
@@ -310,27 +323,34 @@ fn alert_rules_cmd(args: &alert_rules::AlertRulesArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The release binary, statically linked against musl so it runs on any x86_64 Linux
-/// whatever its libc (the kernel programs are embedded in it): target/dist/pgwire-sensor.
-fn dist() -> anyhow::Result<PathBuf> {
+/// The release binaries, statically linked against musl so each runs on any Linux of its
+/// architecture whatever its libc (the kernel programs are embedded in it):
+/// target/dist/pgwire-sensor-<arch>, stripped, with target/dist/SHA256SUMS for them all.
+fn dist(arches: &[arch::Arch]) -> anyhow::Result<()> {
     setup(false)?;
-    status(
-        cargo()
-            .args(["build", "--release", "--package", "sensor"])
-            .args(["--target", "x86_64-unknown-linux-musl"])
-            // ring's C and assembly (rustls, for https to Alertmanager), built against musl.
-            .env("CC_x86_64_unknown_linux_musl", "musl-gcc"),
-    )?;
-    let built = root_dir().join("target/x86_64-unknown-linux-musl/release/sensor");
-    let dist = root_dir().join("target/dist");
+    let root = root_dir();
+    let dist = root.join("target/dist");
     std::fs::create_dir_all(&dist)?;
-    let out = dist.join("pgwire-sensor");
-    std::fs::copy(&built, &out).with_context(|| format!("copying {}", built.display()))?;
-    status(Command::new("strip").arg(&out))?;
-    let sum = Command::new("sha256sum").current_dir(&dist).arg("pgwire-sensor").output()?;
-    std::fs::write(dist.join("pgwire-sensor.sha256"), &sum.stdout)?;
-    eprintln!("xtask: {}", out.display());
-    Ok(out)
+    for &arch in arches {
+        let mut build = cargo();
+        arch.configure_build(&mut build);
+        status(build.args(["--package", "sensor"]))?;
+        let built = arch.built(&root, "sensor");
+        let out = arch.dist_binary(&root);
+        std::fs::copy(&built, &out).with_context(|| format!("copying {}", built.display()))?;
+        status(Command::new(arch.strip()).arg(&out))?;
+        eprintln!("xtask: {}", out.display());
+    }
+    // The sums of whatever binaries are there (an earlier run may have built the other).
+    let binaries: Vec<String> = arch::Arch::ALL
+        .iter()
+        .filter(|a| a.dist_binary(&root).exists())
+        .map(|a| format!("pgwire-sensor-{}", a.name()))
+        .collect();
+    let sums = Command::new("sha256sum").current_dir(&dist).args(&binaries).output()?;
+    anyhow::ensure!(sums.status.success(), "sha256sum failed in {}", dist.display());
+    std::fs::write(dist.join("SHA256SUMS"), &sums.stdout)?;
+    Ok(())
 }
 
 /// The examples under docs/examples/ and every generated block embedding them, rewritten
@@ -419,7 +439,7 @@ mod tests {
                 "bench [--smoke] [--pairs N] [--seconds S] [--threads N] [--flood SESSIONS] \
                  [--latency-rate PER_SECOND] [--sensor PATH] [--capture-peer]",
                 "docs",
-                "dist",
+                "dist [--arch x86_64|aarch64]",
                 "alert-rules [--runbook-base-url BASE] [--up-selector MATCHERS]",
                 "vm-test [--accel tcg|kvm]",
             ]
@@ -462,7 +482,7 @@ mod tests {
                 threads: 4,
                 flood: 100_000,
                 latency_rate: 500.0,
-                sensor: root.join("target/dist/pgwire-sensor"),
+                sensor: root.join(format!("target/dist/pgwire-sensor-{}", std::env::consts::ARCH)),
                 capture_peer: false,
                 out: root.join("target/bench/results.json"),
             }
@@ -535,7 +555,11 @@ mod tests {
             Ok(Some(Task::Setup { test_deps: true }))
         ));
         assert!(matches!(parse(&["test"]), Ok(Some(Task::Test))));
-        assert!(matches!(parse(&["dist"]), Ok(Some(Task::Dist))));
+        assert!(matches!(parse(&["dist"]), Ok(Some(Task::Dist { arch: None }))));
+        assert!(matches!(
+            parse(&["dist", "--arch", "aarch64"]),
+            Ok(Some(Task::Dist { arch: Some(super::arch::Arch::Aarch64) }))
+        ));
         assert!(matches!(parse(&["vm-guest"]), Ok(Some(Task::VmGuest))));
     }
 }

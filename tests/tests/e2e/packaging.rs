@@ -110,14 +110,37 @@ fn the_daemonset_asks_for_exactly_what_the_sensor_needs() -> anyhow::Result<()> 
     Ok(())
 }
 
-#[test]
-fn the_release_binary_is_self_contained() -> anyhow::Result<()> {
-    // Built by `cargo xtask dist` (which `cargo xtask test` runs first).
-    let dist = repo_path("target/dist/pgwire-sensor");
+/// A release binary as `cargo xtask dist` (which `cargo xtask test` runs first) leaves it:
+/// present, listed in SHA256SUMS with its current sum, statically linked for `machine`
+/// (as `file` names the architecture).
+fn released_binary(arch: &str, machine: &str) -> anyhow::Result<std::path::PathBuf> {
+    let dist = repo_path(&format!("target/dist/pgwire-sensor-{arch}"));
     anyhow::ensure!(dist.exists(), "{} missing: run `cargo xtask dist`", dist.display());
     let file = Command::new("file").arg(&dist).output()?;
     let file = String::from_utf8_lossy(&file.stdout);
     assert!(file.contains("statically linked") || file.contains("static-pie"), "{file}");
+    assert!(file.contains(machine), "{file}");
+    let sum = Command::new("sha256sum").arg(&dist).output()?;
+    let sum = String::from_utf8_lossy(&sum.stdout);
+    let sum = sum.split_whitespace().next().unwrap_or_default();
+    let sums = std::fs::read_to_string(repo_path("target/dist/SHA256SUMS"))?;
+    let line = format!("{sum}  pgwire-sensor-{arch}");
+    assert!(sums.lines().any(|l| l == line), "{line} not in SHA256SUMS:\n{sums}");
+    Ok(dist)
+}
+
+#[test]
+fn the_aarch64_release_binary_is_static_and_summed() -> anyhow::Result<()> {
+    // It runs in `cargo xtask vm-test`'s aarch64 guest; here only what it is.
+    released_binary("aarch64", "ARM aarch64")?;
+    Ok(())
+}
+
+#[test]
+fn the_release_binary_is_self_contained() -> anyhow::Result<()> {
+    // This machine's own: it is run here.
+    let machine = if cfg!(target_arch = "aarch64") { "ARM aarch64" } else { "x86-64" };
+    let dist = released_binary(std::env::consts::ARCH, machine)?;
     // No shared library at all: it runs in an empty root.
     let root = tests::util::scratch_dir("empty-root");
     std::fs::copy(&dist, root.join("pgwire-sensor"))?;

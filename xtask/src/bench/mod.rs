@@ -51,8 +51,8 @@ pub struct BenchArgs {
     #[arg(long, value_name = "PER_SECOND", value_parser = positive_f64)]
     pub latency_rate: Option<f64>,
     /// The sensor binary to measure, e.g. an older build for a before/after comparison;
-    /// given, nothing is built [default: target/dist/pgwire-sensor, the static binary that
-    /// is shipped, built first by `cargo xtask dist`].
+    /// given, nothing is built [default: target/dist/pgwire-sensor-<machine's arch>, the
+    /// static binary that is shipped, built first by `cargo xtask dist`].
     #[arg(long, value_name = "PATH")]
     pub sensor: Option<PathBuf>,
     /// Also run each A/B workload with the sensor detached and tshark capturing the watched
@@ -104,7 +104,10 @@ impl BenchArgs {
             threads: self.threads.unwrap_or(4),
             flood: self.flood.unwrap_or(flood),
             latency_rate: self.latency_rate.unwrap_or(500.0),
-            sensor: self.sensor.clone().unwrap_or_else(|| root.join("target/dist/pgwire-sensor")),
+            sensor: self
+                .sensor
+                .clone()
+                .unwrap_or_else(|| crate::arch::Arch::host().dist_binary(root)),
             capture_peer: self.capture_peer,
             out: root.join("target/bench/results.json"),
         }
