@@ -1,7 +1,7 @@
 //! The release sensor as the bench runs it: started, sampled (kernel counts from /metrics,
 //! CPU and peak RSS from /proc), stopped.
 
-use sensor_common::verdict::{Role, Verdict};
+use sensor_common::verdict::{Role, Verdict, Verification};
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
@@ -41,6 +41,13 @@ impl Sample {
         let verdict = format!("verdict=\"{verdict}\"");
         let role = format!("role=\"{}\"", Role::Client);
         sum_where(&self.text, "pgwire_sensor_sessions_total", &[&verdict, &role])
+    }
+
+    /// Client TLS sessions whose verification was `verification`, over all ports.
+    pub fn tls_counted(&self, verification: Verification) -> u64 {
+        let verification = format!("verification=\"{verification}\"");
+        let role = format!("role=\"{}\"", Role::Client);
+        sum_where(&self.text, "pgwire_sensor_tls_sessions_total", &[&verification, &role])
     }
 }
 

@@ -1,12 +1,14 @@
 //! `xtask vm-guest`: the kernel-side tests inside a test VM (see vm/mod.rs), as root in an
 //! initramfs with /proc, /sys, cgroup2 and loopback set up by /init. It runs `sensor check`,
 //! starts the sensor and makes one session of each kind the hooks decide, against the
-//! bench's own pgwire servers on 26257, then floods a 4 KiB ring buffer. It prints one
+//! bench's own pgwire servers on 26257, has Debian's psql (libpq and OpenSSL, in the
+//! initramfs) open TLS sessions with and without verification, then floods a 4 KiB ring
+//! buffer. It prints one
 //! `VMTEST` line the host parses: `VMTEST kernel=<release>` followed by `<test>=<ok|fail>`
 //! for each of [`TESTS`], and `caps_after_attach=<CapPrm>` (which capabilities the sensor
 //! kept once attached: CAP_BPF stays where the kernel refuses map reads without it).
 
-use sensor_common::verdict::Verdict;
+use sensor_common::verdict::{Verdict, Verification};
 use std::{
     io::Write,
     net::{SocketAddr, TcpStream},
@@ -25,6 +27,12 @@ use crate::bench::{
 };
 
 const SENSOR: &str = "/sensor";
+/// Debian 12's psql, with libpq, OpenSSL and their libraries unpacked into the initramfs
+/// (vm/mod.rs): a real libpq client whose OpenSSL the sensor's uprobes must read.
+pub const PSQL: &str = "/usr/lib/postgresql/15/bin/psql";
+/// A CA certificate for `sslmode=verify-full` (libpq reads it before the handshake; the
+/// test server never completes one, so it need not have signed anything).
+pub const CA_FILE: &str = "/tls/ca.pem";
 /// Answers an SSLRequest with `N`: plaintext, downgraded and refused sessions.
 const PLAIN_SERVER: &str = "127.0.0.1:26257";
 const TLS_SERVER: &str = "127.0.0.2:26257";
@@ -48,7 +56,7 @@ pub const CGROUP_V1_FLAG: &str = "vmtest.cgroup_v1=1";
 pub const CGROUP_V1_TEST: &str = "cgroup_v1_host";
 
 /// Every test the guest runs, in the order of the VMTEST line and the host's matrix.
-pub const TESTS: [&str; 12] = [
+pub const TESTS: [&str; 13] = [
     "check",
     "attach",
     "plaintext",
@@ -58,6 +66,7 @@ pub const TESTS: [&str; 12] = [
     "ipv6",
     "opened_before_start",
     "tls_count",
+    "tls_verification",
     "ring_overflow_exact",
     "privileges_dropped",
     CGROUP_V1_TEST,
@@ -239,7 +248,70 @@ impl Sessions<'_> {
         let v6 = ipv6 && self.one(IPV6_SERVER, Session::Plaintext, &["\"ip\":\"::1\""]);
         results.push(("ipv6", v6));
         results.push(("opened_before_start", self.early(early)));
+        let unverified = self.libpq_tls(
+            "sslmode=require",
+            Verification::Unverified,
+            Some(Verdict::TlsUnverified),
+        );
+        // A verified session is only counted (no finding).
+        let verified = self.libpq_tls(
+            &format!("sslmode=verify-full sslrootcert={CA_FILE}"),
+            Verification::VerifiedChain,
+            None,
+        );
+        results.push(("tls_verification", unverified && verified));
         results
+    }
+
+    /// psql (libpq, OpenSSL) with `settings` against the TLS server, which answers `S` and
+    /// closes after the ClientHello (psql then fails: what matters is how its OpenSSL was
+    /// set up before the handshake): one session counted under `verification`, and, when
+    /// `finding` names a verdict, its finding, tied to psql's pid, says that verdict and
+    /// `verification`.
+    fn libpq_tls(
+        &mut self,
+        settings: &str,
+        verification: Verification,
+        finding: Option<Verdict>,
+    ) -> bool {
+        let before = self.sample();
+        let (host, port) = TLS_SERVER.split_once(':').expect("literal address");
+        let conninfo = format!(
+            "host={host} port={port} user=bench dbname=bench connect_timeout=10 \
+             gssencmode=disable {settings}"
+        );
+        let child = Command::new(PSQL)
+            .arg(&conninfo)
+            .args(["-X", "-c", "select 1"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn();
+        let Ok(child) = child.map_err(|err| println!("psql: {err}")) else { return false };
+        let pid = child.id();
+        let stderr = child.wait_with_output().map(|o| o.stderr).unwrap_or_default();
+        let line = finding.is_none_or(|verdict| {
+            self.line_with(&[
+                &format!("\"verdict\":\"{verdict}\""),
+                &format!("\"verification\":\"{verification}\""),
+                &format!("\"pid\":{pid},"),
+            ])
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        // Counted once, and under no other verification (a verifying client called
+        // unverified would be the worst error).
+        let moved: Vec<(Verification, u64)> = match (before, self.sample()) {
+            (Some(b), Some(a)) => Verification::ALL
+                .iter()
+                .map(|&v| (v, a.tls_counted(v) - b.tls_counted(v)))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+            _ => Vec::new(),
+        };
+        println!(
+            "psql {settings}: counted {moved:?} finding {line} (psql said: {})",
+            String::from_utf8_lossy(&stderr).trim()
+        );
+        moved == [(verification, 1)] && line
     }
 
     /// One session of `kind` to `addr`: counted once under its verdict, and (when

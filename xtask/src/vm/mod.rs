@@ -1,14 +1,16 @@
-//! `cargo xtask vm-test [--accel tcg|kvm]`: the sensor on other kernels. Debian's own kernel
-//! packages (apt `linux-image-*-cloud-amd64`: Debian 11's 5.10 through an apt source list of
-//! its own, Debian 12's 6.1 and 6.12) boot under QEMU, with an initramfs holding busybox, the
-//! static release sensor and a static xtask that runs the kernel-side tests
-//! (`xtask vm-guest`, guest.rs). Prints a kernel-by-test matrix and writes it to
-//! target/vm/results.md; fails if any kernel fails any test.
+//! `cargo xtask vm-test [--accel tcg|kvm]`: the sensor on other kernels and architectures.
+//! Debian's own cloud kernel packages (x86_64: Debian 11's 5.10, Debian 12's 6.1 and 6.12;
+//! aarch64: Debian 12's 6.1, under `qemu-system-aarch64`) boot under QEMU, each with an
+//! initramfs of its architecture holding Debian's static busybox, the released static
+//! sensor (`cargo xtask dist`) and a static xtask that runs the kernel-side tests
+//! (`xtask vm-guest`, guest.rs). Packages come through apt lists of vm-test's own. Prints a
+//! kernel-by-test matrix and writes it to target/vm/results.md; fails if any kernel fails
+//! any test.
 //!
 //! The accelerator defaults to TCG (software emulation): on this project's build machines
 //! KVM is nested and every CPU model tried (`max`, `qemu64`, `kvm64`, `host,pmu=off`, `max`
 //! without BMI2/AVX) ends in "emulation failure" in the kernel's decompressor. Pass
-//! `--accel kvm` where KVM works.
+//! `--accel kvm` where KVM works; guests of another architecture always run under TCG.
 
 pub mod guest;
 
@@ -22,59 +24,118 @@ use std::{
 
 use anyhow::{bail, Context};
 
-/// (label, Debian meta package naming the newest kernel of that series, where it comes
-/// from). The oldest one is the sensor's minimum kernel (`preflight::MIN_KERNEL`).
-const KERNELS: [(&str, &str, Suite); 3] = [
-    ("5.10", "linux-image-cloud-amd64", Suite::Bullseye),
-    ("6.1", "linux-image-cloud-amd64", Suite::System),
-    ("6.12", "linux-image-6.12-cloud-amd64", Suite::System),
-];
+use crate::arch::{Arch, QemuMachine};
 
-/// Where a kernel package is found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Suite {
-    /// The machine's own apt sources (Debian 12, bookworm).
-    System,
-    /// Debian 11 (bullseye and bullseye-security), through an apt source list of vm-test's
-    /// own under target/vm/apt: nothing system-wide is changed.
-    Bullseye,
+/// One guest: Debian's newest kernel of a series for one architecture.
+struct Kernel {
+    /// The series, as the matrix and the console logs name it.
+    label: &'static str,
+    arch: Arch,
+    /// The meta package whose dependency is that newest kernel package.
+    meta: &'static str,
+    release: Release,
 }
 
-const BULLSEYE_SOURCES: &str = "\
-deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bullseye main
-deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian-security bullseye-security main
-";
+/// Every guest vm-test boots. The oldest series is the sensor's minimum kernel
+/// (`preflight::MIN_KERNEL`). One aarch64 guest: under TCG on an x86_64 machine it takes
+/// about as long as all the x86_64 ones, and what differs between architectures (the
+/// programs' build, pt_regs for the uprobes, the static binary) does not vary by series.
+const KERNELS: [Kernel; 4] = [
+    Kernel {
+        label: "5.10",
+        arch: Arch::X86_64,
+        meta: "linux-image-cloud-amd64",
+        release: Release::Bullseye,
+    },
+    Kernel {
+        label: "6.1",
+        arch: Arch::X86_64,
+        meta: "linux-image-cloud-amd64",
+        release: Release::Bookworm,
+    },
+    Kernel {
+        label: "6.12",
+        arch: Arch::X86_64,
+        meta: "linux-image-6.12-cloud-amd64",
+        release: Release::Bookworm,
+    },
+    Kernel {
+        label: "6.1",
+        arch: Arch::Aarch64,
+        meta: "linux-image-cloud-arm64",
+        release: Release::Bookworm,
+    },
+];
 
-impl Suite {
-    /// apt options that select this suite's package lists (none for the system's).
-    fn apt_options(self, work: &Path) -> anyhow::Result<Vec<String>> {
+/// The Debian release a package comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Release {
+    /// Debian 11: its 5.10 kernel.
+    Bullseye,
+    /// Debian 12: 6.1, 6.12 and the guests' busybox.
+    Bookworm,
+}
+
+impl Release {
+    fn codename(self) -> &'static str {
         match self {
-            Suite::System => Ok(Vec::new()),
-            Suite::Bullseye => {
-                let apt = work.join("apt");
-                let lists = apt.join("lists");
-                std::fs::create_dir_all(lists.join("partial"))?;
-                std::fs::create_dir_all(apt.join("cache/archives/partial"))?;
-                std::fs::create_dir_all(apt.join("parts"))?;
-                let list = apt.join("bullseye.list");
-                std::fs::write(&list, BULLSEYE_SOURCES)?;
-                let opts = [
-                    format!("Dir::Etc::SourceList={}", list.display()),
-                    format!("Dir::Etc::SourceParts={}", apt.join("parts").display()),
-                    format!("Dir::State::Lists={}", lists.display()),
-                    format!("Dir::Cache={}", apt.join("cache").display()),
-                ];
-                Ok(opts.iter().flat_map(|o| ["-o".to_string(), o.clone()]).collect())
-            }
+            Release::Bullseye => "bullseye",
+            Release::Bookworm => "bookworm",
         }
     }
+}
 
-    /// Bring this suite's package lists up to date (the system's are the machine's own
-    /// business: `apt-get update` is run by the bootstrap script).
+/// Debian packages of one release and architecture, through apt package lists of
+/// vm-test's own under target/vm/apt/<release>-<arch>: nothing system-wide is changed (no
+/// `dpkg --add-architecture`), and the machine's own sources do not matter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct AptSource {
+    release: Release,
+    arch: Arch,
+}
+
+impl AptSource {
+    fn dir(self, work: &Path) -> PathBuf {
+        work.join("apt").join(format!("{}-{}", self.release.codename(), self.arch.debian()))
+    }
+
+    /// The source list: the release and its security updates, this architecture only.
+    fn sources(self) -> String {
+        let (codename, arch) = (self.release.codename(), self.arch.debian());
+        let entry = |url: &str, suite: &str| {
+            format!(
+                "deb [arch={arch} signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] \
+                 {url} {suite} main\n"
+            )
+        };
+        entry("http://deb.debian.org/debian", codename)
+            + &entry("http://deb.debian.org/debian", &format!("{codename}-updates"))
+            + &entry("http://deb.debian.org/debian-security", &format!("{codename}-security"))
+    }
+
+    /// apt options that select this source's package lists, for this architecture.
+    fn apt_options(self, work: &Path) -> anyhow::Result<Vec<String>> {
+        let apt = self.dir(work);
+        let lists = apt.join("lists");
+        std::fs::create_dir_all(lists.join("partial"))?;
+        std::fs::create_dir_all(apt.join("cache/archives/partial"))?;
+        std::fs::create_dir_all(apt.join("parts"))?;
+        let list = apt.join("sources.list");
+        std::fs::write(&list, self.sources())?;
+        let opts = [
+            format!("Dir::Etc::SourceList={}", list.display()),
+            format!("Dir::Etc::SourceParts={}", apt.join("parts").display()),
+            format!("Dir::State::Lists={}", lists.display()),
+            format!("Dir::Cache={}", apt.join("cache").display()),
+            // Packages named without `:arch` are this architecture's.
+            format!("APT::Architecture={}", self.arch.debian()),
+            format!("APT::Architectures={}", self.arch.debian()),
+        ];
+        Ok(opts.iter().flat_map(|o| ["-o".to_string(), o.clone()]).collect())
+    }
+
+    /// Bring this source's package lists up to date.
     fn update(self, work: &Path) -> anyhow::Result<()> {
-        if self == Suite::System {
-            return Ok(());
-        }
         crate::status(Command::new("apt-get").args(self.apt_options(work)?).args(["-q", "update"]))
     }
 }
@@ -85,7 +146,6 @@ impl Suite {
 const CGROUP_V1_ON: &str = "6.12";
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
-const MUSL: &str = "x86_64-unknown-linux-musl";
 
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -105,6 +165,7 @@ sleep 10
 
 struct Outcome {
     label: &'static str,
+    arch: Arch,
     package: String,
     line: Option<String>,
     seconds: f64,
@@ -141,11 +202,13 @@ pub enum Accel {
 }
 
 impl Accel {
-    fn qemu_args(self) -> [&'static str; 4] {
-        match self {
-            Accel::Tcg => ["-machine", "accel=tcg", "-cpu", "max"],
-            Accel::Kvm => ["-machine", "accel=kvm", "-cpu", "host"],
-        }
+    /// QEMU's machine and CPU arguments for this accelerator on `machine`.
+    fn qemu_args(self, machine: &QemuMachine) -> [String; 4] {
+        let (accel, cpu) = match self {
+            Accel::Tcg => ("tcg", machine.tcg_cpu),
+            Accel::Kvm => ("kvm", "host"),
+        };
+        ["-machine".into(), format!("{},accel={accel}", machine.machine), "-cpu".into(), cpu.into()]
     }
 }
 
@@ -155,43 +218,58 @@ pub fn run(root: &Path, accel: Accel) -> anyhow::Result<()> {
     }
     let work = root.join("target/vm");
     std::fs::create_dir_all(work.join("debs"))?;
-    let initramfs = build_initramfs(root, &work)?;
-    let mut outcomes = Vec::new();
     let mut updated = Vec::new();
-    for (label, meta, suite) in KERNELS {
-        if !updated.contains(&suite) {
-            suite.update(&work)?;
-            updated.push(suite);
+    let mut initramfs = Vec::new();
+    let mut outcomes = Vec::new();
+    for kernel in KERNELS {
+        let arch = kernel.arch;
+        let source = AptSource { release: kernel.release, arch };
+        // The guest's busybox comes from Debian 12 of the same architecture.
+        let busybox_source = AptSource { release: Release::Bookworm, arch };
+        for s in [source, busybox_source] {
+            if !updated.contains(&s) {
+                s.update(&work)?;
+                updated.push(s);
+            }
         }
-        let apt = suite.apt_options(&work)?;
-        let package = newest_kernel(&apt, meta)?;
+        if !initramfs.iter().any(|(a, _)| *a == arch) {
+            let apt = busybox_source.apt_options(&work)?;
+            let userland = Userland {
+                busybox: fetch_busybox(&work, &apt, arch)?,
+                libpq_client: fetch_libpq_client(&work, &apt, arch)?,
+            };
+            initramfs.push((arch, build_initramfs(root, &work, arch, &userland)?));
+        }
+        let initramfs = &initramfs.iter().find(|(a, _)| *a == arch).expect("built above").1;
+        let apt = source.apt_options(&work)?;
+        let package = newest_kernel(&apt, kernel.meta)?;
         let vmlinuz = fetch_kernel(&work, &apt, &package)?;
-        let cgroup_v1 = label == CGROUP_V1_ON;
+        let cgroup_v1 = kernel.label == CGROUP_V1_ON && arch == Arch::X86_64;
         let append = if cgroup_v1 { guest::CGROUP_V1_FLAG } else { "" };
+        let name = format!("{}-{}", kernel.label, arch.name());
         let started = Instant::now();
-        let mut console = boot(&vmlinuz, &initramfs, accel, append)?;
+        // KVM runs only guests of the machine's own architecture.
+        let accel = if arch == Arch::host() { accel } else { Accel::Tcg };
+        let mut console = boot(arch, &vmlinuz, initramfs, accel, append)?;
         if guest_never_ran(&console) {
             // The emulator, not the sensor: seen once under TCG, the static busybox
             // segfaulted before /init had mounted anything. One more boot; both consoles
             // are kept.
-            eprintln!("xtask: {label}: the guest's /init failed before the test; booting again");
-            std::fs::write(work.join(format!("console-{label}-failed-boot.log")), &console)?;
-            console = boot(&vmlinuz, &initramfs, accel, append)?;
+            eprintln!("xtask: {name}: the guest's /init failed before the test; booting again");
+            std::fs::write(work.join(format!("console-{name}-failed-boot.log")), &console)?;
+            console = boot(arch, &vmlinuz, initramfs, accel, append)?;
         }
-        std::fs::write(work.join(format!("console-{label}.log")), &console)?;
+        std::fs::write(work.join(format!("console-{name}.log")), &console)?;
         let line = console.lines().find(|l| l.starts_with("VMTEST ")).map(str::to_string);
         let seconds = started.elapsed().as_secs_f64();
-        outcomes.push(Outcome { label, package, line, seconds, cgroup_v1 });
+        outcomes.push(Outcome { label: kernel.label, arch, package, line, seconds, cgroup_v1 });
     }
     let table = matrix(&outcomes);
     print!("{table}");
     std::fs::write(work.join("results.md"), &table)?;
     if let Some(failed) = outcomes.iter().find(|o| !o.passed()) {
-        bail!(
-            "kernel {} failed; its console is in target/vm/console-{}.log",
-            failed.label,
-            failed.label
-        );
+        let name = format!("{}-{}", failed.label, failed.arch.name());
+        bail!("kernel {name} failed; its console is in target/vm/console-{name}.log");
     }
     Ok(())
 }
@@ -203,15 +281,15 @@ fn guest_never_ran(console: &str) -> bool {
 }
 
 fn matrix(outcomes: &[Outcome]) -> String {
-    let mut t = String::from("| kernel | package |");
+    let mut t = String::from("| kernel | arch | package |");
     for test in guest::TESTS {
         let _ = write!(t, " {test} |");
     }
-    t.push_str(" CapPrm after attach | boot + test |\n|---|---|");
+    t.push_str(" CapPrm after attach | boot + test |\n|---|---|---|");
     t.push_str(&"---|".repeat(guest::TESTS.len() + 2));
     t.push('\n');
     for o in outcomes {
-        let _ = write!(t, "| {} | {} |", o.field("kernel"), o.package);
+        let _ = write!(t, "| {} | {} | {} |", o.field("kernel"), o.arch.name(), o.package);
         for test in guest::TESTS {
             let _ = write!(t, " {} |", o.field(test));
         }
@@ -266,28 +344,140 @@ fn fetch_kernel(work: &Path, apt: &[String], package: &str) -> anyhow::Result<Pa
     Ok(vmlinuz)
 }
 
-/// init + busybox + the static sensor and xtask, as a newc cpio archive.
-fn build_initramfs(root: &Path, work: &Path) -> anyhow::Result<PathBuf> {
-    crate::status(crate::cargo().args(["build", "--release", "--target", MUSL]).args([
-        "--package",
-        "sensor",
-        "--package",
-        "xtask",
-    ]))?;
-    let dir = work.join("initramfs");
+/// Debian 12's static busybox for `arch` (downloaded once), for the guest's shell.
+fn fetch_busybox(work: &Path, apt: &[String], arch: Arch) -> anyhow::Result<PathBuf> {
+    let dir = work.join("busybox").join(arch.debian());
+    let busybox = dir.join("bin/busybox");
+    if busybox.exists() {
+        return Ok(busybox);
+    }
+    let debs = work.join("debs");
+    crate::status(
+        Command::new("apt-get").current_dir(&debs).args(apt).args(["download", "busybox-static"]),
+    )?;
+    let deb = std::fs::read_dir(&debs)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name().is_some_and(|n| {
+                let n = n.to_string_lossy();
+                n.starts_with("busybox-static_") && n.ends_with(&format!("_{}.deb", arch.debian()))
+            })
+        })
+        .context("apt-get download busybox-static left no .deb")?;
+    std::fs::create_dir_all(&dir)?;
+    crate::status(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir))?;
+    anyhow::ensure!(busybox.exists(), "{} has no /bin/busybox", deb.display());
+    Ok(busybox)
+}
+
+/// What of Debian 12 a guest of one architecture runs besides the sensor and xtask.
+struct Userland {
+    /// The static busybox: the guest's shell and tools.
+    busybox: PathBuf,
+    /// A tree with psql, libpq, OpenSSL and every library they load.
+    libpq_client: PathBuf,
+}
+
+/// The packages whose libraries psql loads (apt resolves what they depend on).
+const LIBPQ_CLIENT_LIBRARIES: [&str; 2] = ["libpq5", "libreadline8"];
+
+/// Debian 12's psql for `arch` with every shared library it loads (libpq, OpenSSL, GSSAPI,
+/// LDAP, readline, glibc and the dynamic loader), downloaded and unpacked once: a tree of
+/// only the library directories and psql, to copy into the initramfs.
+fn fetch_libpq_client(work: &Path, apt: &[String], arch: Arch) -> anyhow::Result<PathBuf> {
+    let tree = work.join("libpq-client").join(arch.debian());
+    if tree.join(guest::PSQL.trim_start_matches('/')).exists() {
+        return Ok(tree);
+    }
+    let closure = Command::new("apt-cache")
+        .args(apt)
+        .args(["depends", "--recurse", "--no-recommends", "--no-suggests", "--no-conflicts"])
+        .args(["--no-breaks", "--no-replaces", "--no-enhances"])
+        .args(LIBPQ_CLIENT_LIBRARIES)
+        .output()?;
+    anyhow::ensure!(
+        closure.status.success(),
+        "apt-cache depends {LIBPQ_CLIENT_LIBRARIES:?} failed"
+    );
+    // Top-level lines are packages; indented ones their dependencies; `<...>` are virtual.
+    let mut packages: Vec<String> = String::from_utf8_lossy(&closure.stdout)
+        .lines()
+        .filter(|l| !l.starts_with([' ', '<']) && !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    packages.sort();
+    packages.dedup();
+    // psql itself, without its dependency on the perl wrapper scripts.
+    packages.push("postgresql-client-15".into());
+    let debs = work.join("debs").join(format!("libpq-client-{}", arch.debian()));
+    let staging = work.join("libpq-client").join(format!("{}-staging", arch.debian()));
+    let _ = std::fs::remove_dir_all(&debs);
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&debs)?;
+    std::fs::create_dir_all(&staging)?;
+    crate::status(
+        Command::new("apt-get").current_dir(&debs).args(apt).arg("download").args(&packages),
+    )?;
+    for deb in std::fs::read_dir(&debs)?.flatten() {
+        crate::status(Command::new("dpkg-deb").arg("-x").arg(deb.path()).arg(&staging))?;
+    }
+    // Only the library directories (the dynamic loader included) and psql; not the
+    // packages' programs, documentation or glibc's character set converters.
+    let _ = std::fs::remove_dir_all(&tree);
+    let keep = format!(
+        "set -e; cd {staging}; for d in lib lib64 usr/lib; do \
+           [ -e $d ] && mkdir -p {tree}/$(dirname $d) && cp -a $d {tree}/$d; done; \
+         rm -rf {tree}/usr/lib/*/gconv",
+        staging = staging.display(),
+        tree = tree.display()
+    );
+    crate::status(Command::new("bash").arg("-c").arg(keep))?;
+    std::fs::remove_dir_all(&staging)?;
+    anyhow::ensure!(
+        tree.join(guest::PSQL.trim_start_matches('/')).exists(),
+        "postgresql-client-15 left no {}",
+        guest::PSQL
+    );
+    Ok(tree)
+}
+
+/// init, busybox, psql with its libraries, a CA file, and the released static sensor and
+/// a static xtask for `arch`, as a newc cpio archive (target/vm/initramfs-<arch>.cpio).
+fn build_initramfs(
+    root: &Path,
+    work: &Path,
+    arch: Arch,
+    userland: &Userland,
+) -> anyhow::Result<PathBuf> {
+    // The guest runs the binary users install, as `cargo xtask dist` builds it.
+    crate::dist(&[arch])?;
+    let mut build = crate::cargo();
+    arch.configure_build(&mut build);
+    crate::status(build.args(["--package", "xtask"]))?;
+    let dir = work.join(format!("initramfs-{}", arch.name()));
     let _ = std::fs::remove_dir_all(&dir);
-    for sub in ["bin", "dev", "proc", "sys", "tmp"] {
+    for sub in ["bin", "dev", "proc", "sys", "tmp", "etc", "tls"] {
         std::fs::create_dir_all(dir.join(sub))?;
     }
-    let release = root.join("target").join(MUSL).join("release");
-    std::fs::copy(release.join("sensor"), dir.join("sensor"))?;
-    std::fs::copy(release.join("xtask"), dir.join("xtask"))?;
-    std::fs::copy("/bin/busybox", dir.join("bin/busybox")).context("busybox-static missing")?;
+    crate::status(Command::new("cp").arg("-a").arg(userland.libpq_client.join(".")).arg(&dir))?;
+    std::fs::copy(arch.dist_binary(root), dir.join("sensor"))?;
+    std::fs::copy(arch.built(root, "xtask"), dir.join("xtask"))?;
+    std::fs::copy(&userland.busybox, dir.join("bin/busybox"))?;
+    // libpq asks who the user is (the default user name, ~/.postgresql).
+    std::fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
+    crate::status(
+        Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"])
+            .args(["-nodes", "-subj", "/CN=pgwire-sensor vm-test CA", "-days", "2"])
+            .args(["-keyout", "/dev/null", "-out"])
+            .arg(dir.join(guest::CA_FILE.trim_start_matches('/'))),
+    )?;
     std::fs::write(dir.join("init"), INIT)?;
     crate::status(Command::new("chmod").arg("0755").arg(dir.join("init")))?;
     // The kernel opens /dev/console for init before devtmpfs is mounted.
     crate::status(Command::new("mknod").arg(dir.join("dev/console")).args(["c", "5", "1"]))?;
-    let archive = work.join("initramfs.cpio");
+    let archive = work.join(format!("initramfs-{}.cpio", arch.name()));
     crate::status(
         Command::new("bash")
             .current_dir(&dir)
@@ -299,9 +489,16 @@ fn build_initramfs(root: &Path, work: &Path) -> anyhow::Result<PathBuf> {
 
 /// Boot the kernel with the initramfs, `append` added to its command line; the serial
 /// console's text.
-fn boot(vmlinuz: &Path, initramfs: &Path, accel: Accel, append: &str) -> anyhow::Result<String> {
-    let mut child = Command::new("qemu-system-x86_64")
-        .args(accel.qemu_args())
+fn boot(
+    arch: Arch,
+    vmlinuz: &Path,
+    initramfs: &Path,
+    accel: Accel,
+    append: &str,
+) -> anyhow::Result<String> {
+    let machine = arch.qemu();
+    let mut child = Command::new(machine.binary)
+        .args(accel.qemu_args(&machine))
         .args(["-m", "1024", "-smp", "2"])
         .args(["-nographic", "-no-reboot", "-monitor", "none", "-serial", "stdio"])
         .arg("-kernel")
@@ -309,12 +506,14 @@ fn boot(vmlinuz: &Path, initramfs: &Path, accel: Accel, append: &str) -> anyhow:
         .arg("-initrd")
         .arg(initramfs)
         .arg("-append")
-        .arg(format!("console=ttyS0 panic=-1 rdinit=/init loglevel=4 {append}"))
+        .arg(format!("console={} panic=-1 rdinit=/init loglevel=4 {append}", machine.console))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .context("starting qemu-system-x86_64 (apt package qemu-system-x86)")?;
+        .with_context(|| {
+            format!("starting {} (apt package {})", machine.binary, machine.package)
+        })?;
     let mut stdout = child.stdout.take().context("no qemu stdout")?;
     let reader = std::thread::spawn(move || {
         let mut text = Vec::new();
@@ -335,11 +534,12 @@ fn boot(vmlinuz: &Path, initramfs: &Path, accel: Accel, append: &str) -> anyhow:
 
 #[cfg(test)]
 mod tests {
-    use super::{guest, guest_never_ran, matrix, Outcome};
+    use super::{guest, guest_never_ran, matrix, Arch, Outcome};
 
     fn outcome(line: &str) -> Outcome {
         Outcome {
             label: "5.10",
+            arch: Arch::X86_64,
             package: "p".into(),
             line: Some(line.into()),
             seconds: 1.0,
@@ -368,7 +568,7 @@ mod tests {
         let table = matrix(&[passed]);
         assert_eq!(table.lines().count(), 3);
         let columns = |l: &str| l.matches('|').count();
-        assert!(table.lines().all(|l| columns(l) == guest::TESTS.len() + 5), "{table}");
+        assert!(table.lines().all(|l| columns(l) == guest::TESTS.len() + 6), "{table}");
     }
 
     #[test]
