@@ -62,6 +62,73 @@ pub fn attach_point(given: Option<&Path>) -> anyhow::Result<AttachAt> {
     }
 }
 
+/// The cgroup id (a cgroup2 directory's inode number) of the hierarchy's root, the
+/// cgroup that holds every process on the host.
+pub const HOST_ROOT_CGROUP_ID: u64 = 1;
+
+/// The initial cgroup namespace's inode number (the kernel's `PROC_CGROUP_INIT_INO`, a
+/// fixed value systemd also relies on): the host's namespace.
+const INITIAL_CGROUP_NAMESPACE: u64 = 0xEFFF_FFFB;
+
+/// Whether this process sees the host's cgroup hierarchy or a container's part of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Namespace {
+    /// The initial cgroup namespace.
+    Host,
+    /// A private cgroup namespace (a container's), by inode number: a cgroup2 mounted in
+    /// it has the namespace's cgroup, not the host's, as its root.
+    Private(u64),
+}
+
+impl Namespace {
+    /// This process's cgroup namespace.
+    pub fn own() -> anyhow::Result<Namespace> {
+        use std::os::unix::fs::MetadataExt as _;
+        let inode = fs::metadata("/proc/self/ns/cgroup")
+            .context("cannot read /proc/self/ns/cgroup (is /proc mounted?)")?
+            .ino();
+        Ok(if inode == INITIAL_CGROUP_NAMESPACE {
+            Namespace::Host
+        } else {
+            Namespace::Private(inode)
+        })
+    }
+}
+
+/// The cgroup id of a cgroup2 directory.
+pub fn cgroup_id(dir: &Path) -> anyhow::Result<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    Ok(fs::metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?.ino())
+}
+
+/// What attaching at `at` watches, in a process whose cgroup namespace is `namespace`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Every process on the host: the attach point is the hierarchy's root.
+    WholeHost,
+    /// Only the processes under a `--cgroup` the user chose (cgroup id).
+    GivenSubtree(u64),
+    /// Only a container's processes, though the sensor looked for the host's root: the
+    /// cgroup2 root this process sees is its private namespace's (cgroup id; `None` for a
+    /// mount of its own, not made yet, which would have the namespace's root too).
+    ContainerOnly(Option<u64>),
+}
+
+/// Whether `run` attaching at `at` would watch the whole host. A `--cgroup` below the root
+/// is taken as meant; a root found or mounted by the sensor that is not the host's is not.
+pub fn scope(at: &AttachAt, namespace: Namespace) -> anyhow::Result<Scope> {
+    let whole_or = |dir: &Path, otherwise: fn(u64) -> Scope| -> anyhow::Result<Scope> {
+        let id = cgroup_id(dir)?;
+        Ok(if id == HOST_ROOT_CGROUP_ID { Scope::WholeHost } else { otherwise(id) })
+    };
+    match at {
+        AttachAt::Given(dir) => whole_or(dir, Scope::GivenSubtree),
+        AttachAt::Root(dir) => whole_or(dir, |id| Scope::ContainerOnly(Some(id))),
+        AttachAt::OwnMount if namespace == Namespace::Host => Ok(Scope::WholeHost),
+        AttachAt::OwnMount => Ok(Scope::ContainerOnly(None)),
+    }
+}
+
 /// A cgroup2 mount of the sensor's own, unmounted (lazily: open descriptors keep working)
 /// and its directory removed when dropped. The sensor drops it right after attaching:
 /// the links hold the cgroup itself, not the mount, so nothing is left mounted even if
@@ -189,6 +256,39 @@ fn unescape_octal(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_host_root_watches_the_whole_host_and_a_subtree_only_itself() {
+        let root = find_cgroup2_root().expect("the test machine has cgroup2 mounted");
+        // The tests run in the host's cgroup namespace, where the root is the host's.
+        assert_eq!(Namespace::own().unwrap(), Namespace::Host);
+        assert_eq!(cgroup_id(&root).unwrap(), HOST_ROOT_CGROUP_ID);
+        for at in [AttachAt::Root(root.clone()), AttachAt::Given(root.clone()), AttachAt::OwnMount]
+        {
+            assert_eq!(scope(&at, Namespace::Host).unwrap(), Scope::WholeHost, "{at:?}");
+        }
+        // Any cgroup below the root (this process's own, when it is not the root).
+        let own = fs::read_to_string("/proc/self/cgroup").unwrap();
+        let own = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap().trim_start_matches('/');
+        if !own.is_empty() {
+            let dir = root.join(own);
+            let id = cgroup_id(&dir).unwrap();
+            assert_ne!(id, HOST_ROOT_CGROUP_ID);
+            assert_eq!(
+                scope(&AttachAt::Given(dir.clone()), Namespace::Host).unwrap(),
+                Scope::GivenSubtree(id)
+            );
+            // The same directory seen as "the root" is a container's view.
+            assert_eq!(
+                scope(&AttachAt::Root(dir), Namespace::Private(7)).unwrap(),
+                Scope::ContainerOnly(Some(id))
+            );
+        }
+        assert_eq!(
+            scope(&AttachAt::OwnMount, Namespace::Private(7)).unwrap(),
+            Scope::ContainerOnly(None)
+        );
+    }
 
     const HYBRID: &str = "\
 31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755

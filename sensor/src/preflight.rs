@@ -94,7 +94,9 @@ pub fn run_checks(config: &RunConfig, outputs: bool) -> Vec<Check> {
     checks.extend(caps);
     let attach_at = cgroup::attach_point(config.cgroup.as_deref());
     let mounts_own = matches!(attach_at, Ok(AttachAt::OwnMount));
+    let scope = cgroup_scope(&attach_at);
     checks.push(cgroup_v2(attach_at));
+    checks.push(scope);
     // Probing needs the privileges; without them the probes would only repeat that.
     if privileged {
         checks.push(program_support());
@@ -342,7 +344,65 @@ fn parse_cap_eff(status: &str) -> Option<u64> {
     u64::from_str_radix(line["CapEff:".len()..].trim(), 16).ok()
 }
 
-/// Where `run` attaches: the `--cgroup` directory given, or the cgroup2 root.
+/// Whether the attach point watches the whole host: inside a container with a private
+/// cgroup namespace the cgroup2 root it sees is the container's, and attaching there would
+/// silently watch only the container's own processes.
+fn cgroup_scope(attach_at: &anyhow::Result<AttachAt>) -> Check {
+    const NAME: &str = "cgroup scope";
+    const FIX: &str = "run the sensor in the host's cgroup namespace (docker/podman \
+        --cgroupns=host), or bind-mount the host's cgroup2 root into the container and pass \
+        it with --cgroup (deploy/kubernetes/daemonset.yaml does)";
+    let Ok(at) = attach_at else {
+        return Check::not_run(
+            NAME,
+            "no cgroup v2 to attach at".into(),
+            "see the cgroup v2 line above",
+        );
+    };
+    let namespace = cgroup::Namespace::own();
+    let scope = namespace
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("{e:#}"))
+        .and_then(|ns| cgroup::scope(at, *ns));
+    let in_namespace = match namespace {
+        Ok(cgroup::Namespace::Host) => "the host's cgroup namespace".to_string(),
+        Ok(cgroup::Namespace::Private(inode)) => {
+            format!("a private cgroup namespace (cgroup:[{inode}])")
+        }
+        Err(_) => "an unknown cgroup namespace".to_string(),
+    };
+    match scope {
+        Ok(cgroup::Scope::WholeHost) => {
+            Check::new(NAME, true, format!("every process on the host (from {in_namespace})"), "")
+        }
+        Ok(cgroup::Scope::GivenSubtree(id)) => Check::new(
+            NAME,
+            true,
+            format!("only processes under --cgroup (cgroup id {id}), as asked"),
+            "",
+        ),
+        Ok(cgroup::Scope::ContainerOnly(id)) => Check::new(
+            NAME,
+            false,
+            match id {
+                Some(id) => format!(
+                    "this process is in {in_namespace}: the cgroup2 root it sees is a \
+                     container's cgroup (id {id}), not the host's (id {}), and only that \
+                     container's processes would be watched",
+                    cgroup::HOST_ROOT_CGROUP_ID
+                ),
+                None => format!(
+                    "this process is in {in_namespace}: a cgroup2 it mounted would have the \
+                     container's cgroup as its root, and only that container's processes \
+                     would be watched"
+                ),
+            },
+            FIX,
+        ),
+        Err(err) => Check::not_run(NAME, format!("{err:#}"), FIX),
+    }
+}
+
 /// Where `run` attaches (`cgroup::attach_point`); a mount of its own needs CAP_SYS_ADMIN.
 fn cgroup_v2(attach_at: anyhow::Result<AttachAt>) -> Check {
     let found = attach_at.and_then(|at| match at {

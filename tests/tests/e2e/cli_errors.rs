@@ -145,6 +145,83 @@ fn check_takes_runs_settings_and_reports_json() {
     drop(taken);
 }
 
+/// `sensor ARGS` in a container's view of the cgroups: a cgroup of its own, a private cgroup
+/// namespace rooted there, and (with `remount`) cgroup2 mounted anew inside, which then
+/// shows that cgroup as its root (as a container runtime sets it up). Without `remount`
+/// the host's cgroup2 mount stays visible (as a host bind mount would be).
+fn in_private_cgroup_namespace(remount: bool, args: &[&str]) -> (Option<i32>, String, String) {
+    // Wherever the host has it (/sys/fs/cgroup/unified on a hybrid host).
+    let root = tests::hosts::cgroup2_root().unwrap();
+    let cgroup = root.join(format!("pgwire-sensor-test-cgns-{}", std::process::id()));
+    std::fs::create_dir_all(&cgroup).unwrap();
+    let inner = if remount {
+        // In its own mount namespace: the host's mount is left alone. (Mounting over it
+        // without unmounting is refused: the same filesystem on its own root.)
+        format!("umount -l {root} && mount -t cgroup2 none {root} && ", root = root.display())
+    } else {
+        String::new()
+    };
+    let script = format!(
+        "echo $$ > {cgroup}/cgroup.procs && exec unshare --mount --cgroup \
+         sh -c '{inner}exec \"$0\" \"$@\"' \"$@\"",
+        cgroup = cgroup.display()
+    );
+    let out = Command::new("sh")
+        .args(["-c", &script, "sh"])
+        .arg(sensor_binary().unwrap())
+        .args(args)
+        .output()
+        .unwrap();
+    // Every process in it has exited: the cgroup can go.
+    std::fs::remove_dir(&cgroup).unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn a_containers_cgroup_namespace_is_named_and_refused() {
+    let _serial = tests::serial();
+    let check = ["check", "--format", "json", "--metrics-addr", "127.0.0.1:0"];
+    let scope_of = |stdout: &str| -> serde_json::Value {
+        let report: serde_json::Value =
+            serde_json::from_str(stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+        let checks = report["checks"].as_array().expect("a list of checks");
+        checks.iter().find(|c| c["name"] == "cgroup scope").expect("a cgroup scope check").clone()
+    };
+    // In the host's namespace: the whole host.
+    let out = Command::new(sensor_binary().unwrap()).args(check).output().unwrap();
+    let host = scope_of(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(host["status"], "ok", "{host}");
+    assert!(host["detail"].as_str().unwrap().contains("host's cgroup namespace"), "{host}");
+
+    // A container's own cgroup2 mount: only the container would be watched. check fails
+    // and says why; run refuses to start.
+    let (code, stdout, stderr) = in_private_cgroup_namespace(true, &check);
+    let scope = scope_of(&stdout);
+    assert_eq!((code, scope["status"].as_str()), (Some(1), Some("missing")), "{stdout}{stderr}");
+    let detail = scope["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("private cgroup namespace") && detail.contains("not the host's"),
+        "{scope}"
+    );
+    assert!(scope["fix"].as_str().unwrap().contains("--cgroupns=host"), "{scope}");
+    let (code, _, stderr) = in_private_cgroup_namespace(
+        true,
+        &["run", "--metrics-addr", "127.0.0.1:0", "--findings", "/dev/null"],
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("cgroup scope") && stderr.contains("--cgroupns=host"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    // The host's hierarchy still mounted (a bind mount of the host's root): the whole host,
+    // though from a private namespace.
+    let (code, stdout, stderr) = in_private_cgroup_namespace(false, &check);
+    let scope = scope_of(&stdout);
+    assert_eq!(scope["status"], "ok", "{stdout}{stderr}");
+    assert!(scope["detail"].as_str().unwrap().contains("private cgroup namespace"), "{scope}");
+    assert_eq!(code, Some(0), "{stdout}");
+}
+
 #[test]
 fn config_file_errors_name_the_key_and_exit_2() {
     let dir = tests::util::scratch_dir("config-errors");
