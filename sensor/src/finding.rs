@@ -5,7 +5,7 @@
 //! names come from `sensor-common`, serialised by serde), times are times, addresses are
 //! addresses. It is turned into text once, when it is written.
 
-use std::{net::IpAddr, time::SystemTime};
+use std::{net::IpAddr, sync::Arc, time::SystemTime};
 
 use schemars::JsonSchema;
 use sensor_common::{
@@ -43,12 +43,12 @@ pub struct Finding {
     /// How many sessions this line stands for: 1 for a single session. A SIEM sums it.
     pub sessions: u64,
     /// The host the sensor runs on.
-    pub host: Host,
+    pub host: Arc<Host>,
     /// The Kubernetes node, when the sensor was told it (`--node-name`, `NODE_NAME`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub node: Option<String>,
+    pub node: Option<SharedText>,
     /// The sensor's version.
-    pub sensor_version: String,
+    pub sensor_version: &'static str,
     pub src: Endpoint,
     /// The server as the packets reached it (after any NAT on this host).
     pub dst: Endpoint,
@@ -180,6 +180,10 @@ pub struct Endpoint {
     pub port: u16,
 }
 
+/// Text shared between the per-process cache and every finding of that process: a
+/// reference count per session, not an allocation and a copy.
+pub type SharedText = Arc<str>;
+
 /// The process that opened the session: what the kernel recorded at connect() (pid, tid,
 /// comm, uid, gid, cgroup id), and what procfs added while the process still ran.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, Default, JsonSchema)]
@@ -195,26 +199,26 @@ pub struct Process {
     /// cgroup v2 id (inode of the cgroup directory).
     pub cgroup_id: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
+    pub user: Option<SharedText>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub exe: Option<String>,
+    pub exe: Option<SharedText>,
     /// The command line, secrets redacted.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cmdline: Option<String>,
+    pub cmdline: Option<SharedText>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ppid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub parent_comm: Option<String>,
+    pub parent_comm: Option<SharedText>,
     /// cgroup v2 path.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cgroup: Option<String>,
+    pub cgroup: Option<SharedText>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub container_id: Option<String>,
+    pub container_id: Option<SharedText>,
     /// The Kubernetes pod's UID, from the cgroup path (no API server asked).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub pod_uid: Option<String>,
+    pub pod_uid: Option<SharedText>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub systemd_unit: Option<String>,
+    pub systemd_unit: Option<SharedText>,
     /// The process was gone (or its pid reused) when the finding was written: only the
     /// kernel's connect-time record is reported.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -255,7 +259,7 @@ impl Finding {
     pub fn example_of(app: &str, secs: u64) -> Finding {
         let mut f = Finding::example();
         f.ts = Finding::example_time(secs);
-        f.process.as_mut().unwrap().exe = Some(format!("/usr/bin/{app}"));
+        f.process.as_mut().unwrap().exe = Some(format!("/usr/bin/{app}").into());
         f
     }
 

@@ -1,7 +1,7 @@
 //! Who reports a finding: the host (its name and a stable id a SIEM can join on across
 //! renames) and, in Kubernetes, the node. Read once at start.
 
-use std::path::Path;
+use std::{path::Path, sync::Arc};
 
 use schemars::JsonSchema;
 use serde::Serialize;
@@ -21,9 +21,10 @@ pub struct Host {
 /// Where findings come from: set once, stamped on every line and alert.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
-    pub host: Host,
+    /// Shared by every finding (a reference count, not a copy per session).
+    pub host: Arc<Host>,
     /// The Kubernetes node name (`--node-name`, or `NODE_NAME` from the downward API).
-    pub node: Option<String>,
+    pub node: Option<crate::finding::SharedText>,
 }
 
 /// Used when `--machine-id-file` is not given; then the D-Bus copy, then the boot id.
@@ -51,16 +52,19 @@ impl Origin {
         let name = std::fs::read_to_string(HOSTNAME_FILE)
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "unknown".into());
-        Ok(Origin { host: Host { name, id }, node: node.filter(|n| !n.is_empty()) })
+        Ok(Origin {
+            host: Arc::new(Host { name, id }),
+            node: node.filter(|n| !n.is_empty()).map(Into::into),
+        })
     }
 
     /// A fixed origin for tests and benchmarks.
     pub fn example() -> Origin {
         Origin {
-            host: Host {
+            host: Arc::new(Host {
                 name: "db-client-1".into(),
                 id: "0123456789abcdef0123456789abcdef".into(),
-            },
+            }),
             node: None,
         }
     }

@@ -120,7 +120,7 @@ impl Session {
             sessions: 1,
             host: origin.host.clone(),
             node: origin.node.clone(),
-            sensor_version: env!("CARGO_PKG_VERSION").to_string(),
+            sensor_version: env!("CARGO_PKG_VERSION"),
             src: Endpoint { ip: self.client.ip(), port: self.client.port() },
             dst: Endpoint { ip: self.server.ip(), port: self.server.port() },
             dialled: self.dialled.map(|d| Endpoint { ip: d.ip(), port: d.port() }),

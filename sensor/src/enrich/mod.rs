@@ -15,7 +15,7 @@ use std::collections::{HashMap, VecDeque};
 pub use cgroup_path::{container_id, pod_uid, systemd_unit};
 pub use redact::redact_command_line;
 
-use crate::finding::Process;
+use crate::finding::{Process, SharedText};
 
 /// Processes remembered at once; the oldest is forgotten first.
 pub const CACHE_ENTRIES: usize = 4096;
@@ -24,11 +24,11 @@ pub const CACHE_ENTRIES: usize = 4096;
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ProcDetails {
     pub comm: String,
-    pub exe: Option<String>,
-    pub cmdline: Option<String>,
+    pub exe: Option<SharedText>,
+    pub cmdline: Option<SharedText>,
     pub ppid: Option<u32>,
-    pub parent_comm: Option<String>,
-    pub cgroup: Option<String>,
+    pub parent_comm: Option<SharedText>,
+    pub cgroup: Option<SharedText>,
     /// Read from `cgroup` once, when the process is first seen (not per session).
     pub container: ContainerOf,
 }
@@ -36,18 +36,18 @@ pub struct ProcDetails {
 /// What a process's cgroup path says about where it runs.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ContainerOf {
-    pub container_id: Option<String>,
-    pub pod_uid: Option<String>,
-    pub systemd_unit: Option<String>,
+    pub container_id: Option<SharedText>,
+    pub pod_uid: Option<SharedText>,
+    pub systemd_unit: Option<SharedText>,
 }
 
 impl ContainerOf {
     pub fn from_cgroup(path: Option<&str>) -> ContainerOf {
         let Some(path) = path else { return ContainerOf::default() };
         ContainerOf {
-            container_id: container_id(path),
-            pod_uid: pod_uid(path),
-            systemd_unit: systemd_unit(path),
+            container_id: container_id(path).map(Into::into),
+            pod_uid: pod_uid(path).map(Into::into),
+            systemd_unit: systemd_unit(path).map(Into::into),
         }
     }
 }
@@ -79,7 +79,7 @@ impl Enricher {
                 self.remember(process.pid, fresh);
             }
         }
-        // Fields cloned one by one from the cache: no copy of the whole record per session.
+        // Fields shared from the cache (reference counts): no text copied per session.
         let Some(d) = self.cache.get(&process.pid).filter(|d| d.comm == process.comm) else {
             process.exited = true;
             return;

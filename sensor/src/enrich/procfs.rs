@@ -11,7 +11,7 @@ const MAX_CMDLINE: usize = 4096;
 pub fn read(pid: u32) -> Option<ProcDetails> {
     let base = format!("/proc/{pid}");
     let comm = fs::read_to_string(format!("{base}/comm")).ok()?.trim_end().to_string();
-    let exe = fs::read_link(format!("{base}/exe")).ok().map(|p| p.display().to_string());
+    let exe = fs::read_link(format!("{base}/exe")).ok().map(|p| p.display().to_string().into());
     let cmdline = read_bounded(&format!("{base}/cmdline"), 64 * 1024).map(|raw| {
         let args: Vec<String> = raw
             .split(|&b| b == 0)
@@ -26,7 +26,7 @@ pub fn read(pid: u32) -> Option<ProcDetails> {
             }
             line.truncate(cut);
         }
-        line
+        line.into()
     });
     let ppid = fs::read_to_string(format!("{base}/status")).ok().and_then(|s| {
         s.lines().find_map(|l| l.strip_prefix("PPid:")).and_then(|v| v.trim().parse().ok())
@@ -34,9 +34,10 @@ pub fn read(pid: u32) -> Option<ProcDetails> {
     let parent_comm = ppid
         .filter(|&pp| pp > 0)
         .and_then(|pp| fs::read_to_string(format!("/proc/{pp}/comm")).ok())
-        .map(|c| c.trim_end().to_string());
+        .map(|c| c.trim_end().into());
     let cgroup = fs::read_to_string(format!("{base}/cgroup")).ok().and_then(|s| v2_path(&s));
     let container = ContainerOf::from_cgroup(cgroup.as_deref());
+    let cgroup = cgroup.map(Into::into);
     Some(ProcDetails { comm, exe, cmdline, ppid, parent_comm, cgroup, container })
 }
 

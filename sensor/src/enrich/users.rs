@@ -3,26 +3,28 @@
 
 use std::collections::HashMap;
 
-pub struct UserNames(HashMap<u32, String>);
+use crate::finding::SharedText;
+
+pub struct UserNames(HashMap<u32, SharedText>);
 
 impl UserNames {
     pub fn load() -> Self {
         UserNames(parse(&std::fs::read_to_string("/etc/passwd").unwrap_or_default()))
     }
 
-    pub fn name(&self, uid: u32) -> Option<String> {
+    pub fn name(&self, uid: u32) -> Option<SharedText> {
         self.0.get(&uid).cloned()
     }
 }
 
-fn parse(passwd: &str) -> HashMap<u32, String> {
+fn parse(passwd: &str) -> HashMap<u32, SharedText> {
     passwd
         .lines()
         .filter_map(|l| {
             let mut f = l.split(':');
             let name = f.next()?;
             let uid = f.nth(1)?.parse().ok()?;
-            Some((uid, name.to_string()))
+            Some((uid, name.into()))
         })
         .collect()
 }
@@ -33,8 +35,8 @@ mod tests {
     fn parses_passwd_lines() {
         let m =
             super::parse("root:x:0:0:root:/root:/bin/bash\nbroken\napp:x:1000:1000::/h:/bin/sh\n");
-        assert_eq!(m.get(&0).map(String::as_str), Some("root"));
-        assert_eq!(m.get(&1000).map(String::as_str), Some("app"));
+        assert_eq!(m.get(&0).map(|n| &**n), Some("root"));
+        assert_eq!(m.get(&1000).map(|n| &**n), Some("app"));
         assert_eq!(m.len(), 2);
     }
 }

@@ -156,7 +156,7 @@ pub fn alert_for(latest: &Finding, tally: &Tally, source: &AlertSource) -> Alert
             ("systemd_unit", &p.systemd_unit),
         ] {
             if let Some(v) = value {
-                a.insert(key, v.clone());
+                a.insert(key, v.to_string());
             }
         }
     }
