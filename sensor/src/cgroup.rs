@@ -101,31 +101,41 @@ pub fn cgroup_id(dir: &Path) -> anyhow::Result<u64> {
     Ok(fs::metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?.ino())
 }
 
-/// What attaching at `at` watches, in a process whose cgroup namespace is `namespace`.
+/// What attaching at an attach point watches.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scope {
     /// Every process on the host: the attach point is the hierarchy's root.
     WholeHost,
     /// Only the processes under a `--cgroup` the user chose (cgroup id).
     GivenSubtree(u64),
-    /// Only a container's processes, though the sensor looked for the host's root: the
-    /// cgroup2 root this process sees is its private namespace's (cgroup id; `None` for a
-    /// mount of its own, not made yet, which would have the namespace's root too).
-    ContainerOnly(Option<u64>),
+    /// Only part of the host, though the sensor looked for its root: the cgroup2 root it
+    /// found has this cgroup id (a container's, in a private cgroup namespace, or a
+    /// subtree mounted on its own).
+    Part(u64),
+    /// A mount of the sensor's own, not made yet, from a private cgroup namespace: its root
+    /// is the namespace's cgroup, the host's root only if the namespace was made there
+    /// (on a cgroup v1 host nothing else puts processes in v2 cgroups). `run` checks it
+    /// once mounted (`OwnMount::require_host_root`).
+    KnownOnceMounted,
 }
 
 /// Whether `run` attaching at `at` would watch the whole host. A `--cgroup` below the root
-/// is taken as meant; a root found or mounted by the sensor that is not the host's is not.
-pub fn scope(at: &AttachAt, namespace: Namespace) -> anyhow::Result<Scope> {
+/// is taken as meant; a root found by the sensor that is not the host's is not. Only a
+/// mount still to be made needs the namespace (`None`: unknown).
+pub fn scope(at: &AttachAt, namespace: Option<Namespace>) -> anyhow::Result<Scope> {
     let whole_or = |dir: &Path, otherwise: fn(u64) -> Scope| -> anyhow::Result<Scope> {
         let id = cgroup_id(dir)?;
         Ok(if id == HOST_ROOT_CGROUP_ID { Scope::WholeHost } else { otherwise(id) })
     };
     match at {
         AttachAt::Given(dir) => whole_or(dir, Scope::GivenSubtree),
-        AttachAt::Root(dir) => whole_or(dir, |id| Scope::ContainerOnly(Some(id))),
-        AttachAt::OwnMount if namespace == Namespace::Host => Ok(Scope::WholeHost),
-        AttachAt::OwnMount => Ok(Scope::ContainerOnly(None)),
+        AttachAt::Root(dir) => whole_or(dir, Scope::Part),
+        // One a killed sensor left is there to look at.
+        AttachAt::OwnMount if find_cgroup2_root().is_ok_and(|r| r == Path::new(OWN_MOUNT)) => {
+            whole_or(Path::new(OWN_MOUNT), Scope::Part)
+        }
+        AttachAt::OwnMount if namespace == Some(Namespace::Host) => Ok(Scope::WholeHost),
+        AttachAt::OwnMount => Ok(Scope::KnownOnceMounted),
     }
 }
 
@@ -174,6 +184,23 @@ impl OwnMount {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Refuse a mount whose root is not the host's (made from a container's private
+    /// cgroup namespace): attached there, only the container would be watched.
+    pub fn require_host_root(&self) -> anyhow::Result<()> {
+        let id = cgroup_id(&self.path)?;
+        if id != HOST_ROOT_CGROUP_ID {
+            bail!(
+                "the cgroup2 mounted at {} has a container's cgroup (id {id}) as its root, \
+                 not the host's (id {HOST_ROOT_CGROUP_ID}): this process is in a private \
+                 cgroup namespace, and only that container's processes would be watched. \
+                 Run the sensor in the host's cgroup namespace (docker/podman \
+                 --cgroupns=host)",
+                self.path.display()
+            );
+        }
+        Ok(())
     }
 }
 
@@ -265,8 +292,10 @@ mod tests {
         assert_eq!(cgroup_id(&root).unwrap(), HOST_ROOT_CGROUP_ID);
         for at in [AttachAt::Root(root.clone()), AttachAt::Given(root.clone()), AttachAt::OwnMount]
         {
-            assert_eq!(scope(&at, Namespace::Host).unwrap(), Scope::WholeHost, "{at:?}");
+            assert_eq!(scope(&at, Some(Namespace::Host)).unwrap(), Scope::WholeHost, "{at:?}");
         }
+        // A root found or given needs no namespace to be judged.
+        assert_eq!(scope(&AttachAt::Root(root.clone()), None).unwrap(), Scope::WholeHost);
         // Any cgroup below the root (this process's own, when it is not the root).
         let own = fs::read_to_string("/proc/self/cgroup").unwrap();
         let own = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap().trim_start_matches('/');
@@ -275,19 +304,22 @@ mod tests {
             let id = cgroup_id(&dir).unwrap();
             assert_ne!(id, HOST_ROOT_CGROUP_ID);
             assert_eq!(
-                scope(&AttachAt::Given(dir.clone()), Namespace::Host).unwrap(),
+                scope(&AttachAt::Given(dir.clone()), Some(Namespace::Host)).unwrap(),
                 Scope::GivenSubtree(id)
             );
             // The same directory seen as "the root" is a container's view.
             assert_eq!(
-                scope(&AttachAt::Root(dir), Namespace::Private(7)).unwrap(),
-                Scope::ContainerOnly(Some(id))
+                scope(&AttachAt::Root(dir), Some(Namespace::Private(7))).unwrap(),
+                Scope::Part(id)
             );
         }
-        assert_eq!(
-            scope(&AttachAt::OwnMount, Namespace::Private(7)).unwrap(),
-            Scope::ContainerOnly(None)
-        );
+        for namespace in [Some(Namespace::Private(7)), None] {
+            assert_eq!(
+                scope(&AttachAt::OwnMount, namespace).unwrap(),
+                Scope::KnownOnceMounted,
+                "{namespace:?}"
+            );
+        }
     }
 
     const HYBRID: &str = "\

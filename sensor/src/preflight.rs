@@ -359,19 +359,15 @@ fn cgroup_scope(attach_at: &anyhow::Result<AttachAt>) -> Check {
             "see the cgroup v2 line above",
         );
     };
-    let namespace = cgroup::Namespace::own();
-    let scope = namespace
-        .as_ref()
-        .map_err(|e| anyhow::anyhow!("{e:#}"))
-        .and_then(|ns| cgroup::scope(at, *ns));
+    let namespace = cgroup::Namespace::own().ok();
     let in_namespace = match namespace {
-        Ok(cgroup::Namespace::Host) => "the host's cgroup namespace".to_string(),
-        Ok(cgroup::Namespace::Private(inode)) => {
+        Some(cgroup::Namespace::Host) => "the host's cgroup namespace".to_string(),
+        Some(cgroup::Namespace::Private(inode)) => {
             format!("a private cgroup namespace (cgroup:[{inode}])")
         }
-        Err(_) => "an unknown cgroup namespace".to_string(),
+        None => "a cgroup namespace /proc/self/ns/cgroup does not name".to_string(),
     };
-    match scope {
+    match cgroup::scope(at, namespace) {
         Ok(cgroup::Scope::WholeHost) => {
             Check::new(NAME, true, format!("every process on the host (from {in_namespace})"), "")
         }
@@ -381,22 +377,35 @@ fn cgroup_scope(attach_at: &anyhow::Result<AttachAt>) -> Check {
             format!("only processes under --cgroup (cgroup id {id}), as asked"),
             "",
         ),
-        Ok(cgroup::Scope::ContainerOnly(id)) => Check::new(
+        Ok(cgroup::Scope::Part(id)) if namespace == Some(cgroup::Namespace::Host) => Check::new(
             NAME,
             false,
-            match id {
-                Some(id) => format!(
-                    "this process is in {in_namespace}: the cgroup2 root it sees is a \
-                     container's cgroup (id {id}), not the host's (id {}), and only that \
-                     container's processes would be watched",
-                    cgroup::HOST_ROOT_CGROUP_ID
-                ),
-                None => format!(
-                    "this process is in {in_namespace}: a cgroup2 it mounted would have the \
-                     container's cgroup as its root, and only that container's processes \
-                     would be watched"
-                ),
-            },
+            format!(
+                "the only cgroup2 mount found is a subtree (cgroup id {id}), not the \
+                 hierarchy's root (id {}): only processes under it would be watched",
+                cgroup::HOST_ROOT_CGROUP_ID
+            ),
+            "mount the cgroup2 root (mount -t cgroup2 none /sys/fs/cgroup/unified) or pass \
+             it with --cgroup",
+        ),
+        Ok(cgroup::Scope::Part(id)) => Check::new(
+            NAME,
+            false,
+            format!(
+                "this process is in {in_namespace}: the cgroup2 root it sees is a \
+                 container's cgroup (id {id}), not the host's (id {}), and only that \
+                 container's processes would be watched",
+                cgroup::HOST_ROOT_CGROUP_ID
+            ),
+            FIX,
+        ),
+        Ok(cgroup::Scope::KnownOnceMounted) => Check::not_run(
+            NAME,
+            format!(
+                "no cgroup2 mounted and this process is in {in_namespace}: whether a cgroup2 \
+                 mounted here has the host's root is known only once mounted (run checks it \
+                 and refuses a container's)"
+            ),
             FIX,
         ),
         Err(err) => Check::not_run(NAME, format!("{err:#}"), FIX),

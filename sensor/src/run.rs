@@ -92,6 +92,8 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
         AttachAt::Given(dir) | AttachAt::Root(dir) => (dir, None),
         AttachAt::OwnMount => {
             let own = cgroup::OwnMount::mount_or_adopt().map_err(Failure::runtime)?;
+            // Dropped (unmounted) on refusal.
+            own.require_host_root().map_err(Failure::runtime)?;
             info!(
                 path = %own.path().display(),
                 "no cgroup2 mounted (a cgroup v1 host): attaching at the root of one of the \

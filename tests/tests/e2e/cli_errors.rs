@@ -162,7 +162,8 @@ fn in_private_cgroup_namespace(remount: bool, args: &[&str]) -> (Option<i32>, St
         String::new()
     };
     let script = format!(
-        "echo $$ > {cgroup}/cgroup.procs && exec unshare --mount --cgroup \
+        // timeout: a run that no longer refuses fails the test instead of hanging it.
+        "echo $$ > {cgroup}/cgroup.procs && exec timeout 60 unshare --mount --cgroup \
          sh -c '{inner}exec \"$0\" \"$@\"' \"$@\"",
         cgroup = cgroup.display()
     );
