@@ -114,7 +114,8 @@ done
 apt_ensure musl-tools gcc-aarch64-linux-gnu libc6-dev-arm64-cross
 
 if [ "$want_vm_deps" = 1 ]; then
-  apt_ensure qemu-system-x86 qemu-system-arm cpio
+  # openssl: the guests' CA file.
+  apt_ensure qemu-system-x86 qemu-system-arm cpio openssl
 fi
 
 if [ "$want_test_deps" = 1 ]; then

@@ -111,7 +111,7 @@ fn the_daemonset_asks_for_exactly_what_the_sensor_needs() -> anyhow::Result<()> 
 }
 
 /// A release binary as `cargo xtask dist` (which `cargo xtask test` runs first) leaves it:
-/// present, listed in SHA256SUMS with its current sum, statically linked for `machine`
+/// present, its `.sha256` holding its current sum, statically linked for `machine`
 /// (as `file` names the architecture).
 fn released_binary(arch: &str, machine: &str) -> anyhow::Result<std::path::PathBuf> {
     let dist = repo_path(&format!("target/dist/pgwire-sensor-{arch}"));
@@ -123,9 +123,9 @@ fn released_binary(arch: &str, machine: &str) -> anyhow::Result<std::path::PathB
     let sum = Command::new("sha256sum").arg(&dist).output()?;
     let sum = String::from_utf8_lossy(&sum.stdout);
     let sum = sum.split_whitespace().next().unwrap_or_default();
-    let sums = std::fs::read_to_string(repo_path("target/dist/SHA256SUMS"))?;
-    let line = format!("{sum}  pgwire-sensor-{arch}");
-    assert!(sums.lines().any(|l| l == line), "{line} not in SHA256SUMS:\n{sums}");
+    let written =
+        std::fs::read_to_string(repo_path(&format!("target/dist/pgwire-sensor-{arch}.sha256")))?;
+    assert_eq!(written.trim_end(), format!("{sum}  pgwire-sensor-{arch}"));
     Ok(dist)
 }
 

@@ -289,13 +289,15 @@ impl Sessions<'_> {
         let Ok(child) = child.map_err(|err| println!("psql: {err}")) else { return false };
         let pid = child.id();
         let stderr = child.wait_with_output().map(|o| o.stderr).unwrap_or_default();
-        let line = finding.is_none_or(|verdict| {
-            self.line_with(&[
+        let line = match finding {
+            Some(verdict) => self.line_with(&[
                 &format!("\"verdict\":\"{verdict}\""),
                 &format!("\"verification\":\"{verification}\""),
                 &format!("\"pid\":{pid},"),
-            ])
-        });
+            ]),
+            // No finding at all for psql (a tls_unverified one would be the worst error).
+            None => !self.line_within(&[&format!("\"pid\":{pid},")], Duration::from_secs(1)),
+        };
         std::thread::sleep(Duration::from_millis(300));
         // Counted once, and under no other verification (a verifying client called
         // unverified would be the worst error).
@@ -345,7 +347,12 @@ impl Sessions<'_> {
 
     /// Wait (up to 5 s) for a finding line containing every one of `parts`.
     fn line_with(&mut self, parts: &[&str]) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(5);
+        self.line_within(parts, Duration::from_secs(5))
+    }
+
+    /// Wait up to `within` for a finding line containing every one of `parts`.
+    fn line_within(&mut self, parts: &[&str], within: Duration) -> bool {
+        let deadline = Instant::now() + within;
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             let Ok((_, line)) = self.lines.recv_timeout(left) else { return false };
             if parts.iter().all(|p| line.contains(p)) {
