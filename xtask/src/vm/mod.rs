@@ -318,18 +318,7 @@ fn fetch_kernel(work: &Path, apt: &[String], package: &str) -> anyhow::Result<Pa
     if vmlinuz.exists() {
         return Ok(vmlinuz);
     }
-    let debs = work.join("debs");
-    let deb = |debs: &Path| -> Option<PathBuf> {
-        std::fs::read_dir(debs).ok()?.flatten().map(|e| e.path()).find(|p| {
-            p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{package}_")))
-        })
-    };
-    if deb(&debs).is_none() {
-        crate::status(
-            Command::new("apt-get").current_dir(&debs).args(apt).args(["download", package]),
-        )?;
-    }
-    let deb = deb(&debs).context("apt-get download left no .deb")?;
+    let deb = downloaded_deb(work, apt, package, "")?;
     let tree = work.join("kernels").join(package).join("tree");
     std::fs::create_dir_all(&tree)?;
     crate::status(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree))?;
@@ -344,6 +333,31 @@ fn fetch_kernel(work: &Path, apt: &[String], package: &str) -> anyhow::Result<Pa
     Ok(vmlinuz)
 }
 
+/// `package`'s .deb in target/vm/debs (its file name ending in `suffix`, e.g. the
+/// architecture's `_arm64.deb`), downloaded with `apt` options unless already there.
+fn downloaded_deb(
+    work: &Path,
+    apt: &[String],
+    package: &str,
+    suffix: &str,
+) -> anyhow::Result<PathBuf> {
+    let debs = work.join("debs");
+    let find = || -> Option<PathBuf> {
+        std::fs::read_dir(&debs).ok()?.flatten().map(|e| e.path()).find(|p| {
+            p.file_name().is_some_and(|n| {
+                let n = n.to_string_lossy();
+                n.starts_with(&format!("{package}_")) && n.ends_with(suffix)
+            })
+        })
+    };
+    if find().is_none() {
+        crate::status(
+            Command::new("apt-get").current_dir(&debs).args(apt).args(["download", package]),
+        )?;
+    }
+    find().with_context(|| format!("apt-get download {package} left no .deb"))
+}
+
 /// Debian 12's static busybox for `arch` (downloaded once), for the guest's shell.
 fn fetch_busybox(work: &Path, apt: &[String], arch: Arch) -> anyhow::Result<PathBuf> {
     let dir = work.join("busybox").join(arch.debian());
@@ -351,20 +365,7 @@ fn fetch_busybox(work: &Path, apt: &[String], arch: Arch) -> anyhow::Result<Path
     if busybox.exists() {
         return Ok(busybox);
     }
-    let debs = work.join("debs");
-    crate::status(
-        Command::new("apt-get").current_dir(&debs).args(apt).args(["download", "busybox-static"]),
-    )?;
-    let deb = std::fs::read_dir(&debs)?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name().is_some_and(|n| {
-                let n = n.to_string_lossy();
-                n.starts_with("busybox-static_") && n.ends_with(&format!("_{}.deb", arch.debian()))
-            })
-        })
-        .context("apt-get download busybox-static left no .deb")?;
+    let deb = downloaded_deb(work, apt, "busybox-static", &format!("_{}.deb", arch.debian()))?;
     std::fs::create_dir_all(&dir)?;
     crate::status(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir))?;
     anyhow::ensure!(busybox.exists(), "{} has no /bin/busybox", deb.display());
