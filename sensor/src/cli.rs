@@ -23,7 +23,7 @@ const EXIT_CODES: &str = "Exit status:
 #[derive(Debug, Parser)]
 #[command(
     name = "sensor",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("SENSOR_REVISION"), ")"),
     about = "eBPF sensor that reports PostgreSQL-wire (CockroachDB) sessions sent in plaintext",
     after_help = EXIT_CODES
 )]

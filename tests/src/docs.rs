@@ -344,6 +344,8 @@ pub mod placeholder {
     /// The host the example ran on.
     pub const HOST_NAME: &str = "app-host-1";
     pub const HOST_ID: &str = "0123456789abcdef0123456789abcdef";
+    /// The commit the sensor was built from (`build_info`).
+    pub const REVISION: &str = "0123456789ab";
 }
 
 /// A finding line (as written) pretty-printed, with what changes from run to run (line id,
@@ -408,10 +410,24 @@ pub fn metrics_excerpt(page: &str) -> String {
                 || !name.ends_with("sessions_total")
                 || line.contains("role=\"client\""));
         if keep {
-            let _ = writeln!(out, "{line}");
+            let _ = writeln!(out, "{}", with_placeholder_revision(line));
         }
     }
     out
+}
+
+/// `build_info`'s `revision` label (the commit built) as [`placeholder::REVISION`].
+fn with_placeholder_revision(line: &str) -> std::borrow::Cow<'_, str> {
+    const LABEL: &str = "revision=\"";
+    let Some(start) = line.find(LABEL).map(|at| at + LABEL.len()) else {
+        return line.into();
+    };
+    match line[start..].find('"') {
+        Some(len) => {
+            format!("{}{}{}", &line[..start], placeholder::REVISION, &line[start + len..]).into()
+        }
+        None => line.into(),
+    }
 }
 
 #[cfg(test)]
@@ -535,7 +551,7 @@ After, kept too.
 pgwire_sensor_alerts_sent_total 0
 # HELP pgwire_sensor_build_info Build.
 # TYPE pgwire_sensor_build_info gauge
-pgwire_sensor_build_info{version=\"0.1.0\"} 1
+pgwire_sensor_build_info{revision=\"1a111ea0c2d4\",version=\"0.1.0\"} 1
 # HELP pgwire_sensor_sessions_total Sessions.
 # TYPE pgwire_sensor_sessions_total counter
 pgwire_sensor_sessions_total{port=\"26257\",role=\"client\",verdict=\"tls\"} 1
@@ -548,7 +564,7 @@ pgwire_sensor_start_time_seconds 1796184412.8943703
             "\
 # HELP pgwire_sensor_build_info Build.
 # TYPE pgwire_sensor_build_info gauge
-pgwire_sensor_build_info{version=\"0.1.0\"} 1
+pgwire_sensor_build_info{revision=\"0123456789ab\",version=\"0.1.0\"} 1
 # HELP pgwire_sensor_sessions_total Sessions.
 # TYPE pgwire_sensor_sessions_total counter
 pgwire_sensor_sessions_total{port=\"26257\",role=\"client\",verdict=\"tls\"} 1

@@ -85,11 +85,17 @@ impl Metrics {
         registry.register(Box::new(host_info))?;
 
         let build_info = IntGaugeVec::new(
-            Opts::new(name("build_info"), "Build of the running sensor (always 1)."),
-            &["version"],
+            Opts::new(
+                name("build_info"),
+                "Build of the running sensor (always 1): its version and source revision.",
+            ),
+            &["version", "revision"],
         )?;
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), env!("SENSOR_REVISION")]).set(1);
         registry.register(Box::new(build_info))?;
+
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...
+        registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
 
         let start_time = Gauge::new(
             name("start_time_seconds"),

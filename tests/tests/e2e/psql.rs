@@ -81,7 +81,18 @@ fn psql_plaintext_session_is_reported_and_tls_session_only_counted() -> anyhow::
         assert_eq!(delta(verdict), 0.0, "{verdict} moved");
     }
     assert_eq!(after.sum("pgwire_sensor_events_lost_total", &[("kind", "session")]), 0.0);
-    assert_eq!(after.sum("pgwire_sensor_build_info", &[("version", "0.1.0")]), 1.0);
+    // The build names the commit it was built from.
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()?;
+    let head = String::from_utf8(head.stdout)?;
+    let build = [("version", "0.1.0"), ("revision", head.trim())];
+    assert_eq!(after.sum("pgwire_sensor_build_info", &build), 1.0, "build_info names {head}");
+    // The agent's own cost, as every exporter reports it.
+    assert!(after.get("process_resident_memory_bytes") > 1e6);
+    assert!(after.get("process_open_fds") > 0.0);
+    assert!(after.has("process_cpu_seconds_total"));
 
     let (_, text) = tests::metrics::http_get(sensor.metrics_addr, "/metrics")?;
     eprintln!("metrics:\n{text}");
