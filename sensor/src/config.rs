@@ -4,7 +4,7 @@
 //! them into a [`RunConfig`] before anything is loaded into the kernel, so a bad value never
 //! leaves programs attached, and every error names the flag or the file key it came from.
 
-use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, str::FromStr, sync::Arc, time::Duration};
 
 use anyhow::{bail, ensure};
 use clap::{parser::ValueSource, ArgMatches, Args, Parser};
@@ -14,7 +14,10 @@ use sensor_common::{
 };
 use serde::Deserialize;
 
-use crate::output::delivery::{Credentials, Delivery, Peer};
+use crate::output::{
+    delivery::{Credentials, Delivery, Peer},
+    web_config::WebSecurity,
+};
 
 /// `--tls-verification`: whether clients' OpenSSL is probed to learn if they verify the
 /// server, and whether libraries that appear after start are probed too.
@@ -61,6 +64,15 @@ impl FromStr for FindingsTarget {
     }
 }
 
+impl std::fmt::Display for FindingsTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FindingsTarget::Stdout => f.write_str("stdout"),
+            FindingsTarget::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
 impl TryFrom<String> for FindingsTarget {
     type Error = String;
 
@@ -100,12 +112,16 @@ impl std::fmt::Display for HumanDuration {
 
 /// A file key that takes one value or a list (`alertmanager_url: http://am:9093`, or a list
 /// of peers).
-fn one_or_many<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Vec<String>, D::Error> {
+fn one_or_many<'de, D, T>(de: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
     #[derive(Deserialize)]
     #[serde(untagged)]
-    enum OneOrMany {
-        One(String),
-        Many(Vec<String>),
+    enum OneOrMany<T> {
+        One(T),
+        Many(Vec<T>),
     }
     Ok(match OneOrMany::deserialize(de)? {
         OneOrMany::One(one) => vec![one],
@@ -149,9 +165,16 @@ pub struct Settings {
     /// sessions are exposed.
     #[arg(long, default_value = "127.0.0.1:9477", value_name = "ADDR:PORT")]
     pub metrics_addr: SocketAddr,
-    /// Where to append findings (JSON lines); `-` is stdout.
+    /// TLS and basic auth for the metrics endpoint: a web configuration file in the format
+    /// of node_exporter and Prometheus (`tls_server_config`, `basic_auth_users`), for a
+    /// central Prometheus to scrape it without exposing which sessions are weak.
+    #[arg(long, value_name = "FILE")]
+    pub web_config: Option<PathBuf>,
+    /// Where to append findings (JSON lines); `-` is stdout. Repeat it to write every line
+    /// to each (stdout for `kubectl logs` and a file, say). In the file: a path or a list.
     #[arg(long, default_value = "-", value_name = "PATH|-")]
-    pub findings: FindingsTarget,
+    #[serde(deserialize_with = "one_or_many")]
+    pub findings: Vec<FindingsTarget>,
     /// Sessions of one identity (verdict, severity, process, destination, database user and
     /// database) after the first, within this window, are counted and written as one summary
     /// line when it closes (`sessions: N`, `repeats`).
@@ -301,6 +324,7 @@ impl Settings {
             ports,
             cgroup,
             metrics_addr,
+            web_config,
             findings,
             repeat_window,
             findings_every_session,
@@ -332,7 +356,14 @@ impl Settings {
         named("ring_buffer_bytes", check_ring_buffer_bytes(self.ring_buffer_bytes))?;
         named("roles", ensure_nonempty(&self.roles))?;
         named("repeat_window", check_repeat_window(self.repeat_window))?;
+        named("findings", check_findings_targets(&self.findings))?;
         let alertmanager = self.alertmanager(origins)?;
+        let web = match &self.web_config {
+            Some(path) => {
+                Arc::new(WebSecurity::load(path).map_err(|err| origins.error("web_config", err))?)
+            }
+            None => Arc::new(WebSecurity::none()),
+        };
         let mut roles = self.roles;
         roles.sort_unstable();
         roles.dedup();
@@ -340,6 +371,7 @@ impl Settings {
             ports: normalized_ports(self.ports),
             cgroup: self.cgroup,
             metrics_addr: self.metrics_addr,
+            web,
             findings: self.findings,
             finding_lines: FindingLines {
                 repeat_window: self.repeat_window,
@@ -444,7 +476,10 @@ pub struct RunConfig {
     pub ports: Vec<u16>,
     pub cgroup: Option<PathBuf>,
     pub metrics_addr: SocketAddr,
-    pub findings: FindingsTarget,
+    /// TLS and basic auth of the metrics endpoint (`--web-config`; neither by default).
+    pub web: Arc<WebSecurity>,
+    /// At least one; no two the same.
+    pub findings: Vec<FindingsTarget>,
     /// Aggregated per identity, or one line per session.
     pub finding_lines: FindingLines,
     pub ring_buffer_bytes: u32,
@@ -505,6 +540,16 @@ fn check_repeat_window(window: HumanDuration) -> anyhow::Result<()> {
         (Duration::from_secs(1)..=Duration::from_secs(86400)).contains(&window.0),
         "{window} is outside 1s to 24h"
     );
+    Ok(())
+}
+
+/// At least one, and each once: a file given twice would get every line twice, from two
+/// writers racing on one file.
+fn check_findings_targets(targets: &[FindingsTarget]) -> anyhow::Result<()> {
+    ensure!(!targets.is_empty(), "give a file path, or - for stdout");
+    for (index, target) in targets.iter().enumerate() {
+        ensure!(!targets[..index].contains(target), "{target} is given twice");
+    }
     Ok(())
 }
 

@@ -17,7 +17,7 @@ use crate::{
     output::{
         alert_book::AlertBook,
         alertmanager::{AlertPusher, AlertSource},
-        findings::FindingsWriter,
+        findings::FindingsOutputs,
         http::HttpState,
     },
     pending::PendingAuth,
@@ -27,7 +27,7 @@ use crate::{
 };
 
 pub struct Pipeline {
-    findings: FindingsWriter,
+    findings: FindingsOutputs,
     write_errors: ErrorLog,
     enricher: Enricher,
     pending: PendingAuth,
@@ -53,7 +53,7 @@ impl Pipeline {
     pub fn new(
         config: &RunConfig,
         origin: Origin,
-        findings: FindingsWriter,
+        findings: FindingsOutputs,
         state: Arc<HttpState>,
     ) -> anyhow::Result<Self> {
         let alerts = match &config.alertmanager {
@@ -63,7 +63,7 @@ impl Pipeline {
                 min_severity: am.min_severity,
                 book: AlertBook::new(AlertSource {
                     instance: origin.instance().to_string(),
-                    generator_url: format!("http://{}/", config.metrics_addr),
+                    generator_url: format!("{}://{}/", config.web.scheme(), config.metrics_addr),
                     runbook_base: am.runbook_base.clone(),
                 }),
             }),

@@ -115,7 +115,7 @@ pub fn run_checks(config: &RunConfig, outputs: bool) -> Vec<Check> {
     checks.push(btf());
     if outputs {
         checks.push(metrics_address(config.metrics_addr));
-        checks.push(findings_target(&config.findings));
+        checks.extend(config.findings.iter().map(findings_target));
     }
     checks
 }

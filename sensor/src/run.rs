@@ -24,7 +24,7 @@ use crate::{
     identity::Origin,
     instance, kernel_log,
     output::{
-        findings::FindingsWriter,
+        findings::FindingsOutputs,
         http::{self, HttpState},
         metrics::{KernelSources, Metrics},
     },
@@ -58,7 +58,7 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
 
     let origin = Origin::detect(config.machine_id_file.as_deref(), config.node_name.clone())
         .map_err(Failure::config)?;
-    let findings = FindingsWriter::open(&config.findings).map_err(Failure::config)?;
+    let findings = FindingsOutputs::open(&config.findings).map_err(Failure::config)?;
     let listener = TcpListener::bind(config.metrics_addr).await.map_err(|err| {
         Failure::runtime(anyhow::anyhow!(
             "cannot listen on --metrics-addr {}: {err}. Another process (another sensor?) may \
@@ -152,7 +152,7 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
         state.metrics.tls_probe_failures.inc_by(failures);
     };
     record_tls_probes(tls_probed);
-    let server = tokio::spawn(http::serve(listener, state.clone()));
+    let server = tokio::spawn(http::serve(listener, state.clone(), config.web.clone()));
     let mut pipeline = Pipeline::new(&config, origin, findings, state.clone())
         .context("cannot set up alerting")?;
     info!(

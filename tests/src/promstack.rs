@@ -225,6 +225,16 @@ impl Prometheus {
             .replace("\"127.0.0.1:9093\"", &format!("\"{alertmanager}\""))
             .replace("\"127.0.0.1:9477\"", &format!("\"{sensor}\""))
             .replace("- alerts.yml", &format!("- {}", deploy("prometheus/alerts.yml").display()));
+        Self::start_in(dir, &config)
+    }
+
+    /// Prometheus with `config` as its prometheus.yml (a scrape of the sensor over TLS,
+    /// say), in its own scratch directory.
+    pub fn start_with_config(config: &str) -> anyhow::Result<Prometheus> {
+        Self::start_in(scratch_dir("prometheus"), config)
+    }
+
+    fn start_in(dir: PathBuf, config: &str) -> anyhow::Result<Prometheus> {
         fs::write(dir.join("prometheus.yml"), config)?;
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
         let log = dir.join("prometheus.log");

@@ -181,11 +181,38 @@ fn findings_target() {
 }
 
 #[test]
+fn findings_go_to_every_target_given_each_once() {
+    let both = validate(&["--findings", "-", "--findings", "/var/log/f.jsonl"]).unwrap().findings;
+    assert_eq!(both, [FindingsTarget::Stdout, FindingsTarget::File("/var/log/f.jsonl".into())]);
+    let err = error(&["--findings", "/var/log/f.jsonl", "--findings", "/var/log/f.jsonl"]);
+    assert!(err.contains("--findings") && err.contains("given twice"), "{err}");
+    let file =
+        crate::config_file::parse(Path::new("s.yaml"), "findings: [\"-\", /var/log/f.jsonl]\n")
+            .unwrap();
+    assert_eq!(file.findings, both);
+    let one = crate::config_file::parse(Path::new("s.yaml"), "findings: /var/log/f.jsonl\n");
+    assert_eq!(one.unwrap().findings, both[1..]);
+}
+
+#[test]
+fn a_web_config_is_loaded_at_start_and_its_errors_name_the_flag() {
+    assert_eq!(validate(&[]).unwrap().web.scheme(), "http");
+    let dir = crate::test_files::scratch_dir(
+        "config-web",
+        &[("web.yml", "basic_auth_users:\n  a: plain\n")],
+    );
+    let err = error(&["--web-config", dir.join("web.yml").to_str().unwrap()]);
+    assert!(err.contains("--web-config") && err.contains("not a bcrypt hash"), "{err}");
+    let err = error(&["--web-config", "/nonexistent/web.yml"]);
+    assert!(err.contains("--web-config") && err.contains("cannot read"), "{err}");
+}
+
+#[test]
 fn defaults_come_from_the_flags() {
     let d = validate(&[]).unwrap();
     assert_eq!(d.ports, vec![26257]);
     assert_eq!(d.metrics_addr, SocketAddr::from(([127, 0, 0, 1], 9477)));
-    assert_eq!(d.findings, FindingsTarget::Stdout);
+    assert_eq!(d.findings, [FindingsTarget::Stdout]);
     assert_eq!(d.ring_buffer_bytes, EVENTS_RING_BYTES);
     assert_eq!(d.auth_wait, Duration::from_secs(1));
     assert!(d.ignored_settings.is_empty());

@@ -27,6 +27,62 @@ use sensor_common::verdict::Severity;
 
 use crate::{config::FindingsTarget, finding::Finding};
 
+/// Every `--findings` target (stdout and a file, say), each with its own writer: a failure
+/// of one loses nothing in another.
+pub struct FindingsOutputs {
+    /// Never empty; the first one's lines are the ones `findings_total` counts.
+    writers: Vec<FindingsWriter>,
+}
+
+impl FindingsOutputs {
+    pub fn open(targets: &[FindingsTarget]) -> anyhow::Result<Self> {
+        let writers =
+            targets.iter().map(FindingsWriter::open).collect::<anyhow::Result<Vec<_>>>()?;
+        anyhow::ensure!(!writers.is_empty(), "no findings target");
+        Ok(FindingsOutputs { writers })
+    }
+
+    pub fn push(&mut self, finding: &Finding) {
+        self.writers.iter_mut().for_each(|writer| writer.push(finding));
+    }
+
+    /// Flush every target: the lines the first one wrote, and the lines every target lost
+    /// with their errors.
+    pub fn flush(&mut self) -> Flushed {
+        let mut all = Flushed::default();
+        for (index, writer) in self.writers.iter_mut().enumerate() {
+            let flushed = writer.flush();
+            if index == 0 {
+                all.written = flushed.written;
+            }
+            if let Some((lines, err)) = flushed.failed {
+                let (total, errors) = all.failed.get_or_insert_with(|| (0, String::new()));
+                *total += lines;
+                if !errors.is_empty() {
+                    errors.push_str("; ");
+                }
+                errors.push_str(&format!("{}: {err}", writer.target));
+            }
+        }
+        all
+    }
+
+    /// `FindingsWriter::follow_path` for each file; whether any was reopened.
+    pub fn follow_path(&mut self) -> anyhow::Result<bool> {
+        let mut reopened = false;
+        for writer in &mut self.writers {
+            reopened |= writer.follow_path()?;
+        }
+        Ok(reopened)
+    }
+
+    /// Reopen every file; the first error, after trying them all.
+    pub fn reopen(&mut self) -> anyhow::Result<()> {
+        let results: Vec<_> = self.writers.iter_mut().map(FindingsWriter::reopen).collect();
+        results.into_iter().collect()
+    }
+}
+
 pub struct FindingsWriter {
     target: FindingsTarget,
     out: Box<dyn Write + Send>,

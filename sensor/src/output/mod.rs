@@ -6,3 +6,4 @@ pub mod delivery;
 pub mod findings;
 pub mod http;
 pub mod metrics;
+pub mod web_config;

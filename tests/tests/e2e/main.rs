@@ -20,6 +20,7 @@ mod docs_examples;
 mod finding_lines;
 mod first_bytes;
 mod hosts;
+mod metrics_endpoint;
 mod nat;
 mod negotiation;
 mod packaging;
