@@ -7,7 +7,9 @@
 #     binaries (cargo xtask dist: x86_64 and aarch64).
 # Pass --test-deps to also install what the test suite drives (PostgreSQL 15, openssl,
 # Prometheus, systemd-analyze, cargo-fuzz...), --vm-deps for `cargo xtask vm-test` (QEMU for
-# x86_64 and aarch64, cpio; the guests' kernels and busybox come through apt lists of its own).
+# x86_64 and aarch64, cpio; the guests' kernels and busybox come through apt lists of its own),
+# --package-deps for `cargo xtask package` (cargo-deb, buildah for the OCI image); the test
+# suite checks the packages, so --test-deps includes it.
 # Each step checks first and does nothing when already done, so running it twice is cheap.
 set -euo pipefail
 
@@ -15,11 +17,13 @@ log() { printf 'bootstrap: %s\n' "$*" >&2; }
 
 want_test_deps=0
 want_vm_deps=0
+want_package_deps=0
 for arg in "$@"; do
   case "$arg" in
-    --test-deps) want_test_deps=1 ;;
+    --test-deps) want_test_deps=1; want_package_deps=1 ;;
     --vm-deps) want_vm_deps=1 ;;
-    *) log "unknown argument: $arg (expected --test-deps or --vm-deps)"; exit 2 ;;
+    --package-deps) want_package_deps=1 ;;
+    *) log "unknown argument: $arg (expected --test-deps, --vm-deps or --package-deps)"; exit 2 ;;
   esac
 done
 
@@ -46,6 +50,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 # shellcheck source=../ebpf-toolchain
 . "$root/ebpf-toolchain"
 BPF_LINKER_VERSION=0.13.0
+CARGO_DEB_VERSION=3.6.2
 frozen="$HOME/.local/share/pgwire-sensor/toolchains/$EBPF_TOOLCHAIN"
 
 rustc_commit() { rustc +"$1" -vV 2>/dev/null | sed -n 's/^commit-hash: //p'; }
@@ -114,8 +119,20 @@ done
 apt_ensure musl-tools gcc-aarch64-linux-gnu libc6-dev-arm64-cross
 
 if [ "$want_vm_deps" = 1 ]; then
-  # openssl: the guests' CA file.
-  apt_ensure qemu-system-x86 qemu-system-arm cpio openssl
+  # openssl: the guests' CA file; debootstrap: the systemd guest's Debian 12 root; the
+  # systemd guest installs the .deb (cargo-deb).
+  apt_ensure qemu-system-x86 qemu-system-arm cpio openssl debootstrap
+  want_package_deps=1
+fi
+
+if [ "$want_package_deps" = 1 ]; then
+  # cargo-deb makes the .deb from sensor/Cargo.toml's [package.metadata.deb]; buildah the
+  # OCI image (daemonless, no registry needed); dpkg-deb reads packages back in the tests.
+  if ! cargo deb --version 2>/dev/null | grep -qF "$CARGO_DEB_VERSION"; then
+    log "installing cargo-deb $CARGO_DEB_VERSION (a few minutes, once)"
+    cargo install --locked "cargo-deb@$CARGO_DEB_VERSION"
+  fi
+  apt_ensure buildah dpkg-dev
 fi
 
 if [ "$want_test_deps" = 1 ]; then
@@ -123,7 +140,7 @@ if [ "$want_test_deps" = 1 ]; then
   # release binary and the packaging.
   apt_ensure postgresql-15 postgresql-client-15 openssl util-linux procps iproute2 tcpdump tshark \
     nftables krb5-kdc krb5-admin-server krb5-user bpftool prometheus prometheus-alertmanager \
-    libpostgresql-jdbc-java file coreutils binutils systemd strace python3
+    libpostgresql-jdbc-java file coreutils binutils systemd strace python3 curl
   # Fuzzing in CI (the classifier's and the capture parser's targets).
   if ! cargo fuzz --version >/dev/null 2>&1; then
     log "installing cargo-fuzz (a minute or two, once)"
@@ -148,6 +165,12 @@ if [ "$want_test_deps" = 1 ]; then
   if [ ! -d "$clients/node/node_modules/pg" ]; then
     log "installing node-postgres into $clients/node"
     (cd "$clients/node" && npm ci --no-audit --no-fund --silent)
+  fi
+  # The Prometheus Operator's CRD schemas (kubernetes-models), for the manifests' check.
+  crd_validate="$(dirname "$clients")/tools/crd-validate"
+  if [ ! -d "$crd_validate/node_modules/@kubernetes-models/prometheus-operator" ]; then
+    log "installing the CRD validator into $crd_validate"
+    (cd "$crd_validate" && npm ci --no-audit --no-fund --silent)
   fi
 fi
 

@@ -72,7 +72,8 @@ pub const TESTS: [&str; 13] = [
     CGROUP_V1_TEST,
 ];
 
-fn word(ok: bool) -> &'static str {
+/// A test's result as the VMTEST and VMSYSTEMD lines write it.
+pub fn word(ok: bool) -> &'static str {
     if ok {
         "ok"
     } else {

@@ -13,6 +13,8 @@
 //! `--accel kvm` where KVM works; guests of another architecture always run under TCG.
 
 pub mod guest;
+mod systemd;
+pub mod systemd_guest;
 
 use std::{
     fmt::Write as _,
@@ -145,6 +147,12 @@ impl AptSource {
 /// not depend on the kernel series.
 const CGROUP_V1_ON: &str = "6.12";
 
+/// The systemd guest boots Debian 12's own kernel (x86_64).
+const SYSTEMD_KERNEL: &str = "6.1";
+
+/// The busybox guests' memory.
+const GUEST_MEMORY_MIB: u32 = 1024;
+
 const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
 
 const INIT: &str = r#"#!/bin/busybox sh
@@ -250,14 +258,14 @@ pub fn run(root: &Path, accel: Accel) -> anyhow::Result<()> {
         let started = Instant::now();
         // KVM runs only guests of the machine's own architecture.
         let accel = if arch == Arch::host() { accel } else { Accel::Tcg };
-        let mut console = boot(arch, &vmlinuz, initramfs, accel, append)?;
+        let mut console = boot(arch, &vmlinuz, initramfs, accel, append, GUEST_MEMORY_MIB)?;
         if guest_never_ran(&console) {
             // The emulator, not the sensor: seen once under TCG, the static busybox
             // segfaulted before /init had mounted anything. One more boot; both consoles
             // are kept.
             eprintln!("xtask: {name}: the guest's /init failed before the test; booting again");
             std::fs::write(work.join(format!("console-{name}-failed-boot.log")), &console)?;
-            console = boot(arch, &vmlinuz, initramfs, accel, append)?;
+            console = boot(arch, &vmlinuz, initramfs, accel, append, GUEST_MEMORY_MIB)?;
         }
         std::fs::write(work.join(format!("console-{name}.log")), &console)?;
         let line = console.lines().find(|l| l.starts_with("VMTEST ")).map(str::to_string);
@@ -270,6 +278,42 @@ pub fn run(root: &Path, accel: Accel) -> anyhow::Result<()> {
     if let Some(failed) = outcomes.iter().find(|o| !o.passed()) {
         let name = format!("{}-{}", failed.label, failed.arch.name());
         bail!("kernel {name} failed; its console is in target/vm/console-{name}.log");
+    }
+    Ok(())
+}
+
+/// `vm-test --systemd`: the Debian package under a real systemd (vm/systemd.rs), on the
+/// kernel of the Debian release whose root filesystem it boots. Not in CI (about five
+/// minutes under TCG, plus the root filesystem's first debootstrap); its last result is in
+/// docs/kernels.md.
+pub fn run_systemd(root: &Path, accel: Accel) -> anyhow::Result<()> {
+    if accel == Accel::Kvm {
+        anyhow::ensure!(Path::new("/dev/kvm").exists(), "/dev/kvm missing: use --accel tcg");
+    }
+    let work = root.join("target/vm");
+    std::fs::create_dir_all(work.join("debs"))?;
+    let kernel = KERNELS
+        .iter()
+        .find(|k| k.label == SYSTEMD_KERNEL && k.arch == Arch::X86_64)
+        .context("no x86_64 kernel of the systemd guest's release in KERNELS")?;
+    let source = AptSource { release: kernel.release, arch: kernel.arch };
+    source.update(&work)?;
+    let apt = source.apt_options(&work)?;
+    let vmlinuz = fetch_kernel(&work, &apt, &newest_kernel(&apt, kernel.meta)?)?;
+    // The binary the package holds, and the guest's checks, built as for the busybox guests.
+    crate::dist(&[kernel.arch])?;
+    let mut build = crate::cargo();
+    kernel.arch.configure_build(&mut build);
+    crate::status(build.args(["--package", "xtask"]))?;
+    let outcome = systemd::run(root, &work, &vmlinuz, accel)?;
+    let table = outcome.table();
+    print!("{table}");
+    std::fs::write(work.join("results-systemd.md"), &table)?;
+    if !outcome.passed() {
+        bail!(
+            "the systemd guest failed; its console is in {}",
+            systemd::console_path(&work).display()
+        );
     }
     Ok(())
 }
@@ -496,11 +540,12 @@ fn boot(
     initramfs: &Path,
     accel: Accel,
     append: &str,
+    memory_mib: u32,
 ) -> anyhow::Result<String> {
     let machine = arch.qemu();
     let mut child = Command::new(machine.binary)
         .args(accel.qemu_args(&machine))
-        .args(["-m", "1024", "-smp", "2"])
+        .args(["-m", &memory_mib.to_string(), "-smp", "2"])
         .args(["-nographic", "-no-reboot", "-monitor", "none", "-serial", "stdio"])
         .arg("-kernel")
         .arg(vmlinuz)
