@@ -50,6 +50,8 @@ fn revision() -> String {
     if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
         watched.push(git(&["rev-parse", "--git-path", &branch]));
     }
+    // Where a packed branch's next commit writes its loose ref.
+    watched.push(git(&["rev-parse", "--git-path", "refs/heads"]));
     for path in watched.into_iter().flatten() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
         if path.exists() {

@@ -122,7 +122,7 @@ enum Task {
         accel: vm::Accel,
         /// Instead, the Debian package under a real systemd: a Debian 12 root filesystem
         /// (debootstrap) with systemd as PID 1 installs, runs, crashes, rotates, upgrades,
-        /// stops and purges it. Not in CI (about five minutes); the last result is in
+        /// stops and purges it. Not in CI (about 6 minutes); the last result is in
         /// docs/kernels.md.
         #[arg(long)]
         systemd: bool,

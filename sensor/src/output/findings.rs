@@ -67,11 +67,13 @@ impl FindingsOutputs {
         all
     }
 
-    /// `FindingsWriter::follow_path` for each file; whether any was reopened.
+    /// `FindingsWriter::follow_path` for each file (every one tried, whatever another
+    /// one's error); whether any was reopened, or the first error.
     pub fn follow_path(&mut self) -> anyhow::Result<bool> {
+        let results: Vec<_> = self.writers.iter_mut().map(FindingsWriter::follow_path).collect();
         let mut reopened = false;
-        for writer in &mut self.writers {
-            reopened |= writer.follow_path()?;
+        for result in results {
+            reopened |= result?;
         }
         Ok(reopened)
     }

@@ -19,7 +19,7 @@ use std::{
     fmt,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    time::SystemTime,
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{anyhow, bail, Context};
@@ -120,6 +120,12 @@ impl WebSecurity {
             .tls_server_config
             .map(|tls| tls_acceptor(tls, base).context("tls_server_config"))
             .transpose()?;
+        if tls.is_none() && !file.basic_auth_users.is_empty() {
+            warn!(
+                "web config: basic_auth_users without tls_server_config: passwords cross in \
+                 clear, which is what this sensor reports in others"
+            );
+        }
         let basic_auth = if file.basic_auth_users.is_empty() {
             None
         } else {
@@ -148,7 +154,12 @@ fn tls_acceptor(config: TlsServerConfig, base: &Path) -> anyhow::Result<tokio_ru
         .with_protocol_versions(&versions)
         .context("protocol versions")?;
     let verifier = match (config.client_auth_type, &config.client_ca_file) {
-        (ClientAuthType::NoClientCert, _) => WebPkiClientVerifier::no_client_auth(),
+        (ClientAuthType::NoClientCert, None) => WebPkiClientVerifier::no_client_auth(),
+        // Whoever wrote a CA meant client certificates to be checked: never drop it.
+        (ClientAuthType::NoClientCert, Some(_)) => bail!(
+            "client_ca_file is given but client_auth_type is not: set client_auth_type to \
+             RequireAndVerifyClientCert (or VerifyClientCertIfGiven), or remove client_ca_file"
+        ),
         (ClientAuthType::RequestClientCert | ClientAuthType::RequireAnyClientCert, _) => bail!(
             "client_auth_type {:?} accepts client certificates without verifying them, which \
              proves nothing: use RequireAndVerifyClientCert (or VerifyClientCertIfGiven) with \
@@ -237,9 +248,20 @@ struct CertificateFiles {
 
 #[derive(Debug)]
 struct Loaded {
-    /// Modification times of the certificate and key files when read.
-    stamp: (Option<SystemTime>, Option<SystemTime>),
+    /// What the certificate and key files were when last read.
+    stamp: (Option<FileStamp>, Option<FileStamp>),
     key: Arc<CertifiedKey>,
+    /// When a pair that did not load was last reported.
+    warned: Option<Instant>,
+}
+
+/// A file's identity and modification: a new file renamed into place (cert-manager,
+/// ACME clients), or one rewritten in place, even with its old time kept (`cp -p`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    inode: u64,
+    len: u64,
+    modified: SystemTime,
 }
 
 impl CertificateFiles {
@@ -248,30 +270,42 @@ impl CertificateFiles {
         key_file: PathBuf,
         provider: Arc<CryptoProvider>,
     ) -> anyhow::Result<Self> {
-        let stamp = (modified(&cert_file), modified(&key_file));
+        let stamp = (stamp(&cert_file), stamp(&key_file));
         let key = certified_key(&cert_file, &key_file, &provider)?;
         Ok(CertificateFiles {
             cert_file,
             key_file,
             provider,
-            current: Mutex::new(Loaded { stamp, key }),
+            current: Mutex::new(Loaded { stamp, key, warned: None }),
         })
     }
 
     fn current(&self) -> Arc<CertifiedKey> {
         let mut loaded = self.current.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let stamp = (modified(&self.cert_file), modified(&self.key_file));
+        let stamp = (stamp(&self.cert_file), stamp(&self.key_file));
         if stamp != loaded.stamp {
-            // Stamped even when the new pair fails: logged once per change, not per scrape.
-            loaded.stamp = stamp;
             match certified_key(&self.cert_file, &self.key_file, &self.provider) {
-                Ok(key) => loaded.key = key,
-                Err(err) => warn!("web config: keeping the previous certificate: {err:#}"),
+                Ok(key) => {
+                    loaded.key = key;
+                    loaded.stamp = stamp;
+                }
+                // Not stamped: tried again at the next handshake (a pair caught half
+                // written is read whole later); said at most once a minute.
+                Err(err) => {
+                    let now = Instant::now();
+                    if loaded.warned.is_none_or(|at| now.duration_since(at) >= RELOAD_WARN_EVERY) {
+                        warn!("web config: keeping the previous certificate: {err:#}");
+                        loaded.warned = Some(now);
+                    }
+                }
             }
         }
         loaded.key.clone()
     }
 }
+
+/// How often a certificate pair that does not load is reported.
+const RELOAD_WARN_EVERY: Duration = Duration::from_secs(60);
 
 impl ResolvesServerCert for CertificateFiles {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
@@ -279,8 +313,10 @@ impl ResolvesServerCert for CertificateFiles {
     }
 }
 
-fn modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|meta| meta.modified()).ok()
+fn stamp(path: &Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    Some(FileStamp { inode: meta.ino(), len: meta.len(), modified: meta.modified().ok()? })
 }
 
 fn certified_key(
@@ -305,6 +341,9 @@ pub struct BasicAuth {
     /// milliseconds by design, which a scrape every few seconds should not pay each time.
     verified: Mutex<HashSet<[u8; 32]>>,
 }
+
+/// Held while bcrypt runs.
+static BCRYPT: Mutex<()> = Mutex::new(());
 
 /// Verified credentials remembered at most; the set starts over when full.
 const VERIFIED_CACHE: usize = 64;
@@ -342,8 +381,12 @@ impl BasicAuth {
             Some(hash) => (hash.as_str(), true),
             None => (DUMMY_HASH, false),
         };
-        // Always one bcrypt, known user or not.
-        let ok = bcrypt::verify(&password, hash).unwrap_or(false) && known;
+        // Always one bcrypt, known user or not; one at a time (as exporter-toolkit does), so
+        // that wrong passwords sent in parallel cost one core at most, never the agent's.
+        let ok = {
+            let _one_at_a_time = BCRYPT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            bcrypt::verify(&password, hash).unwrap_or(false) && known
+        };
         if ok {
             verified = self.verified.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             if verified.len() >= VERIFIED_CACHE {
@@ -357,7 +400,11 @@ impl BasicAuth {
 
 /// `Basic base64(user:password)` split at the first colon.
 fn basic_credentials(header: &[u8]) -> Option<(String, String)> {
-    let encoded = header.strip_prefix(b"Basic ")?;
+    // The scheme is case-insensitive (RFC 7617).
+    let (scheme, encoded) = header.split_at_checked(6)?;
+    if !scheme.eq_ignore_ascii_case(b"basic ") {
+        return None;
+    }
     let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim_ascii()).ok()?;
     let decoded = String::from_utf8(decoded).ok()?;
     let (user, password) = decoded.split_once(':')?;

@@ -68,7 +68,13 @@ fn the_systemd_unit_verifies_and_is_hardened() -> anyhow::Result<()> {
         .args(["check", "--format", "json", "--config"])
         .arg(&config)
         .output()?;
-    assert_ne!(check.status.code(), Some(2), "{}", String::from_utf8_lossy(&check.stderr));
+    // 0 or 1 (ready or not on this machine); never 2 (the file refused) nor a crash.
+    assert!(
+        matches!(check.status.code(), Some(0 | 1)),
+        "{:?}: {}",
+        check.status,
+        String::from_utf8_lossy(&check.stderr)
+    );
     Ok(())
 }
 

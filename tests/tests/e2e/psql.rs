@@ -88,7 +88,11 @@ fn psql_plaintext_session_is_reported_and_tls_session_only_counted() -> anyhow::
         .output()?;
     let head = String::from_utf8(head.stdout)?;
     let build = [("version", "0.1.0"), ("revision", head.trim())];
-    assert_eq!(after.sum("pgwire_sensor_build_info", &build), 1.0, "build_info names {head}");
+    assert_eq!(
+        after.sum("pgwire_sensor_build_info", &build),
+        1.0,
+        "build_info must name HEAD {head}: a sensor built at another commit (rebuild it)"
+    );
     // The agent's own cost, as every exporter reports it.
     assert!(after.get("process_resident_memory_bytes") > 1e6);
     assert!(after.get("process_open_fds") > 0.0);

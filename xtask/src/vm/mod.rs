@@ -283,8 +283,8 @@ pub fn run(root: &Path, accel: Accel) -> anyhow::Result<()> {
 }
 
 /// `vm-test --systemd`: the Debian package under a real systemd (vm/systemd.rs), on the
-/// kernel of the Debian release whose root filesystem it boots. Not in CI (about five
-/// minutes under TCG, plus the root filesystem's first debootstrap); its last result is in
+/// kernel of the Debian release whose root filesystem it boots. Not in CI (about 6 minutes
+/// under TCG, plus 2 for the root filesystem's first debootstrap); its last result is in
 /// docs/kernels.md.
 pub fn run_systemd(root: &Path, accel: Accel) -> anyhow::Result<()> {
     if accel == Accel::Kvm {

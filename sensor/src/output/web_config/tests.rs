@@ -83,6 +83,8 @@ fn client_certificates_are_verified_or_refused() {
     let err =
         error_of(&format!("{tls}  client_auth_type: RequireAndVerifyClientCert\n"), dir.as_path());
     assert!(err.contains("needs client_ca_file"), "{err}");
+    let err = error_of(&format!("{tls}  client_ca_file: ca.crt\n"), dir.as_path());
+    assert!(err.contains("client_auth_type is not"), "a CA is never dropped in silence: {err}");
     for verified in ["RequireAndVerifyClientCert", "VerifyClientCertIfGiven"] {
         let text = format!("{tls}  client_auth_type: {verified}\n  client_ca_file: ca.crt\n");
         assert!(WebSecurity::parse(&text, dir.as_path()).is_ok(), "{verified}");
@@ -140,6 +142,10 @@ fn basic_auth_takes_the_right_password_only() {
     assert!(!auth.allows(None));
     assert!(!auth.allows(Some(b"Basic not base64!")));
     assert!(!auth.allows(Some(b"Bearer token")));
+    let lower = String::from_utf8(header("prometheus", "s3cret:with colon"))
+        .unwrap()
+        .replacen("Basic", "basic", 1);
+    assert!(auth.allows(Some(lower.as_bytes())), "the scheme is case-insensitive");
 }
 
 #[test]
