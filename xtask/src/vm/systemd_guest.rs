@@ -31,7 +31,7 @@ const PSQL: &str = "/usr/lib/postgresql/15/bin/psql";
 const ATTACH_WITHIN: Duration = Duration::from_secs(240);
 
 /// Every test, in the order of the VMSYSTEMD line and of the host's table.
-pub const TESTS: [&str; 9] = [
+pub const TESTS: [&str; 10] = [
     "install",
     "started",
     "finding",
@@ -40,6 +40,7 @@ pub const TESTS: [&str; 9] = [
     "crash_restarted",
     "upgrade",
     "stop_detaches",
+    "remove_keeps_evidence",
     "purge_leaves_nothing",
 ];
 
@@ -80,6 +81,15 @@ pub fn run() -> anyhow::Result<()> {
         && output("systemctl", &["is-active", UNIT]).trim() == "inactive"
         && !programs_attached();
     results.push(("stop_detaches", stopped));
+
+    // Remove (not purge): the binary and unit go, the settings and the findings (evidence)
+    // stay, as Debian policy keeps conffiles and logs.
+    let kept = ["/etc/pgwire-sensor/config.yaml", FINDINGS];
+    let removed = shell(&format!("dpkg -r {UNIT}"))
+        && !Path::new("/usr/bin/pgwire-sensor").exists()
+        && kept.iter().all(|path| Path::new(path).exists())
+        && !programs_attached();
+    results.push(("remove_keeps_evidence", removed));
 
     let purged = shell(&format!("dpkg -P {UNIT}"));
     let left: Vec<String> =
