@@ -1,7 +1,10 @@
 //! Test certificates, made with the openssl CLI: a CA and a server certificate for
 //! `localhost` / 127.0.0.1, so clients can also verify (verify-ca, verify-full).
 
-use std::{path::Path, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{bail, Context};
 
@@ -83,4 +86,26 @@ pub fn generate(dir: &Path) -> anyhow::Result<ServerCerts> {
         cert: dir.join("server.crt"),
         key: dir.join("server.key"),
     })
+}
+
+/// A client certificate `name` for mutual TLS, signed by the CA `generate` made in `dir`
+/// (`<name>.crt`, `<name>.key`), or self-signed when `signed` is false (one no CA vouches for).
+pub fn client(dir: &Path, name: &str, signed: bool) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let (key, csr, cert) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"));
+    let subject = format!("/CN={name}");
+    openssl(
+        &["req", "-newkey", "rsa:2048", "-nodes", "-subj", &subject, "-keyout", &key, "-out", &csr],
+        dir,
+    )?;
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n")?;
+    let (issuer, issuer_key) = if signed { ("ca.crt", "ca.key") } else { ("", "") };
+    let mut args = vec!["x509", "-req", "-in", &csr, "-days", "2", "-extfile", "client.ext"];
+    if signed {
+        args.extend(["-CA", issuer, "-CAkey", issuer_key, "-CAcreateserial"]);
+    } else {
+        args.extend(["-key", &key]);
+    }
+    args.extend(["-out", &cert]);
+    openssl(&args, dir)?;
+    Ok((dir.join(cert), dir.join(key)))
 }

@@ -39,7 +39,14 @@ impl Drop for Running {
     }
 }
 
-fn start_sensor(web_config: &Path, addr: SocketAddr, dir: &Path) -> anyhow::Result<Running> {
+/// `sensor run --web-config web_config`, ready once curl with `client` (the CA, and a
+/// client certificate where one is required) gets 200 from /healthz.
+fn start_sensor(
+    web_config: &Path,
+    addr: SocketAddr,
+    dir: &Path,
+    client: &[String],
+) -> anyhow::Result<Running> {
     let log = dir.join("sensor.log");
     let child = Command::new(tests::sensor::sensor_binary()?)
         .arg("run")
@@ -52,14 +59,12 @@ fn start_sensor(web_config: &Path, addr: SocketAddr, dir: &Path) -> anyhow::Resu
         .stderr(std::fs::File::create(&log)?)
         .spawn()?;
     let mut running = Running(child);
-    let ca = dir.join("ca.crt");
     let healthz = format!("https://localhost:{}/healthz", addr.port());
     let ready = wait_for("the sensor to attach", Duration::from_secs(30), || {
         if let Ok(Some(status)) = running.0.try_wait() {
             return Some(Err(anyhow::anyhow!("sensor exited early ({status})")));
         }
-        let cacert = ["--cacert", ca.to_str()?];
-        matches!(curl(&cacert, &healthz), Ok((200, _))).then_some(Ok(()))
+        matches!(curl(client, &healthz), Ok((200, _))).then_some(Ok(()))
     });
     match ready {
         Ok(Ok(())) => Ok(running),
@@ -92,7 +97,8 @@ fn tls_and_basic_auth_from_a_web_config_hold_for_curl_and_prometheus() -> anyhow
     assert!(check.status.success(), "promtool: {}", String::from_utf8_lossy(&check.stderr));
 
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
-    let _sensor = start_sensor(&web_config, addr, &dir)?;
+    let trusting = vec!["--cacert".to_string(), dir.join("ca.crt").display().to_string()];
+    let _sensor = start_sensor(&web_config, addr, &dir, &trusting)?;
     let https = format!("https://localhost:{}", addr.port());
     let ca = dir.join("ca.crt");
     let ca = ["--cacert", ca.to_str().unwrap()];
@@ -142,5 +148,45 @@ fn tls_and_basic_auth_from_a_web_config_hold_for_curl_and_prometheus() -> anyhow
     assert_eq!(up[0]["metric"]["job"], "pgwire-sensor");
     let health = prometheus.query("up{job=\"pgwire-sensor\"}")?;
     assert_eq!(health[0]["value"][1], "1", "{health:?}");
+    Ok(())
+}
+
+#[test]
+fn mutual_tls_admits_only_clients_with_a_certificate_from_the_ca() -> anyhow::Result<()> {
+    let _guard = serial();
+    let dir = scratch_dir("web-config-mtls");
+    certs::generate(&dir)?;
+    let (cert, key) = certs::client(&dir, "prometheus", true)?;
+    let (rogue_cert, rogue_key) = certs::client(&dir, "rogue", false)?;
+    let web_config = dir.join("web.yml");
+    std::fs::write(
+        &web_config,
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  \
+         client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n",
+    )?;
+    let check =
+        Command::new("promtool").arg("check").arg("web-config").arg(&web_config).output()?;
+    assert!(check.status.success(), "promtool: {}", String::from_utf8_lossy(&check.stderr));
+    let args = |cert: &Path, key: &Path| -> Vec<String> {
+        ["--cacert", dir.join("ca.crt").to_str().unwrap(), "--cert", cert.to_str().unwrap()]
+            .into_iter()
+            .chain(["--key", key.to_str().unwrap()])
+            .map(str::to_string)
+            .collect()
+    };
+    let admitted = args(&cert, &key);
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+    let _sensor = start_sensor(&web_config, addr, &dir, &admitted)?;
+    let metrics = format!("https://localhost:{}/metrics", addr.port());
+
+    let (code, body) = curl(&admitted, &metrics)?;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("pgwire_sensor_build_info{"), "{body}");
+    // No certificate, or one no CA vouches for: no HTTP answer at all, not even /healthz.
+    let no_certificate = ["--cacert".to_string(), dir.join("ca.crt").display().to_string()];
+    assert_eq!(curl(&no_certificate, &metrics)?.0, 0, "no client certificate");
+    assert_eq!(curl(&args(&rogue_cert, &rogue_key), &metrics)?.0, 0, "a self-signed one");
+    let healthz = format!("https://localhost:{}/healthz", addr.port());
+    assert_eq!(curl(&no_certificate, &healthz)?.0, 0, "mutual TLS covers every path");
     Ok(())
 }
