@@ -41,7 +41,10 @@ pub fn psql_at(
     }
     run_client(
         cmd.args([&conninfo, "-X", "-At", "-c"])
-            .arg("select ssl from pg_stat_ssl where pid = pg_backend_pid()")
+            // pg_sleep keeps psql alive 200 ms after its session started, so the agent
+            // reads its /proc entry (exe, command line) before it exits even on a loaded
+            // CI machine; without it the docs' examples lost `exe` once in a CI run.
+            .arg("select ssl from pg_stat_ssl, pg_sleep(0.2) where pid = pg_backend_pid()")
             // No ~/.pgpass, service files or environment defaults leak in from the host.
             .env_remove("PGSSLMODE")
             .env_remove("PGGSSENCMODE")
