@@ -51,9 +51,7 @@ pub fn deb(root: &Path, arch: Arch, revision: &str) -> anyhow::Result<std::path:
 pub fn image(root: &Path, arch: Arch) -> anyhow::Result<std::path::PathBuf> {
     let version = env!("CARGO_PKG_VERSION");
     let tag = format!("localhost/pgwire-sensor:{version}-{}", arch.name());
-    let revision =
-        Command::new("git").args(["rev-parse", "--short=12", "HEAD"]).current_dir(root).output()?;
-    let revision = String::from_utf8_lossy(&revision.stdout).trim().to_string();
+    let revision = source_revision(root);
     status(
         buildah()
             .args(["build", "--quiet", "--platform", &format!("linux/{}", arch.debian())])
@@ -61,10 +59,7 @@ pub fn image(root: &Path, arch: Arch) -> anyhow::Result<std::path::PathBuf> {
             .arg(root.join("deploy/container/Containerfile"))
             .args(["--build-arg", &format!("ARCH={}", arch.name())])
             .args(["--build-arg", &format!("VERSION={version}")])
-            .args([
-                "--build-arg",
-                &format!("REVISION={}", if revision.is_empty() { "unknown" } else { &revision }),
-            ])
+            .args(["--build-arg", &format!("REVISION={revision}")])
             // Reproducible: the same binary gives the same image, whenever it is built.
             .args(["--timestamp", "0", "--tag", &tag])
             .arg(root.join("target/dist")),
@@ -76,6 +71,24 @@ pub fn image(root: &Path, arch: Arch) -> anyhow::Result<std::path::PathBuf> {
     )?;
     eprintln!("xtask: {} ({tag})", out.display());
     Ok(out)
+}
+
+/// The revision the image is labelled with: the same rule as sensor/build.rs gives the
+/// binary's `build_info` (`PGWIRE_SENSOR_REVISION`, else git's short hash, else
+/// `unknown`), so the label and the metric never disagree.
+fn source_revision(root: &Path) -> String {
+    if let Ok(given) = std::env::var("PGWIRE_SENSOR_REVISION") {
+        return given;
+    }
+    Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(root)
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        .filter(|hash| !hash.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 /// buildah with storage that works on any host: vfs needs neither overlayfs nor fuse.

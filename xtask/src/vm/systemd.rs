@@ -76,9 +76,12 @@ pub fn run(
     let rootfs = rootfs_archive(&dir)?;
     let overlay = overlay_archive(root, &dir)?;
     let initrd = dir.join("initrd.cpio");
-    let mut joined = std::fs::read(&rootfs)?;
-    joined.extend(std::fs::read(&overlay)?);
-    std::fs::write(&initrd, joined)?;
+    // Concatenated cpio archives are one initramfs to the kernel; streamed, not read
+    // whole (the root filesystem's archive is ~260 MB).
+    let mut joined = std::fs::File::create(&initrd)?;
+    for part in [&rootfs, &overlay] {
+        std::io::copy(&mut std::fs::File::open(part)?, &mut joined)?;
+    }
     let started = std::time::Instant::now();
     // systemd as init; quiet kernel, the guest's own output on the console.
     let console =
