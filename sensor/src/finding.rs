@@ -28,7 +28,10 @@ pub struct Finding {
     /// The version of this schema (see `SCHEMA_VERSION`).
     pub schema_version: u32,
     /// Unique per line: a UUID v7 (time-ordered), for deduplication in a SIEM.
-    pub id: String,
+    // Kept as a number until written: a session that is only counted into a summary never
+    // pays for its text.
+    #[schemars(with = "String")]
+    pub id: uuid::Uuid,
     /// When the session's verdict was decided (live) or its first bytes were seen (capture);
     /// RFC 3339 UTC, microseconds.
     #[serde(serialize_with = "rfc3339_micros")]
@@ -231,7 +234,8 @@ pub struct Process {
 #[schemars(deny_unknown_fields)]
 pub struct Startup {
     /// Protocol version, e.g. "3.0".
-    pub protocol: String,
+    #[schemars(with = "String")]
+    pub protocol: ProtocolVersion,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     /// The database asked for; PostgreSQL uses the user name when none is given.
@@ -279,8 +283,27 @@ impl Finding {
 }
 
 /// A new line id: a UUID v7, time-ordered, unique.
-pub fn new_id() -> String {
-    uuid::Uuid::now_v7().to_string()
+pub fn new_id() -> uuid::Uuid {
+    uuid::Uuid::now_v7()
+}
+
+/// A StartupMessage's protocol version, written "3.0".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ProtocolVersion {
+    pub major: u16,
+    pub minor: u16,
+}
+
+impl std::fmt::Display for ProtocolVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+impl Serialize for ProtocolVersion {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
 }
 
 /// The one place a finding's time becomes text.

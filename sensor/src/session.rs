@@ -18,8 +18,8 @@ use sensor_common::{
 use crate::{
     clock,
     finding::{
-        new_id, Auth, Endpoint, Finding, Negotiation, Process, Startup, Tls, TlsAlert,
-        SCHEMA_VERSION,
+        new_id, Auth, Endpoint, Finding, Negotiation, Process, ProtocolVersion, Startup, Tls,
+        TlsAlert, SCHEMA_VERSION,
     },
     identity::Origin,
 };
@@ -161,7 +161,7 @@ pub fn negotiation_of(requests: u8, answers: u8) -> (Vec<Encryption>, String) {
 
 fn parse_startup(message: &[u8], minor: u16, claimed_len: u32) -> Startup {
     let mut startup = Startup {
-        protocol: format!("3.{minor}"),
+        protocol: ProtocolVersion { major: 3, minor },
         truncated: (message.len() as u64) < claimed_len as u64,
         ..Startup::default()
     };
@@ -181,7 +181,11 @@ fn parse_startup(message: &[u8], minor: u16, claimed_len: u32) -> Startup {
 }
 
 fn bounded_string(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).chars().take(MAX_VALUE_CHARS).collect()
+    match std::str::from_utf8(bytes) {
+        // At most MAX_VALUE_CHARS bytes is at most as many chars: one copy, no char walk.
+        Ok(text) if text.len() <= MAX_VALUE_CHARS => text.to_owned(),
+        _ => String::from_utf8_lossy(bytes).chars().take(MAX_VALUE_CHARS).collect(),
+    }
 }
 
 fn comm_to_string(comm: &[u8]) -> String {

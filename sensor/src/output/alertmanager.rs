@@ -308,7 +308,7 @@ mod tests {
             }),
             negotiation: None,
             startup: Some(Startup {
-                protocol: "3.0".into(),
+                protocol: crate::finding::ProtocolVersion { major: 3, minor: 0 },
                 user: Some("app".into()),
                 database: Some("orders".into()),
                 application_name: None,

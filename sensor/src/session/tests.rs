@@ -29,7 +29,7 @@ fn plaintext_startup_becomes_a_finding_with_user_and_database() {
     assert_eq!(s.user.as_deref(), Some("app"));
     assert_eq!(s.database.as_deref(), Some("orders"));
     assert_eq!(s.application_name.as_deref(), Some("psql"));
-    assert_eq!(s.protocol, "3.0");
+    assert_eq!(s.protocol.to_string(), "3.0");
     assert!(!s.truncated);
 }
 
