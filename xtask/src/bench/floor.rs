@@ -25,19 +25,19 @@ use sensor_common::limits::program_names;
 use super::kstats::ProgramTimes;
 
 // Values from linux/bpf.h (checked against the UAPI header with a C compiler).
-const BPF_PROG_LOAD: c_int = 5;
+pub(super) const BPF_PROG_LOAD: c_int = 5;
 const BPF_LINK_CREATE: c_int = 28;
 const BPF_PROG_TYPE_CGROUP_SKB: u32 = 8;
-const BPF_PROG_TYPE_CGROUP_SOCK_ADDR: u32 = 18;
+pub(super) const BPF_PROG_TYPE_CGROUP_SOCK_ADDR: u32 = 18;
 const BPF_CGROUP_INET_INGRESS: u32 = 0;
 const BPF_CGROUP_INET_EGRESS: u32 = 1;
-const BPF_CGROUP_INET4_CONNECT: u32 = 10;
+pub(super) const BPF_CGROUP_INET4_CONNECT: u32 = 10;
 const BPF_OBJ_NAME_LEN: usize = 16;
 
 /// Bytes passed as `union bpf_attr`: the variants used here, zero-padded. The kernel takes
 /// a larger size than its own union as long as the excess is zero, and a smaller one as
 /// the leading fields.
-const ATTR_SIZE: usize = 128;
+pub(super) const ATTR_SIZE: usize = 128;
 
 /// `union bpf_attr` for BPF_PROG_LOAD, up to `expected_attach_type`.
 #[repr(C)]
@@ -81,11 +81,11 @@ const _: () = {
 /// One eBPF instruction: opcode, dst_reg (low nibble) and src_reg (high nibble), offset,
 /// immediate.
 #[repr(C)]
-struct Insn {
-    code: u8,
-    regs: u8,
-    off: i16,
-    imm: i32,
+pub(super) struct Insn {
+    pub code: u8,
+    pub regs: u8,
+    pub off: i16,
+    pub imm: i32,
 }
 
 /// `r0 = 1; exit`: lets everything through, doing nothing.
@@ -137,6 +137,9 @@ pub fn row_name(hook: &str) -> String {
 /// The floor row to subtract from `program`'s average: the sensor's cgroup programs have
 /// one, the others (uprobes, connect6) none.
 pub fn floor_row_of(program: &str) -> Option<String> {
+    if program == super::storage_floor::ROW {
+        return Some(row_name("connect4"));
+    }
     HOOKS.iter().find(|h| h.sensor_program == program).map(|h| row_name(h.hook))
 }
 
@@ -177,7 +180,7 @@ impl FloorPrograms {
 }
 
 /// bpf(2) with `attr`, a `union bpf_attr` variant: the fd it returns.
-fn bpf<T>(cmd: c_int, attr: &mut T) -> io::Result<OwnedFd> {
+pub(super) fn bpf<T>(cmd: c_int, attr: &mut T) -> io::Result<OwnedFd> {
     let size = std::mem::size_of::<T>() as c_uint;
     // SAFETY: `attr` is a #[repr(C)] bpf_attr variant of `size` bytes, every pointer in it
     // valid for the duration of the call.
@@ -190,15 +193,25 @@ fn bpf<T>(cmd: c_int, attr: &mut T) -> io::Result<OwnedFd> {
 }
 
 fn load(hook: &Hook) -> anyhow::Result<OwnedFd> {
+    load_program(hook.prog_name, hook.prog_type, hook.attach_type, &EMPTY_PROGRAM)
+}
+
+/// Loads `insns` as program `name` (at most 15 bytes) of `prog_type`, for `attach_type`.
+pub(super) fn load_program(
+    name: &str,
+    prog_type: u32,
+    attach_type: u32,
+    insns: &[Insn],
+) -> anyhow::Result<OwnedFd> {
     const LICENSE: &[u8] = b"GPL\0";
     let mut log = vec![0u8; 64 * 1024];
     let mut prog_name = [0u8; BPF_OBJ_NAME_LEN];
     // At most 15 bytes: the name is NUL-terminated.
-    prog_name[..hook.prog_name.len()].copy_from_slice(hook.prog_name.as_bytes());
+    prog_name[..name.len()].copy_from_slice(name.as_bytes());
     let mut attr = ProgLoadAttr {
-        prog_type: hook.prog_type,
-        insn_cnt: EMPTY_PROGRAM.len() as u32,
-        insns: EMPTY_PROGRAM.as_ptr() as u64,
+        prog_type,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
         license: LICENSE.as_ptr() as u64,
         log_level: 1,
         log_size: log.len() as u32,
@@ -207,21 +220,30 @@ fn load(hook: &Hook) -> anyhow::Result<OwnedFd> {
         prog_flags: 0,
         prog_name,
         prog_ifindex: 0,
-        expected_attach_type: hook.attach_type,
+        expected_attach_type: attach_type,
         _zero: [0; ATTR_SIZE - 72],
     };
     bpf(BPF_PROG_LOAD, &mut attr).map_err(|e| {
         let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
         let log = String::from_utf8_lossy(&log[..end]);
-        anyhow::anyhow!("cannot load {}: {e}; verifier log:\n{}", hook.prog_name, log.trim_end())
+        anyhow::anyhow!("cannot load {name}: {e}; verifier log:\n{}", log.trim_end())
     })
 }
 
 fn link(prog: &OwnedFd, cgroup: &std::fs::File, hook: &Hook) -> io::Result<OwnedFd> {
+    link_program(prog, cgroup, hook.attach_type)
+}
+
+/// A cgroup bpf link of `prog` on `cgroup` (multi-attach; detached when its fd closes).
+pub(super) fn link_program(
+    prog: &OwnedFd,
+    cgroup: &std::fs::File,
+    attach_type: u32,
+) -> io::Result<OwnedFd> {
     let mut attr = LinkCreateAttr {
         prog_fd: prog.as_raw_fd() as u32,
         target_fd: cgroup.as_raw_fd() as u32,
-        attach_type: hook.attach_type,
+        attach_type,
         flags: 0,
         _zero: [0; ATTR_SIZE - 16],
     };

@@ -17,6 +17,7 @@ mod openssl_load;
 mod report;
 pub mod sensor_proc;
 pub mod server;
+mod storage_floor;
 
 use sensor_common::verdict::Verdict;
 use std::{net::SocketAddr, path::Path, path::PathBuf, time::Duration, time::Instant};
@@ -336,9 +337,11 @@ fn kernel_costs(
     duration: Duration,
     openssl: &openssl_load::OpensslPeer,
 ) -> anyhow::Result<Vec<(String, Vec<kstats::ProgramCost>)>> {
-    let sensor = SensorProc::start(&opts.sensor, &[])?;
     let _stats = kstats::StatsEnabled::turn_on()?;
-    let floor = floor::FloorPrograms::attach(&floor::cgroup2_root()?)?;
+    let cgroup = floor::cgroup2_root()?;
+    let mut costs = vec![storage_floor_costs(opts, duration, &cgroup)?];
+    let sensor = SensorProc::start(&opts.sensor, &[])?;
+    let floor = floor::FloorPrograms::attach(&cgroup)?;
     let sample = || -> anyhow::Result<[kstats::ProgramTimes; 2]> {
         Ok([kstats::ProgramTimes::of_process(sensor.pid())?, floor.times()?])
     };
@@ -348,7 +351,6 @@ fn kernel_costs(
         costs.extend(after[1].since(&before[1]));
         costs
     };
-    let mut costs = Vec::new();
     for kind in [Session::Plaintext, Session::Tls] {
         let before = sample()?;
         loadgen::sessions(session_addr(kind)?, kind, opts.threads, duration, u64::MAX);
@@ -379,6 +381,27 @@ fn kernel_costs(
     drop(floor);
     sensor.stop()?;
     Ok(costs)
+}
+
+/// What creating a watched socket's storage costs connect() by itself: plaintext sessions
+/// with the sensor detached, the empty floor programs and one that only creates a storage
+/// entry of the sensor's size on connect4 to the watched port (see [`storage_floor`]).
+fn storage_floor_costs(
+    opts: &Options,
+    duration: Duration,
+    cgroup: &Path,
+) -> anyhow::Result<(String, Vec<kstats::ProgramCost>)> {
+    let addr = session_addr(Session::Plaintext)?;
+    let floor = floor::FloorPrograms::attach(cgroup)?;
+    let storage = storage_floor::StorageFloor::attach(cgroup, addr.port())?;
+    let sample =
+        || -> anyhow::Result<[kstats::ProgramTimes; 2]> { Ok([floor.times()?, storage.times()?]) };
+    let before = sample()?;
+    loadgen::sessions(addr, Session::Plaintext, opts.threads, duration, u64::MAX);
+    let after = sample()?;
+    let mut costs = after[0].since(&before[0]);
+    costs.extend(after[1].since(&before[1]));
+    Ok(("sessions plaintext, sensor detached (the storage floor)".to_string(), costs))
 }
 
 /// Send-to-finding latency of plaintext sessions at a steady rate.
