@@ -2,9 +2,14 @@
 //! which the kernel reports in a second event once the server and client have spoken.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     time::{Duration, Instant},
 };
+
+// hashbrown's default hasher (foldhash) rather than std's SipHash: the keys are the
+// kernel's socket cookies, not input an attacker chooses, and every plaintext session
+// inserts and removes one.
+use hashbrown::HashMap;
 
 use sensor_common::tracker::AuthMethod;
 

@@ -88,6 +88,7 @@ impl Pipeline {
                 if session.verdict.counted_only() {
                     return; // counted in the kernel; no evidence to report
                 }
+                let auth_follows = session.auth_follows;
                 let mut finding = session.finding(&self.origin);
                 // Now, while the process most likely still runs: not when the finding is
                 // written, which may wait for the auth outcome.
@@ -95,7 +96,7 @@ impl Pipeline {
                     self.enricher.enrich(process);
                 }
                 self.retries.observe(&mut finding);
-                if session.auth_follows {
+                if auth_follows {
                     if let Some(oldest) = self.pending.hold(ev.cookie, finding, now) {
                         self.report(oldest);
                     }

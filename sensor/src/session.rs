@@ -92,8 +92,9 @@ impl Session {
     }
 
     /// The finding for this session, reported from `origin`. Its `auth` is filled in by
-    /// [`apply_auth`] when the outcome is known.
-    pub fn finding(&self, origin: &Origin) -> Finding {
+    /// [`apply_auth`] when the outcome is known. Takes the session: its negotiation moves
+    /// into the finding instead of being copied.
+    pub fn finding(self, origin: &Origin) -> Finding {
         // The evidence is the message that decided the verdict; for plaintext and
         // downgraded sessions that is the StartupMessage.
         let startup = match classify_bytes(&self.evidence) {
@@ -125,9 +126,9 @@ impl Session {
             dst: Endpoint { ip: self.server.ip(), port: self.server.port() },
             dialled: self.dialled.map(|d| Endpoint { ip: d.ip(), port: d.port() }),
             process,
-            negotiation: (!self.requested.is_empty()).then(|| Negotiation {
-                requested: self.requested.clone(),
-                server_answers: self.server_answers.clone(),
+            negotiation: (!self.requested.is_empty()).then_some(Negotiation {
+                requested: self.requested,
+                server_answers: self.server_answers,
             }),
             startup,
             auth: None,

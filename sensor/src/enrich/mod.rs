@@ -10,7 +10,11 @@ mod procfs;
 mod redact;
 mod users;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+// pids from the kernel, looked up once per session: hashbrown's fast default hasher
+// (foldhash), not SipHash.
+use hashbrown::HashMap;
 
 pub use cgroup_path::{container_id, pod_uid, systemd_unit};
 pub use redact::redact_command_line;

@@ -1,7 +1,8 @@
 //! uid -> user name, from /etc/passwd read once (the host's view; a container's users may
 //! differ, which is why the uid is always reported too).
 
-use std::collections::HashMap;
+// uids from the kernel: hashbrown's fast default hasher (foldhash), not SipHash.
+use hashbrown::HashMap;
 
 use crate::finding::SharedText;
 
