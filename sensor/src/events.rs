@@ -14,6 +14,8 @@
 //!   drains every `BUSY_COALESCE` on its timer alone. A wakeup (sleeping in epoll and
 //!   waking) costs about 50 us of CPU on a VM like CI's against 1-2 us to handle a session;
 //!   woken pacing pays two per drain (the kernel's, then the timer's), polled pacing one.
+//!   (The kernel still queues its wakeup work when it submits into a caught-up ring; with
+//!   the fd out of epoll that work finds no one to wake.)
 //!   Leaving it, the fd is registered again, and epoll reports it at once if the ring holds
 //!   anything: nothing submitted in between waits for a wakeup that will not come.
 //!
@@ -190,6 +192,25 @@ impl EventStream {
         handled
     }
 
+    /// At shutdown: drain until the ring is empty, however many `DRAIN_CAP`s that takes,
+    /// but for no more rounds than a ring of `ring_bytes` holds records (the programs still
+    /// run, and a flood must not keep the agent from detaching). Returns the events handled.
+    pub fn drain_remaining(
+        &mut self,
+        ring_bytes: u32,
+        mut handle: impl FnMut(KernelEvent<'_>),
+    ) -> usize {
+        let mut handled = 0;
+        for _ in 0..final_drain_rounds(ring_bytes) {
+            let drained = self.drain(&mut handle);
+            handled += drained;
+            if drained < DRAIN_CAP {
+                break;
+            }
+        }
+        handled
+    }
+
     /// Move the ring to the reader of `pace`. Registering again makes epoll look at the
     /// ring at once: events submitted while it was polled are reported, not left waiting.
     fn set_pace(&mut self, pace: Pace) {
@@ -214,6 +235,13 @@ impl EventStream {
         });
         debug!(pace = ?self.pace(), "event pacing changed");
     }
+}
+
+/// Drains of `DRAIN_CAP` that take everything a ring of `ring_bytes` can hold: as many
+/// records as fit of the smallest kind (an auth event behind the ring's 8-byte header).
+pub fn final_drain_rounds(ring_bytes: u32) -> usize {
+    let most = ring_bytes as usize / (size_of::<AuthEvent>() + 8);
+    most / DRAIN_CAP + 1
 }
 
 /// What the kernel sends, borrowed from the ring buffer.
@@ -287,6 +315,17 @@ mod tests {
         assert_eq!(Pace::Woken.after_drain(1, Duration::ZERO), Pace::Polled);
         // Busy findings still fit the 5 ms latency budget's order of magnitude.
         assert!(BUSY_COALESCE < ms(5) && COALESCE < BUSY_COALESCE);
+    }
+
+    #[test]
+    fn the_final_drain_can_take_a_full_ring_and_no_more() {
+        let records = |bytes: u32| bytes as usize / (size_of::<AuthEvent>() + 8);
+        for bytes in [4096, 256 * 1024, 16 << 20, 1 << 31] {
+            let rounds = final_drain_rounds(bytes);
+            assert!(rounds * DRAIN_CAP >= records(bytes), "{bytes}: {rounds} rounds too few");
+            assert!((rounds - 1) * DRAIN_CAP <= records(bytes), "{bytes}: {rounds} too many");
+        }
+        assert_eq!(final_drain_rounds(4096), 1);
     }
 
     #[test]

@@ -197,9 +197,9 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
         }
     };
 
-    // Whatever the kernel already sent is reported before detaching.
+    // Whatever the kernel already sent is reported before detaching, all of it.
     let now = Instant::now();
-    events.drain(|ev| pipeline.handle(ev, now));
+    events.drain_remaining(config.ring_buffer_bytes, |ev| pipeline.handle(ev, now));
     pipeline.finish();
     if events.malformed > 0 {
         warn!(records = events.malformed, "ignored malformed ring buffer records");
