@@ -120,7 +120,7 @@ impl EventStream {
         })
     }
 
-    pub fn pace(&self) -> Pace {
+    fn pace(&self) -> Pace {
         match self.reader {
             Some(Reader::Polled(_)) => Pace::Polled,
             _ => Pace::Woken,

@@ -25,7 +25,7 @@ use sensor_common::limits::program_names;
 use super::kstats::ProgramTimes;
 
 // Values from linux/bpf.h (checked against the UAPI header with a C compiler).
-pub(super) const BPF_PROG_LOAD: c_int = 5;
+const BPF_PROG_LOAD: c_int = 5;
 const BPF_LINK_CREATE: c_int = 28;
 const BPF_PROG_TYPE_CGROUP_SKB: u32 = 8;
 pub(super) const BPF_PROG_TYPE_CGROUP_SOCK_ADDR: u32 = 18;
@@ -179,8 +179,9 @@ impl FloorPrograms {
     }
 }
 
-/// bpf(2) with `attr`, a `union bpf_attr` variant: the fd it returns.
-pub(super) fn bpf<T>(cmd: c_int, attr: &mut T) -> io::Result<OwnedFd> {
+/// bpf(2) with `attr`, a `union bpf_attr` variant: what the command returns (0 for the
+/// commands that return no fd).
+pub(super) fn bpf_call<T>(cmd: c_int, attr: &mut T) -> io::Result<i64> {
     let size = std::mem::size_of::<T>() as c_uint;
     // SAFETY: `attr` is a #[repr(C)] bpf_attr variant of `size` bytes, every pointer in it
     // valid for the duration of the call.
@@ -188,8 +189,14 @@ pub(super) fn bpf<T>(cmd: c_int, attr: &mut T) -> io::Result<OwnedFd> {
     if ret < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: BPF_PROG_LOAD and BPF_LINK_CREATE return a new fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(ret as RawFd) })
+    Ok(ret)
+}
+
+/// bpf(2) with `attr`, for a command that returns a new fd (load, link, map, BTF, stats).
+pub(super) fn bpf<T>(cmd: c_int, attr: &mut T) -> io::Result<OwnedFd> {
+    let fd = bpf_call(cmd, attr)?;
+    // SAFETY: these commands return a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 fn load(hook: &Hook) -> anyhow::Result<OwnedFd> {

@@ -345,12 +345,6 @@ fn kernel_costs(
     let sample = || -> anyhow::Result<[kstats::ProgramTimes; 2]> {
         Ok([kstats::ProgramTimes::of_process(sensor.pid())?, floor.times()?])
     };
-    // The sensor's programs, then the floor's.
-    let since = |after: [kstats::ProgramTimes; 2], before: [kstats::ProgramTimes; 2]| {
-        let mut costs = after[0].since(&before[0]);
-        costs.extend(after[1].since(&before[1]));
-        costs
-    };
     for kind in [Session::Plaintext, Session::Tls] {
         let before = sample()?;
         loadgen::sessions(session_addr(kind)?, kind, opts.threads, duration, u64::MAX);
@@ -398,10 +392,19 @@ fn storage_floor_costs(
         || -> anyhow::Result<[kstats::ProgramTimes; 2]> { Ok([floor.times()?, storage.times()?]) };
     let before = sample()?;
     loadgen::sessions(addr, Session::Plaintext, opts.threads, duration, u64::MAX);
-    let after = sample()?;
+    let costs = since(sample()?, before);
+    Ok(("sessions plaintext, sensor detached (the storage floor)".to_string(), costs))
+}
+
+/// What ran between two samples of two sets of programs: the first set's rows, then the
+/// second's (the sensor's programs, then the floor's).
+fn since(
+    after: [kstats::ProgramTimes; 2],
+    before: [kstats::ProgramTimes; 2],
+) -> Vec<kstats::ProgramCost> {
     let mut costs = after[0].since(&before[0]);
     costs.extend(after[1].since(&before[1]));
-    Ok(("sessions plaintext, sensor detached (the storage floor)".to_string(), costs))
+    costs
 }
 
 /// Send-to-finding latency of plaintext sessions at a steady rate.

@@ -102,14 +102,13 @@ fn btf() -> Vec<u8> {
     ];
     let types_len = (types.len() * 4) as u32;
     let mut header: Vec<u32> = vec![
-        0,  // magic, version, flags: below
-        24, // hdr_len
-        0,  // type_off
+        0xeb9f | 1 << 16, // magic 0xeB9F, version 1, flags 0
+        24,               // hdr_len
+        0,                // type_off
         types_len,
         types_len, // str_off
         strings.len() as u32,
     ];
-    header[0] = u32::from(0xeb9f_u16) | 1 << 16; // magic 0xeB9F, version 1, flags 0
     header.append(&mut types);
     let mut bytes: Vec<u8> = header.iter().flat_map(|w| w.to_ne_bytes()).collect();
     bytes.extend_from_slice(strings);
@@ -233,15 +232,10 @@ impl StorageFloor {
             flags: 0,
             _zero: [0; ATTR_SIZE - 32],
         };
-        // SAFETY: a bpf_attr for BPF_MAP_LOOKUP_ELEM whose pointers are valid for the call;
-        // the command returns 0 or -1, no fd.
-        let ret = unsafe {
-            libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_ELEM, &mut attr, size_of::<LookupAttr>())
-        };
-        match ret {
-            0 => Ok(true),
-            _ if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOENT) => Ok(false),
-            _ => Err(std::io::Error::last_os_error()),
+        match floor::bpf_call(BPF_MAP_LOOKUP_ELEM, &mut attr) {
+            Ok(_) => Ok(true),
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(err) => Err(err),
         }
     }
 }
