@@ -115,26 +115,6 @@ impl MessageAssembly {
         Placement::Append { skip: skip + already, at: have, n }
     }
 
-    /// Whether a segment holding this message from its first byte, `n` bytes of it
-    /// (`place` said `Append` at 0), lets the message be judged from the packet alone,
-    /// with nothing kept in a capture buffer: classified as `first` from the segment's
-    /// bytes, no byte of it is needed once the segment is gone. True for a message the
-    /// segment holds whole (its header's length is `n`): the tracker then decides it at
-    /// once (its evidence leaves with this segment) or it is an encryption request (which
-    /// keeps nothing). True for a ClientHello however long: after it every verdict is a TLS
-    /// one, which keeps no evidence, or `unknown` at once with this segment's bytes.
-    /// Checked against the tracker by `tracker::tests::props`.
-    #[inline(always)]
-    pub const fn judged_in_segment(&self, first: FirstMessage, n: u32) -> bool {
-        if self.have != 0 || self.ahead_end != 0 {
-            return false;
-        }
-        match first {
-            FirstMessage::TlsClientHello { .. } => true,
-            _ => matches!(first.message_len(), Some(len) if len == n),
-        }
-    }
-
     /// `n` bytes were appended at `have`. When that fills the hole, the run ahead joins.
     #[inline(always)]
     pub fn appended(&mut self, n: u32) {

@@ -98,9 +98,6 @@ pub mod conn_flags {
     /// Nothing to follow on this socket: the server it reached is not on a watched port,
     /// or its end of the session is not watched. Its packets cost one flag test.
     pub const SETTLED: u32 = 1024;
-    /// A capture buffer was made for this session's messages (`CAPTURES`): one of them
-    /// could not be judged from the segment that started it.
-    pub const CAPTURE_HELD: u32 = 2048;
 }
 
 /// `SessionEvent::flags` (a superset of the connection flags).

@@ -39,11 +39,6 @@ pub struct Flow<'a> {
     /// Socket cookie: names the session's capture and its events.
     pub cookie: u64,
     pub state: &'a mut ConnState,
-    /// Where the current client message starts in this packet when it is judged from the
-    /// packet alone (`MessageAssembly::judged_in_segment`): its evidence is read from
-    /// here, not from a capture. 0: not so (no payload starts at offset 0, the IP header
-    /// does).
-    message_in_packet: u32,
 }
 
 impl<'a> Flow<'a> {
@@ -56,7 +51,7 @@ impl<'a> Flow<'a> {
     ) -> Flow<'a> {
         // SAFETY: helper valid for cgroup_skb; the skb pointer is the program's context.
         let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-        Flow { ctx, sk, role, cookie, state, message_in_packet: 0 }
+        Flow { ctx, sk, role, cookie, state }
     }
 
     /// Client payload at stream offset `rel` (bytes from `payload_offset`, `len` of them).
@@ -104,16 +99,8 @@ impl<'a> Flow<'a> {
     /// Store the segment's part of the current message in the capture, then let the
     /// tracker decide. The capture may hold bytes past the message's end (a pipelining
     /// client); only the evidence length, never past the message, ever leaves the kernel.
-    /// Most sessions never get a capture: their messages are each judged from the one
-    /// segment that holds them (`judge_in_segment`).
     #[inline(always)]
     fn assemble(&mut self, rel: u32, payload_offset: u32, len: u32) {
-        if self.state.flags & conn_flags::CAPTURE_HELD == 0
-            && self.state.tracker.wants_client_message()
-            && self.judge_in_segment(rel, payload_offset, len)
-        {
-            return;
-        }
         let Some(capture) = self.capture() else {
             info!(self.ctx, "capture evicted (too many sessions starting at once): unknown");
             return self.abandon(UnknownReason::CaptureEvicted, Stat::CapturesEvicted);
@@ -155,39 +142,6 @@ impl<'a> Flow<'a> {
         packet::load_masked::<{ CAPTURE_LEN as u32 - 1 }>(self.ctx, offset, dst, n)
     }
 
-    /// A segment that holds the current message from its first byte, with nothing of the
-    /// message stored before: when the shared rule says no byte of it is needed after this
-    /// segment, classify it from the packet, let the tracker decide and send its evidence
-    /// from the packet, with no capture buffer (a hash map insert and delete per session,
-    /// the largest part of following a session's start). `false`: nothing done, the
-    /// caller stores the bytes. The assembly is advanced exactly as storing them would.
-    #[inline(always)]
-    fn judge_in_segment(&mut self, rel: u32, payload_offset: u32, len: u32) -> bool {
-        let Placement::Append { skip, at: 0, n } = self.state.message.place(rel, len) else {
-            return false;
-        };
-        let offset = payload_offset + skip;
-        let avail = if n < PREFIX_LEN as u32 { n } else { PREFIX_LEN as u32 };
-        // A power-of-two buffer for the masked load: the verifier then sees its bound.
-        let mut peek = [0u8; 32];
-        if !packet::load_masked::<31>(self.ctx, offset, peek.as_mut_ptr(), avail) {
-            return false;
-        }
-        // SAFETY: the first PREFIX_LEN (< 32) bytes of `peek`, as the classifier's array.
-        let prefix = unsafe { &*peek.as_ptr().cast::<[u8; PREFIX_LEN]>() };
-        let first = classify_first(prefix, avail as usize);
-        if !self.state.message.judged_in_segment(first, n) {
-            return false;
-        }
-        self.state.message.appended(n);
-        self.message_in_packet = offset;
-        self.classified(first);
-        if self.state.flags & conn_flags::EVENT_PENDING != 0 && self.state.message.complete() {
-            self.emit_session(core::ptr::null_mut());
-        }
-        true
-    }
-
     #[inline(always)]
     fn classify(&mut self, capture: *mut Capture) {
         let mut prefix = [0u8; PREFIX_LEN];
@@ -200,13 +154,6 @@ impl<'a> Flow<'a> {
             )
         };
         let first = classify_first(&prefix, self.state.message.prefix_avail());
-        self.classified(first);
-    }
-
-    /// The message at the current position is `first`: remember its length, and let the
-    /// tracker decide.
-    #[inline(always)]
-    fn classified(&mut self, first: FirstMessage) {
         self.state.message.classified(first);
         // The client's own ClientHello leaving its host: its TLS library may have told the
         // uprobes whether it verifies the server. (On the server's end the client is
@@ -278,17 +225,13 @@ impl<'a> Flow<'a> {
             // forgotten), with whatever of its message was captured. Only looked up: a
             // capture created now would be empty. (`state` stays readable after its record
             // is removed: map memory is freed only after every program running has ended.)
-            let capture = if self.state.flags & conn_flags::CAPTURE_HELD != 0 {
-                maps::CAPTURES.get_ptr_mut(self.cookie).unwrap_or(core::ptr::null_mut())
-            } else {
-                core::ptr::null_mut()
-            };
+            let capture = maps::CAPTURES.get_ptr_mut(self.cookie).unwrap_or(core::ptr::null_mut());
             self.emit_session(capture);
         }
         if effects & effect::AUTH != 0 {
             self.report_auth();
         }
-        if done && self.state.flags & conn_flags::CAPTURE_HELD != 0 {
+        if done {
             let _ = maps::CAPTURES.remove(self.cookie);
         }
     }
@@ -296,7 +239,7 @@ impl<'a> Flow<'a> {
     /// The capture buffer of this connection, created zeroed on first use. `None` when it
     /// held bytes and was evicted (they are gone), or when no memory is left.
     #[inline(always)]
-    fn capture(&mut self) -> Option<*mut Capture> {
+    fn capture(&self) -> Option<*mut Capture> {
         if let Some(c) = maps::CAPTURES.get_ptr_mut(self.cookie) {
             return Some(c);
         }
@@ -308,13 +251,11 @@ impl<'a> Flow<'a> {
         // purpose: by value would copy 1 KiB onto the 512-byte BPF stack.
         #[allow(clippy::needless_borrows_for_generic_args)]
         maps::CAPTURES.insert(self.cookie, unsafe { &*zero }, 0).ok()?;
-        self.state.flags |= conn_flags::CAPTURE_HELD;
         maps::CAPTURES.get_ptr_mut(self.cookie)
     }
 
     /// Not inlined (it is called from several places); takes a plain pointer (null: no
-    /// capture: the evidence is in the packet, or there is none) because a BPF-to-BPF call
-    /// passes each argument in one register.
+    /// capture) because a BPF-to-BPF call passes each argument in one register.
     #[inline(never)]
     fn emit_session(&mut self, capture: *mut Capture) {
         self.state.flags &= !conn_flags::EVENT_PENDING;
@@ -370,17 +311,10 @@ impl<'a> Flow<'a> {
             (*ev).tls_alert = t.tls_alert_code();
             (*ev)._pad = 0;
             (*ev).message_len = message.message_len();
-            if !capture.is_null() {
-                copy_exact((*capture).bytes.as_ptr(), (*ev).captured.as_mut_ptr(), captured_len);
-            } else if self.message_in_packet == 0
-                || !copy_from_packet(
-                    self.ctx,
-                    self.message_in_packet,
-                    (*ev).captured.as_mut_ptr(),
-                    captured_len,
-                )
-            {
+            if capture.is_null() {
                 captured_len = 0;
+            } else {
+                copy_exact((*capture).bytes.as_ptr(), (*ev).captured.as_mut_ptr(), captured_len);
             }
             (*ev).captured_len = captured_len;
             (*ev).flags = flags;
@@ -442,13 +376,6 @@ pub fn copy_comm(dst: &mut [u8; COMM_LEN], src: &[u8; COMM_LEN]) {
         core::ptr::write(d, core::ptr::read(s));
         core::ptr::write(d.add(1), core::ptr::read(s.add(1)));
     }
-}
-
-/// Copy exactly `len` (<= CAPTURE_LEN) bytes of the packet from `offset`, as `copy_exact`
-/// does from a capture. `false`: nothing copied (`len` 0, or the packet is shorter).
-#[inline(always)]
-fn copy_from_packet(ctx: &SkBuffContext, offset: u32, dst: *mut u8, len: u32) -> bool {
-    packet::load_masked::<{ CAPTURE_LEN as u32 - 1 }>(ctx, offset, dst, len)
 }
 
 /// Copy exactly `len` (<= CAPTURE_LEN) bytes, so no byte past `len` (a pipelined message,

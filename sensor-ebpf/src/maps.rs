@@ -45,8 +45,7 @@ pub struct ConnectRecord {
 #[map]
 pub static DECISIONS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(DECISIONS_MAX, 0);
 
-/// Socket cookie -> the client message being assembled, only for a message no single
-/// segment holds from its start (most sessions never have one: `Flow::judge_in_segment`).
+/// Socket cookie -> the client message being assembled (only while one is).
 #[map]
 pub static CAPTURES: LruHashMap<u64, Capture> = LruHashMap::with_max_entries(CAPTURES_MAX, 0);
 

@@ -181,19 +181,3 @@ proptest! {
         prop_assert_eq!(sim.held(), &s[..want]);
     }
 }
-
-#[test]
-fn only_a_whole_message_or_a_client_hello_is_judged_in_its_segment() {
-    let startup = FirstMessage::Startup { len: 40, minor: 0 };
-    let fresh = MessageAssembly::NEW;
-    assert!(fresh.judged_in_segment(startup, 40));
-    assert!(!fresh.judged_in_segment(startup, 39), "the rest is in a later segment");
-    assert!(!fresh.judged_in_segment(startup, 41), "pipelined bytes after it");
-    assert!(fresh.judged_in_segment(FirstMessage::SslRequest, 8));
-    assert!(fresh.judged_in_segment(FirstMessage::TlsClientHello { len: 1500 }, 1200));
-    assert!(!fresh.judged_in_segment(FirstMessage::NeedMore, 3));
-    assert!(!fresh.judged_in_segment(FirstMessage::Unknown, 24));
-    let mut started = MessageAssembly::NEW;
-    started.appended(10);
-    assert!(!started.judged_in_segment(startup, 40), "earlier bytes are in a capture");
-}

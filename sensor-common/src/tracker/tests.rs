@@ -1,9 +1,5 @@
 use super::*;
-use crate::{
-    assembly::MessageAssembly,
-    limits::PREFIX_LEN,
-    pgwire::{FirstMessage as M, TlsRecord},
-};
+use crate::pgwire::{FirstMessage as M, TlsRecord};
 
 const STARTUP: M = M::Startup { len: 40, minor: 0 };
 const HELLO: M = M::TlsClientHello { len: 517 };
@@ -16,25 +12,20 @@ fn run(steps: &[Step]) -> (Tracker, u8) {
     let mut t = Tracker::NEW;
     let mut all = 0;
     for step in steps {
-        all |= apply(&mut t, *step);
+        all |= match *step {
+            Step::Client(m) => t.client_message(m),
+            Step::Answer(b) => t.server_answer(b),
+            Step::Auth(ty, code) => t.server_auth(ty, code),
+            Step::Reply(ty) => t.client_auth_reply(ty),
+            Step::Close => t.closed(false),
+            Step::Record(r) => t.client_tls_record(r),
+            Step::Verifies(v) => {
+                t.client_verification(v);
+                0
+            }
+        };
     }
     (t, all)
-}
-
-/// One step's transition; its effects.
-fn apply(t: &mut Tracker, step: Step) -> u8 {
-    match step {
-        Step::Client(m) => t.client_message(m),
-        Step::Answer(b) => t.server_answer(b),
-        Step::Auth(ty, code) => t.server_auth(ty, code),
-        Step::Reply(ty) => t.client_auth_reply(ty),
-        Step::Close => t.closed(false),
-        Step::Record(r) => t.client_tls_record(r),
-        Step::Verifies(v) => {
-            t.client_verification(v);
-            0
-        }
-    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -310,48 +301,6 @@ mod props {
     }
 
     proptest! {
-        /// The kernel judges a client message from its segment alone, keeping no capture,
-        /// when `MessageAssembly::judged_in_segment` says so (whole in the segment, or a
-        /// ClientHello): then no later step may want the message's bytes as evidence. It is
-        /// decided at once (its evidence leaves with the segment), or an encryption request
-        /// (the assembly starts over after it), or a ClientHello whose every way out is a
-        /// TLS verdict, which keeps no evidence.
-        #[test]
-        fn a_message_judged_in_its_segment_is_never_needed_after_it(
-            before in proptest::collection::vec(any_step(), 0..8),
-            m in any_message(),
-            pipelined in 0u32..2,
-            after in proptest::collection::vec(any_step(), 0..8),
-        ) {
-            let (mut t, _) = run(&before);
-            if !t.wants_client_message() || t.verdict().is_some() {
-                return Ok(());
-            }
-            // A ClientHello may be longer than its segment; anything else must be whole.
-            let n = m.message_len().unwrap_or(PREFIX_LEN as u32) + pipelined;
-            if !MessageAssembly::NEW.judged_in_segment(m, n) {
-                return Ok(());
-            }
-            let mut assembly = MessageAssembly::NEW;
-            assembly.appended(n);
-            assembly.classified(m);
-            t.client_message(m);
-            if t.verdict().is_some() {
-                return Ok(());
-            }
-            if m.is_encryption_request() {
-                prop_assert_eq!(assembly.have(), 0);
-                return Ok(());
-            }
-            prop_assert_eq!(t.phase(), Phase::TlsHandshake);
-            for step in &after {
-                apply(&mut t, *step);
-                prop_assert!(t.verdict().is_none_or(Verdict::is_tls), "{:?}", t.verdict());
-            }
-            t.abandon(UnknownReason::CaptureEvicted);
-            prop_assert!(t.verdict().is_some_and(Verdict::is_tls));
-        }
-
         #[test]
         fn at_most_one_verdict_and_plaintext_only_from_a_startup(steps in proptest::collection::vec(any_step(), 0..12)) {
             let mut t = Tracker::NEW;
