@@ -61,7 +61,22 @@ pub struct ConnState {
     pub ip_version: u8,
     /// The watched port's position in the configured list (counters are per slot).
     pub port_slot: u8,
+    /// Taken only to claim the session's decision (`decision_claimed`). The programs never
+    /// load or store it themselves: the verifier allows only the lock helpers on it.
+    pub lock: bpf_spin_lock,
+    /// Non-zero once a program claimed the session's decision, set under `lock`: the
+    /// socket's two directions may decide at once on two CPUs, and only one carries it out.
+    pub decision_claimed: u32,
     pub _pad: u32,
+}
+
+/// The kernel's `struct bpf_spin_lock`, found in a map value's BTF by this name and size:
+/// the kernel's name on purpose.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct bpf_spin_lock {
+    val: u32,
 }
 
 impl ConnState {
@@ -76,6 +91,9 @@ impl ConnState {
         self.flags = flags;
         self.message = MessageAssembly::NEW;
         self.tracker = Tracker::NEW;
+        // A socket connecting again after a failed attempt has a decision of its own to
+        // claim. (Nothing else runs on the socket while it connects.)
+        self.decision_claimed = 0;
     }
 }
 
@@ -201,7 +219,27 @@ pub struct Capture {
 }
 
 const _: () = assert!(core::mem::size_of::<ProcRecord>() == 48);
-const _: () = assert!(core::mem::size_of::<ConnState>() == 48 + 4 * 4 + 20 + 12 + 24);
+const _: () = assert!(core::mem::size_of::<ConnState>() == 48 + 4 * 4 + 20 + 12 + 32);
 const _: () =
     assert!(core::mem::size_of::<SessionEvent>() == 24 + 48 + 48 + 6 + 2 + 8 + 8 + CAPTURE_LEN);
 const _: () = assert!(core::mem::size_of::<AuthEvent>() == 32);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starting_over_forgets_the_previous_attempts_decision() {
+        // SAFETY: every field of ConnState is plain data; all zeroes is the kernel's new
+        // storage.
+        let mut state: ConnState = unsafe { core::mem::zeroed() };
+        state.flags = conn_flags::SETTLED | conn_flags::FOLLOWING;
+        state.decision_claimed = 1;
+        state.message.appended(8);
+        state.start(conn_flags::PROC_KNOWN);
+        assert_eq!(state.flags, conn_flags::PROC_KNOWN);
+        assert_eq!(state.decision_claimed, 0);
+        assert_eq!(state.message, MessageAssembly::NEW);
+        assert_eq!(state.tracker, Tracker::NEW);
+    }
+}

@@ -37,9 +37,6 @@ pub const CONFIG_ROLES: u32 = 0;
 
 /// At most this many watched ports may be configured.
 pub const MAX_WATCHED_PORTS: usize = 64;
-/// Sessions whose decision was claimed recently (socket cookies). An entry matters only
-/// while both directions of one socket may decide at once (microseconds); LRU.
-pub const DECISIONS_MAX: u32 = 8192;
 /// Connections assembling a client message at the same moment (1 KiB each). LRU: under a
 /// flood the oldest capture is evicted and that session is reported `unknown`.
 pub const CAPTURES_MAX: u32 = 2048;

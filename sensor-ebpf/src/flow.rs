@@ -200,7 +200,7 @@ impl<'a> Flow<'a> {
             // The socket's two directions can run at once on two CPUs (the ingress hook
             // runs before the socket's lock is taken), and both may see the close and
             // decide: the one that claims the decision carries it out, once.
-            if !sockets::claim_decision(self.cookie) {
+            if !sockets::claim_decision(self.state) {
                 return;
             }
             sockets::settle(self.state);

@@ -7,7 +7,7 @@ use aya_ebpf::{
 use sensor_common::{
     event::{Capture, COMM_LEN},
     limits::{
-        Stat, CAPTURES_MAX, CONFIG_ENTRIES, CONFIG_ROLES, DECISIONS_MAX, EVENTS_RING_BYTES,
+        Stat, CAPTURES_MAX, CONFIG_ENTRIES, CONFIG_ROLES, EVENTS_RING_BYTES,
         SESSION_COUNTERS_ENTRIES, TLS_OBJECTS_MAX, TLS_THREADS_MAX, VERIFICATION_COUNTERS_ENTRIES,
         WATCHED_PORTS_ENTRIES,
     },
@@ -39,11 +39,6 @@ pub struct ConnectRecord {
     pub uid_gid: u64,
     pub comm: [u8; COMM_LEN],
 }
-
-/// Socket cookie of a session whose decision a program claimed (`sockets::claim_decision`).
-/// An entry only has to outlive the moment two programs decide at once; LRU.
-#[map]
-pub static DECISIONS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(DECISIONS_MAX, 0);
 
 /// Socket cookie -> the client message being assembled (only while one is).
 #[map]

@@ -8,23 +8,19 @@
 //! freed per session beyond the entry itself.
 //!
 //! Of two programs deciding a session at once (ingress runs before the socket lock), only
-//! the one that claims the decision (`claim_decision`) carries it out: an insert into a
-//! hash map under its bucket lock says who came first.
+//! the one that claims the decision (`claim_decision`) carries it out: a flag set under the
+//! state's own spin lock says who came first (an exclusive insert into an LRU hash map did,
+//! and cost as much as the storage's allocation: every insert evicted).
 
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::{bpf_sock, BPF_NOEXIST, BPF_SK_STORAGE_GET_F_CREATE},
+    bindings::{bpf_sock, BPF_SK_STORAGE_GET_F_CREATE},
     btf_maps::SkStorage,
-    helpers::generated::bpf_sk_storage_get,
+    helpers::generated::{bpf_sk_storage_get, bpf_spin_lock, bpf_spin_unlock},
     macros::btf_map,
 };
 use sensor_common::event::{conn_flags, ConnState};
-
-use crate::maps;
-
-/// `-EEXIST`: the key is already in the map.
-const EEXIST: i64 = 17;
 
 #[btf_map]
 static SOCKETS: SkStorage<ConnState> = SkStorage::new();
@@ -60,14 +56,21 @@ pub fn create(sk: *mut bpf_sock) -> Option<&'static mut ConnState> {
     }
 }
 
-/// Claim the session's decision for this program. `false`: another program claimed it
-/// first and carries it out. (Any error but "already there" counts as claimed: the rare
-/// busy bucket must not lose a count.)
+/// Claim the session's decision for this program. `false`: the program on the socket's
+/// other direction claimed it first and carries it out.
 #[inline(always)]
-pub fn claim_decision(cookie: u64) -> bool {
-    match maps::DECISIONS.insert(cookie, 0, BPF_NOEXIST.into()) {
-        Err(err) => i64::from(err) != -EEXIST,
-        Ok(()) => true,
+pub fn claim_decision(state: &mut ConnState) -> bool {
+    let lock = core::ptr::addr_of_mut!(state.lock).cast();
+    let claimed = core::ptr::addr_of_mut!(state.decision_claimed);
+    // SAFETY: `state` is socket storage, whose value type holds the lock (the verifier
+    // checks it against the map's BTF); nothing else is called while it is held. The
+    // volatile accesses stay between the two helper calls.
+    unsafe {
+        bpf_spin_lock(lock);
+        let first = core::ptr::read_volatile(claimed) == 0;
+        core::ptr::write_volatile(claimed, 1);
+        bpf_spin_unlock(lock);
+        first
     }
 }
 
