@@ -155,7 +155,44 @@ pub struct Library {
 #[derive(Debug, Default)]
 pub struct Catalog {
     examined: HashMap<FileId, Vec<LibraryKind>>,
+    /// Each process's address space when its mappings were last read.
+    address_spaces: HashMap<u32, AddressSpace>,
+    /// Rescans since every process's mappings were last read whatever its address space.
+    since_full: u32,
+    /// The processes whose mappings the last scan read.
+    last_read: Vec<u32>,
 }
+
+/// What a process's `stat` says of its address space: a library mapped since changes its
+/// size, an exec or a new process under the same pid its start time. Reading `stat` (one
+/// short line) instead of `maps` (a line per mapping, thousands in a JVM) keeps a rescan of
+/// a host whose processes map nothing new cheap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct AddressSpace {
+    start_ticks: u64,
+    virtual_bytes: u64,
+}
+
+impl AddressSpace {
+    fn of(pid: u32) -> Option<AddressSpace> {
+        AddressSpace::parse(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+    }
+
+    /// From a `/proc/PID/stat` line: `starttime` and `vsize` are its 22nd and 23rd fields,
+    /// counted after the command name (which may hold spaces and parentheses).
+    fn parse(stat: &str) -> Option<AddressSpace> {
+        let (_, after_comm) = stat.rsplit_once(')')?;
+        // Fields from the 3rd (`state`) on.
+        let mut fields = after_comm.split_whitespace().skip(22 - 3);
+        let start_ticks = fields.next()?.parse().ok()?;
+        let virtual_bytes = fields.next()?.parse().ok()?;
+        Some(AddressSpace { start_ticks, virtual_bytes })
+    }
+}
+
+/// Every this many rescans, every process's mappings are read whatever its `stat` says: a
+/// library mapped in the same interval as an unmapping of exactly its size is found then.
+const FULL_RESCAN_EVERY: u32 = 30;
 
 impl Catalog {
     /// The libraries of `pid` not seen before in any process (a file already examined is not
@@ -208,6 +245,17 @@ impl Catalog {
     /// The libraries of every process on the host not seen before (this process's own
     /// excepted).
     pub fn scan_all_processes(&mut self) -> Vec<Library> {
+        self.since_full = 0;
+        self.address_spaces.clear();
+        self.rescan_processes()
+    }
+
+    /// The libraries not seen before of the processes whose address space changed since
+    /// their mappings were last read (new processes among them); every process's, every
+    /// [`FULL_RESCAN_EVERY`] calls.
+    pub fn rescan_processes(&mut self) -> Vec<Library> {
+        let full = self.since_full == 0;
+        self.since_full = (self.since_full + 1) % FULL_RESCAN_EVERY;
         let own = std::process::id();
         let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
         let pids: Vec<u32> = entries
@@ -215,7 +263,27 @@ impl Catalog {
             .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
             .filter(|&pid| pid != own)
             .collect();
-        pids.into_iter().flat_map(|pid| self.scan_process(pid)).collect()
+        let mut seen = HashMap::with_capacity(pids.len());
+        let mut found = Vec::new();
+        self.last_read.clear();
+        for pid in pids {
+            // `stat` before `maps`: a library mapped in between is in the maps read now,
+            // and one mapped after changes the next `stat`.
+            let Some(now) = AddressSpace::of(pid) else { continue };
+            if full || self.address_spaces.get(&pid) != Some(&now) {
+                found.extend(self.scan_process(pid));
+                self.last_read.push(pid);
+            }
+            seen.insert(pid, now);
+        }
+        // Exited processes are forgotten with the map of the previous scan.
+        self.address_spaces = seen;
+        found
+    }
+
+    /// The processes whose mappings the last scan read.
+    pub fn last_read(&self) -> &[u32] {
+        &self.last_read
     }
 
     /// Files examined so far.
@@ -228,13 +296,14 @@ impl Catalog {
     }
 }
 
-/// How often every process's mappings are looked at again for libraries not seen before (a
-/// wheel imported after start, a new container). A library that appears and is used within
-/// one interval has its first sessions' verification `unknown`.
+/// How often the processes are looked at again for libraries not seen before (a wheel
+/// imported after start, a new container): each one's `stat`, and its mappings when its
+/// address space changed. A library that appears and is used within one interval has its
+/// first sessions' verification `unknown`.
 pub const RESCAN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Look for new libraries every [`RESCAN_INTERVAL`] on a thread of its own (reading every
-/// process's mappings must not hold up event handling), sending each batch found. Stops
+/// Look for new libraries every [`RESCAN_INTERVAL`] on a thread of its own (reading the
+/// processes' mappings must not hold up event handling), sending each batch found. Stops
 /// when the receiver is gone.
 pub fn spawn_scanner(
     mut catalog: Catalog,
@@ -242,7 +311,7 @@ pub fn spawn_scanner(
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new().name("tls-libraries".into()).spawn(move || loop {
         std::thread::sleep(RESCAN_INTERVAL);
-        let libraries = catalog.scan_all_processes();
+        let libraries = catalog.rescan_processes();
         if found.is_closed() || (!libraries.is_empty() && found.send(libraries).is_err()) {
             return;
         }
@@ -318,6 +387,62 @@ garbage
             let _ = self.0.kill();
             let _ = self.0.wait();
         }
+    }
+
+    #[test]
+    fn address_space_is_read_after_a_command_name_with_spaces_and_parentheses() {
+        let stat = "4242 (my (odd) app) S 1 4242 4242 0 -1 4194560 1234 0 0 0 12 3 0 0 20 0 \
+                    1 0 98765 123456789 2000 18446744073709551615";
+        assert_eq!(
+            AddressSpace::parse(stat),
+            Some(AddressSpace { start_ticks: 98765, virtual_bytes: 123456789 })
+        );
+        assert_eq!(AddressSpace::parse("4242 (cut) S 1 2"), None);
+        assert_eq!(AddressSpace::parse("no parenthesis"), None);
+    }
+
+    /// A rescan reads a process's mappings only when its address space changed (here: it
+    /// imported `ssl`), and every [`FULL_RESCAN_EVERY`] rescans whatever it says.
+    #[test]
+    fn a_rescan_reads_only_the_mappings_of_processes_whose_address_space_changed() {
+        use std::io::{BufRead, Write};
+        let child = Command::new("/usr/bin/python3")
+            .args([
+                "-c",
+                "import sys\nprint('ready', flush=True)\nsys.stdin.readline()\n\
+                          import ssl\nprint('imported', flush=True)\nsys.stdin.read()",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 (scripts/bootstrap.sh --test-deps)");
+        let mut held = Holder(child);
+        let pid = held.0.id();
+        let mut out = std::io::BufReader::new(held.0.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready");
+
+        let mut catalog = Catalog::default();
+        catalog.scan_all_processes();
+        assert!(catalog.last_read().contains(&pid), "the first scan reads every process");
+        catalog.rescan_processes();
+        assert!(!catalog.last_read().contains(&pid), "nothing mapped since");
+
+        writeln!(held.0.stdin.as_ref().unwrap(), "go").unwrap();
+        line.clear();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "imported");
+        catalog.rescan_processes();
+        assert!(catalog.last_read().contains(&pid), "libssl mapped: its address space grew");
+
+        let reads = (0..FULL_RESCAN_EVERY)
+            .filter(|_| {
+                catalog.rescan_processes();
+                catalog.last_read().contains(&pid)
+            })
+            .count();
+        assert_eq!(reads, 1, "read again once in {FULL_RESCAN_EVERY} rescans, unchanged");
     }
 
     /// The system's libssl in a Python process that imported `ssl`; the file is examined
