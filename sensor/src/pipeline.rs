@@ -2,7 +2,7 @@
 
 use std::{
     sync::Arc,
-    time::{Instant, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use sensor_common::{tracker::AuthMethod, verdict::Severity};
@@ -25,6 +25,12 @@ use crate::{
     retries::Retries,
     session::Session,
 };
+
+/// `Pipeline::tick`'s period while findings wait, summaries or alerts are open: the
+/// precision of their deadlines.
+pub const TICK: Duration = Duration::from_millis(100);
+/// Its period otherwise: how soon a findings file moved or deleted is reopened.
+pub const IDLE_TICK: Duration = Duration::from_secs(1);
 
 pub struct Pipeline {
     findings: FindingsOutputs,
@@ -113,6 +119,20 @@ impl Pipeline {
                     self.report(finding);
                 }
             }
+        }
+    }
+
+    /// How soon `tick` has work: soon while a finding waits for its auth outcome or a
+    /// summary or alert is open (their deadlines are checked each tick), else only the
+    /// findings file's path to follow. An idle agent wakes ten times less often.
+    pub fn tick_period(&self) -> Duration {
+        let timed = !self.pending.is_empty()
+            || self.repeater.as_ref().is_some_and(|r| !r.is_empty())
+            || self.alerts.as_ref().is_some_and(|a| !a.book.is_empty());
+        if timed {
+            TICK
+        } else {
+            IDLE_TICK
         }
     }
 

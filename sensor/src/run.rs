@@ -8,7 +8,7 @@
 use std::sync::{atomic::Ordering, Arc};
 
 use anyhow::Context;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::{
     net::TcpListener,
     signal::unix::{signal, SignalKind},
@@ -32,9 +32,6 @@ use crate::{
     preflight, privileges,
     tls_libraries::{self, Catalog},
 };
-
-/// How often findings waiting for an auth outcome are checked for expiry.
-const TICK: Duration = Duration::from_millis(100);
 
 pub fn run(config: RunConfig) -> Result<(), Failure> {
     // One thread: the agent's work per session is tiny, and a single-threaded runtime keeps
@@ -176,7 +173,7 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
         None
     };
 
-    let mut ticker = tokio::time::interval(TICK);
+    let mut next_tick = Instant::now() + pipeline.tick_period();
     let outcome = loop {
         tokio::select! {
             ready = events.wait() => {
@@ -186,8 +183,14 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
                 let now = Instant::now();
                 events.drain(|ev| pipeline.handle(ev, now));
                 pipeline.flush();
+                // A finding now waiting for its auth outcome is checked on the short tick.
+                next_tick = next_tick.min(now + pipeline.tick_period());
             }
-            _ = ticker.tick() => pipeline.tick(Instant::now()),
+            _ = tokio::time::sleep_until(next_tick.into()) => {
+                let now = Instant::now();
+                pipeline.tick(now);
+                next_tick = now + pipeline.tick_period();
+            }
             Some(libraries) = new_libraries.recv() => {
                 record_tls_probes(attached.probe_tls_libraries(&libraries));
             }
