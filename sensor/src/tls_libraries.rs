@@ -164,9 +164,10 @@ pub struct Catalog {
 }
 
 /// What a process's `stat` says of its address space: a library mapped since changes its
-/// size, an exec or a new process under the same pid its start time. Reading `stat` (one
-/// short line) instead of `maps` (a line per mapping, thousands in a JVM) keeps a rescan of
-/// a host whose processes map nothing new cheap.
+/// size (so does an exec, which brings a new address space), a new process under the same
+/// pid its start time. Reading `stat` (one short line) instead of `maps` (a line per
+/// mapping, thousands in a JVM) keeps a rescan of a host whose processes map nothing new
+/// cheap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct AddressSpace {
     start_ticks: u64,
@@ -175,13 +176,15 @@ struct AddressSpace {
 
 impl AddressSpace {
     fn of(pid: u32) -> Option<AddressSpace> {
-        AddressSpace::parse(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+        AddressSpace::parse(&std::fs::read(format!("/proc/{pid}/stat")).ok()?)
     }
 
     /// From a `/proc/PID/stat` line: `starttime` and `vsize` are its 22nd and 23rd fields,
-    /// counted after the command name (which may hold spaces and parentheses).
-    fn parse(stat: &str) -> Option<AddressSpace> {
-        let (_, after_comm) = stat.rsplit_once(')')?;
+    /// counted after the command name. That name is raw bytes (spaces, parentheses, a
+    /// character cut in two at 15 bytes): only what follows its last `)` is read as text.
+    fn parse(stat: &[u8]) -> Option<AddressSpace> {
+        let close = stat.iter().rposition(|&b| b == b')')?;
+        let after_comm = std::str::from_utf8(&stat[close + 1..]).ok()?;
         // Fields from the 3rd (`state`) on.
         let mut fields = after_comm.split_whitespace().skip(22 - 3);
         let start_ticks = fields.next()?.parse().ok()?;
@@ -198,8 +201,16 @@ impl Catalog {
     /// The libraries of `pid` not seen before in any process (a file already examined is not
     /// read again). A process gone meanwhile has none.
     pub fn scan_process(&mut self, pid: u32) -> Vec<Library> {
+        self.read_process(pid).unwrap_or_default()
+    }
+
+    /// As `scan_process`; `None` when its mappings could not be read (gone, or in the
+    /// middle of an exec).
+    fn read_process(&mut self, pid: u32) -> Option<Vec<Library>> {
         let root = PathBuf::from(format!("/proc/{pid}/root"));
-        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+        // Bytes, not text: one file name that is not UTF-8 must not hide the others.
+        let maps = std::fs::read(format!("/proc/{pid}/maps")).ok()?;
+        let maps = String::from_utf8_lossy(&maps);
         let mut found = Vec::new();
         for mapped in mapped_files(&maps) {
             if self.examined.contains_key(&mapped.file) {
@@ -212,7 +223,7 @@ impl Catalog {
             }
             self.examined.insert(mapped.file, kinds);
         }
-        found
+        Some(found)
     }
 
     /// The OpenSSL copies in the distribution's library directories (`libssl.so*` files,
@@ -268,13 +279,20 @@ impl Catalog {
         self.last_read.clear();
         for pid in pids {
             // `stat` before `maps`: a library mapped in between is in the maps read now,
-            // and one mapped after changes the next `stat`.
-            let Some(now) = AddressSpace::of(pid) else { continue };
-            if full || self.address_spaces.get(&pid) != Some(&now) {
-                found.extend(self.scan_process(pid));
+            // and one mapped after changes the next `stat`. A `stat` that cannot be read
+            // or parsed: its maps are read every time.
+            let now = AddressSpace::of(pid);
+            if full || now.is_none() || self.address_spaces.get(&pid) != now.as_ref() {
+                let Some(libraries) = self.read_process(pid) else {
+                    // Not remembered: read again at the next rescan, if it still exists.
+                    continue;
+                };
+                found.extend(libraries);
                 self.last_read.push(pid);
             }
-            seen.insert(pid, now);
+            if let Some(now) = now {
+                seen.insert(pid, now);
+            }
         }
         // Exited processes are forgotten with the map of the previous scan.
         self.address_spaces = seen;
@@ -390,15 +408,16 @@ garbage
     }
 
     #[test]
-    fn address_space_is_read_after_a_command_name_with_spaces_and_parentheses() {
-        let stat = "4242 (my (odd) app) S 1 4242 4242 0 -1 4194560 1234 0 0 0 12 3 0 0 20 0 \
+    fn address_space_is_read_after_any_command_name_even_one_not_utf8() {
+        let fields = b" S 1 4242 4242 0 -1 4194560 1234 0 0 0 12 3 0 0 20 0 \
                     1 0 98765 123456789 2000 18446744073709551615";
-        assert_eq!(
-            AddressSpace::parse(stat),
-            Some(AddressSpace { start_ticks: 98765, virtual_bytes: 123456789 })
-        );
-        assert_eq!(AddressSpace::parse("4242 (cut) S 1 2"), None);
-        assert_eq!(AddressSpace::parse("no parenthesis"), None);
+        let expected = Some(AddressSpace { start_ticks: 98765, virtual_bytes: 123456789 });
+        let named = |comm: &[u8]| [b"4242 (".as_slice(), comm, b")", fields].concat();
+        assert_eq!(AddressSpace::parse(&named(b"my (odd) app")), expected);
+        // A name the kernel cut in the middle of a character: not UTF-8.
+        assert_eq!(AddressSpace::parse(&named(b"caf\xc3")), expected);
+        assert_eq!(AddressSpace::parse(b"4242 (cut) S 1 2"), None);
+        assert_eq!(AddressSpace::parse(b"no parenthesis"), None);
     }
 
     /// A rescan reads a process's mappings only when its address space changed (here: it
