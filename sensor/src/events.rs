@@ -239,7 +239,7 @@ impl EventStream {
 
 /// Drains of `DRAIN_CAP` that take everything a ring of `ring_bytes` can hold: as many
 /// records as fit of the smallest kind (an auth event behind the ring's 8-byte header).
-pub fn final_drain_rounds(ring_bytes: u32) -> usize {
+fn final_drain_rounds(ring_bytes: u32) -> usize {
     let most = ring_bytes as usize / (size_of::<AuthEvent>() + 8);
     most / DRAIN_CAP + 1
 }

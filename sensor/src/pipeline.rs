@@ -28,9 +28,9 @@ use crate::{
 
 /// `Pipeline::tick`'s period while findings wait, summaries or alerts are open: the
 /// precision of their deadlines.
-pub const TICK: Duration = Duration::from_millis(100);
+const TICK: Duration = Duration::from_millis(100);
 /// Its period otherwise: how soon a findings file moved or deleted is reopened.
-pub const IDLE_TICK: Duration = Duration::from_secs(1);
+const IDLE_TICK: Duration = Duration::from_secs(1);
 
 pub struct Pipeline {
     findings: FindingsOutputs,

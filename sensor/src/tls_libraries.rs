@@ -199,14 +199,9 @@ const FULL_RESCAN_EVERY: u32 = 30;
 
 impl Catalog {
     /// The libraries of `pid` not seen before in any process (a file already examined is not
-    /// read again). A process gone meanwhile has none.
-    pub fn scan_process(&mut self, pid: u32) -> Vec<Library> {
-        self.read_process(pid).unwrap_or_default()
-    }
-
-    /// As `scan_process`; `None` when its mappings could not be read (gone, or in the
-    /// middle of an exec).
-    fn read_process(&mut self, pid: u32) -> Option<Vec<Library>> {
+    /// read again); `None` when its mappings could not be read (gone, or in the middle of
+    /// an exec).
+    pub fn scan_process(&mut self, pid: u32) -> Option<Vec<Library>> {
         let root = PathBuf::from(format!("/proc/{pid}/root"));
         // Bytes, not text: one file name that is not UTF-8 must not hide the others.
         let maps = std::fs::read(format!("/proc/{pid}/maps")).ok()?;
@@ -257,7 +252,6 @@ impl Catalog {
     /// excepted).
     pub fn scan_all_processes(&mut self) -> Vec<Library> {
         self.since_full = 0;
-        self.address_spaces.clear();
         self.rescan_processes()
     }
 
@@ -283,7 +277,7 @@ impl Catalog {
             // or parsed: its maps are read every time.
             let now = AddressSpace::of(pid);
             if full || now.is_none() || self.address_spaces.get(&pid) != now.as_ref() {
-                let Some(libraries) = self.read_process(pid) else {
+                let Some(libraries) = self.scan_process(pid) else {
                     // Not remembered: read again at the next rescan, if it still exists.
                     continue;
                 };
@@ -470,7 +464,7 @@ garbage
     fn the_system_libssl_is_found_by_its_exports() {
         let python = Holder::start(Path::new("/usr/bin/python3"), "ssl");
         let mut catalog = Catalog::default();
-        let found = catalog.scan_process(python.0.id());
+        let found = catalog.scan_process(python.0.id()).unwrap();
         let ssl: Vec<&Library> = found.iter().filter(|l| l.kind == LibraryKind::OpenSsl).collect();
         assert_eq!(ssl.len(), 1, "{found:?}");
         let prefix = format!("/proc/{}/root/", python.0.id());
@@ -480,9 +474,9 @@ garbage
         assert!(examined > 3, "every mapped file was examined: {examined}");
 
         let second = Holder::start(Path::new("/usr/bin/python3"), "ssl");
-        assert!(catalog.scan_process(second.0.id()).is_empty(), "already examined");
+        assert!(catalog.scan_process(second.0.id()).unwrap().is_empty(), "already examined");
         assert_eq!(catalog.len(), examined, "the same files: none read again");
-        assert!(catalog.scan_process(u32::MAX).is_empty(), "no such process");
+        assert!(catalog.scan_process(u32::MAX).is_none(), "no such process");
     }
 
     /// A process in its own mount namespace with its own copy of libssl (on a tmpfs only it
@@ -508,7 +502,7 @@ garbage
         let holder = Holder(child);
         assert_eq!(ready.trim(), "ready", "unshare --mount and mount need root, as the suite");
         assert!(!Path::new("/mnt/libssl.so.3").exists(), "the copy is not in our namespace");
-        let found = Catalog::default().scan_process(holder.0.id());
+        let found = Catalog::default().scan_process(holder.0.id()).unwrap();
         let copy = format!("/proc/{}/root/mnt/libssl.so.3", holder.0.id());
         let library = found.iter().find(|l| l.path == Path::new(&copy));
         assert!(library.is_some_and(|l| l.kind == LibraryKind::OpenSsl), "{found:?}");
@@ -522,7 +516,7 @@ garbage
     fn a_wheels_bundled_libpq_and_libssl_are_found() {
         let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/clients/.venv/bin/python");
         let python = Holder::start(&venv, "psycopg2");
-        let found = Catalog::default().scan_process(python.0.id());
+        let found = Catalog::default().scan_process(python.0.id()).unwrap();
         for (kind, name) in [(LibraryKind::Libpq, "/libpq-"), (LibraryKind::OpenSsl, "/libssl-")] {
             let bundled = found.iter().find(|l| {
                 let path = l.path.to_str().unwrap();
