@@ -63,7 +63,13 @@ fn leave_in_slot(ctx: &SockAddrContext) {
     // SAFETY: this CPU's slot; the program runs with migration disabled. The cookie helper
     // is valid in cgroup_sock_addr programs.
     unsafe {
-        (*slot).cookie = bpf_get_socket_cookie(ctx.as_ptr());
+        // The cookie first: on a preemptible kernel another task's connect() can run on this
+        // CPU in the middle of this one, and a reader that sees its own cookie both before
+        // and after copying the rest knows no other write began in between.
+        core::ptr::write_volatile(
+            core::ptr::addr_of_mut!((*slot).cookie),
+            bpf_get_socket_cookie(ctx.as_ptr()),
+        );
         (*slot).pid_tgid = bpf_get_current_pid_tgid();
         (*slot).uid_gid = bpf_get_current_uid_gid();
         bpf_get_current_comm((*slot).comm.as_mut_ptr().cast(), COMM_LEN as u32);

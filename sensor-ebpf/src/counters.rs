@@ -1,4 +1,14 @@
-//! Per-CPU counters: no atomics needed, userspace sums the CPUs when it reads them.
+//! Per-CPU counters, summed over the CPUs by userspace when it reads them.
+//!
+//! Per-CPU is not enough to make an increment exclusive: the egress hook runs in process
+//! context with bottom halves enabled (and, on a preemptible kernel, only migration
+//! disabled), so a softirq, or another task, can run a sensor program on the same CPU
+//! between its load and its store of the same counter, and one count would be lost.
+//! The add is atomic (a `lock xadd` on a line no other CPU touches, a few ns, paid only by
+//! packets the sensor reads); its result is not used, so it stays the plain BPF atomic add
+//! that every supported kernel accepts (fetching the old value needs 5.12).
+
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::maps::PerCpuArray;
 use sensor_common::{
@@ -11,8 +21,10 @@ use crate::maps::{SESSION_COUNTERS, STATS, VERIFICATION_COUNTERS};
 #[inline(always)]
 fn bump(map: &PerCpuArray<u64>, index: u32) {
     if let Some(slot) = map.get_ptr_mut(index) {
-        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
-        unsafe { *slot += 1 };
+        // SAFETY: a valid, aligned u64 in the map's value area for as long as the program
+        // runs; every write to it is this atomic add. (`AtomicU64::fetch_add` is not
+        // offered on this target, which has no compare-and-swap.)
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(slot, 1) };
     }
 }
 

@@ -3,6 +3,9 @@
 //! never blocks traffic.
 #![no_std]
 #![no_main]
+// The atomic add of the counters (see counters.rs).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 // This package's library is only the host stub (lib.rs) that lets the agent's build script
 // depend on the kernel crate.

@@ -241,9 +241,13 @@ fn follow_from_syn(ctx: &SkBuffContext, sk: *mut bpf_sock) -> Option<&'static mu
     // SAFETY: helper valid for cgroup_skb; the skb pointer is the program's context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     if let Some(record) = maps::CONNECTING.get_ptr(0) {
-        // SAFETY: this CPU's slot, valid while the program runs.
-        let record = unsafe { &*record };
-        if record.cookie == cookie {
+        // SAFETY: this CPU's slot, valid while the program runs. Its cookie is read
+        // volatile, before and after the copy: another task's connect() preempting this
+        // program would write its own cookie first (see connect.rs).
+        let names_this = || unsafe { core::ptr::read_volatile(&(*record).cookie) } == cookie;
+        if names_this() {
+            // SAFETY: as above.
+            let record = unsafe { &*record };
             let p = &mut state.proc_;
             p.pid_tgid = record.pid_tgid;
             p.uid_gid = record.uid_gid;
@@ -254,7 +258,9 @@ fn follow_from_syn(ctx: &SkBuffContext, sk: *mut bpf_sock) -> Option<&'static mu
                 p.cgroup_id = bpf_sk_cgroup_id(sk.cast());
                 p.connect_ns = bpf_ktime_get_ns();
             }
-            state.flags |= conn_flags::PROC_KNOWN;
+            if names_this() {
+                state.flags |= conn_flags::PROC_KNOWN;
+            }
         }
     }
     if state.flags & conn_flags::PROC_KNOWN == 0 {
