@@ -3,13 +3,16 @@
 //! as per-pair B/A ratios and their median, plus what the attached runs cost the agent
 //! (CPU per 1000 sessions, peak RSS) and whether every session was counted. Then, with the
 //! sensor attached: the kernel's own run time per program (bpf_stats) on each workload, the
-//! finding latency at a steady rate, and a flood into a tiny ring buffer whose counts must
-//! stay exact. With `--capture-peer`, each workload also runs with the sensor detached and a
-//! packet capture of the watched port running (C), for comparison. Results go to stdout as
-//! tables and to target/bench/results.json.
+//! finding latency at a steady rate, a flood into a tiny ring buffer whose counts must
+//! stay exact, and what the idle agent costs (CPU and wakeups per second per thread). With
+//! `--capture-peer`, each workload also runs with the sensor detached and a packet capture
+//! of the watched port running (C), for comparison. Results go to stdout as tables and to
+//! target/bench/results.json. A session count that is off fails the run and names the
+//! sensor's samples that moved in that run (what it counted instead).
 
 mod capture;
 mod floor;
+mod idle;
 mod kstats;
 mod latency;
 pub mod loadgen;
@@ -141,6 +144,9 @@ const ROUND_TRIPS: [RoundTrips; 2] = [
     },
 ];
 
+/// The idle window lasts this many runs of a workload (--seconds each).
+const IDLE_RUNS: f64 = 3.0;
+
 /// The smallest ring buffer the sensor accepts: the flood must overflow it.
 const FLOOD_RING_BYTES: u32 = 4096;
 
@@ -191,8 +197,14 @@ pub fn run(root: &Path, opts: Options) -> anyhow::Result<()> {
     let kernel = kernel_costs(&opts, duration, &openssl)?;
     let latency = finding_latency(sensor_bin, opts.latency_rate, duration)?;
     let flood = flood(sensor_bin, opts.flood, opts.threads)?;
-    let report =
-        Report { rows, latency: Some((opts.latency_rate, latency)), kernel, flood: Some(flood) };
+    let idle = idle::measure(sensor_bin, Duration::from_secs_f64(opts.seconds * IDLE_RUNS))?;
+    let report = Report {
+        rows,
+        latency: Some((opts.latency_rate, latency)),
+        kernel,
+        flood: Some(flood),
+        idle: Some(idle),
+    };
 
     print!("{}", report.markdown());
     std::fs::create_dir_all(opts.out.parent().context("--out has no parent")?)?;
@@ -204,12 +216,18 @@ pub fn run(root: &Path, opts: Options) -> anyhow::Result<()> {
     if let Some(row) =
         report.rows.iter().find(|r| r.counted < r.sent || r.counted > r.sent + r.errors)
     {
+        let moved: Vec<String> = row
+            .miscounted
+            .iter()
+            .map(|run| format!("\n  in one run: {}", run.join(", ")))
+            .collect();
         anyhow::bail!(
-            "{}: the kernel counted {} sessions; {} completed and {} failed",
+            "{}: the kernel counted {} sessions; {} completed and {} failed{}",
             row.workload,
             row.counted,
             row.sent,
-            row.errors
+            row.errors,
+            moved.concat()
         );
     }
     if let Some(f) = report.flood.as_ref().filter(|f| !f.exact()) {
@@ -270,9 +288,14 @@ fn sessions_ab(
         std::thread::sleep(Duration::from_millis(300));
         let after = sensor.sample()?;
         row.attached.push(b.per_second());
-        row.sent += b.sessions - b.errors;
+        let (sent, counted) =
+            (b.sessions - b.errors, after.counted(verdict) - before.counted(verdict));
+        if counted < sent || counted > sent + b.errors {
+            row.miscounted.push(after.moved_since(&before));
+        }
+        row.sent += sent;
         row.errors += b.errors;
-        row.counted += after.counted(verdict) - before.counted(verdict);
+        row.counted += counted;
         row.lost += after.lost - before.lost;
         cpu_total += after.cpu_seconds - before.cpu_seconds;
         row.peak_rss_kib = row.peak_rss_kib.max(Some(after.peak_rss_kib));
@@ -318,8 +341,12 @@ fn round_trips_ab(opts: &Options, w: &RoundTrips, duration: Duration) -> anyhow:
         row.attached.push(load()?);
         if w.startup {
             let after = sensor.sample()?;
+            let counted = after.counted(Verdict::Plaintext) - before.counted(Verdict::Plaintext);
+            if counted != opts.threads as u64 {
+                row.miscounted.push(after.moved_since(&before));
+            }
             row.sent += opts.threads as u64;
-            row.counted += after.counted(Verdict::Plaintext) - before.counted(Verdict::Plaintext);
+            row.counted += counted;
             row.lost += after.lost - before.lost;
         }
         sensor.stop()?;

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::{floor, kstats::ProgramCost, latency::Latency};
+use super::{floor, idle::Idle, kstats::ProgramCost, latency::Latency};
 
 /// One A/B workload.
 pub struct Row {
@@ -22,6 +22,8 @@ pub struct Row {
     pub errors: u64,
     pub counted: u64,
     pub lost: u64,
+    /// For each attached run whose count was off: the sensor's samples that moved in it.
+    pub miscounted: Vec<Vec<String>>,
     pub cpu_ms_per_1000: Option<f64>,
     pub peak_rss_kib: Option<u64>,
 }
@@ -40,6 +42,7 @@ impl Row {
             errors: 0,
             counted: 0,
             lost: 0,
+            miscounted: vec![],
             cpu_ms_per_1000: None,
             peak_rss_kib: None,
         }
@@ -90,6 +93,7 @@ pub struct Report {
     pub latency: Option<(f64, Latency)>,
     pub kernel: Vec<(String, Vec<ProgramCost>)>,
     pub flood: Option<Flood>,
+    pub idle: Option<Idle>,
 }
 
 /// The average of the empty program on `c`'s hook in the same workload (`costs`), for the
@@ -207,6 +211,24 @@ impl Report {
                 if f.exact() { "exact (counted = sent = findings + lost)" } else { "NOT EXACT" }
             );
         }
+        if let Some(idle) = &self.idle {
+            let threads: Vec<String> = idle
+                .threads
+                .iter()
+                .map(|t| format!("{} {:.2} ms/s, {:.1}/s", t.name, t.cpu_ms_per_s, t.wakeups_per_s))
+                .collect();
+            let _ = writeln!(
+                t,
+                "
+idle ({:.0} s, no sessions, {} processes on the host): agent CPU {:.2} ms per \
+                 second, {:.1} wakeups per second ({})",
+                idle.seconds,
+                idle.processes,
+                idle.cpu_ms_per_s(),
+                idle.wakeups_per_s(),
+                threads.join("; ")
+            );
+        }
         t
     }
 
@@ -302,6 +324,28 @@ impl Report {
                 f.exact()
             );
         }
+        if let Some(idle) = &self.idle {
+            let threads: Vec<String> = idle
+                .threads
+                .iter()
+                .map(|t| {
+                    format!(
+                        "{{\"name\": \"{}\", \"cpu_ms_per_s\": {:.3}, \"wakeups_per_s\": {:.2}}}",
+                        t.name, t.cpu_ms_per_s, t.wakeups_per_s
+                    )
+                })
+                .collect();
+            let _ = write!(
+                out,
+                ", \"idle\": {{\"seconds\": {:.1}, \"processes\": {}, \"cpu_ms_per_s\": {:.3}, \
+                 \"wakeups_per_s\": {:.2}, \"threads\": [{}]}}",
+                idle.seconds,
+                idle.processes,
+                idle.cpu_ms_per_s(),
+                idle.wakeups_per_s(),
+                threads.join(", ")
+            );
+        }
         out.push_str("}\n");
         out
     }
@@ -318,7 +362,7 @@ mod tests {
         row.peer = peer.to_vec();
         row.peer_packets = 10;
         row.peer_dropped = dropped;
-        Report { rows: vec![row], latency: None, kernel: vec![], flood: None }
+        Report { rows: vec![row], latency: None, kernel: vec![], flood: None, idle: None }
     }
 
     #[test]

@@ -51,6 +51,59 @@ impl Sample {
     }
 }
 
+impl Sample {
+    /// The sensor's own samples that moved since `before`, as `name{labels} +delta`: what
+    /// a run whose count is off counted instead (another verdict, a kernel stat).
+    pub fn moved_since(&self, before: &Sample) -> Vec<String> {
+        let was: std::collections::HashMap<&str, f64> = samples(&before.text).collect();
+        samples(&self.text)
+            .filter_map(|(key, value)| {
+                let delta = value - was.get(key).copied().unwrap_or(0.0);
+                (delta != 0.0).then(|| format!("{key} {delta:+}"))
+            })
+            .collect()
+    }
+}
+
+/// The sensor's own samples (`pgwire_sensor_*`, histogram buckets left out): series
+/// (name and labels) and value.
+fn samples(text: &str) -> impl Iterator<Item = (&str, f64)> {
+    text.lines().filter(|l| l.starts_with("pgwire_sensor_") && !l.contains("_bucket{")).filter_map(
+        |l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            Some((key, value.parse().ok()?))
+        },
+    )
+}
+
+/// One thread's time on the CPU so far, from /proc/PID/task/TID/schedstat.
+#[derive(Clone, Debug)]
+pub struct ThreadTime {
+    pub tid: u32,
+    pub name: String,
+    pub cpu_ns: u64,
+    /// Times it was put on a CPU: each wakeup is one.
+    pub runs: u64,
+}
+
+/// Every live thread of `pid` (empty when the kernel keeps no schedstat). A thread that
+/// ended takes its time with it: the sensor's threads live as long as it does.
+pub fn thread_times(pid: u32) -> Vec<ThreadTime> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return vec![] };
+    tasks
+        .flatten()
+        .filter_map(|task| {
+            let tid = task.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+            let mut fields = stat.split_whitespace().map(|v| v.parse::<u64>().ok());
+            let cpu_ns = fields.next()??;
+            let runs = fields.nth(1)??;
+            let name = std::fs::read_to_string(task.path().join("comm")).ok()?;
+            Some(ThreadTime { tid, name: name.trim_end().to_string(), cpu_ns, runs })
+        })
+        .collect()
+}
+
 /// The sum of a metric family's samples (all label sets).
 fn sum(text: &str, family: &str) -> u64 {
     sum_where(text, family, &[])
@@ -198,12 +251,15 @@ impl SensorProc {
         let after = stat.rsplit_once(')').context("bad stat")?.1;
         let f: Vec<&str> = after.split_whitespace().collect();
         let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
-        // Nanoseconds on the CPU (schedstat), where the kernel has it: clock ticks are 10 ms,
-        // coarse for a few thousand sessions.
-        let cpu_seconds = std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
-            .ok()
-            .and_then(|text| text.split_whitespace().next()?.parse::<f64>().ok())
-            .map_or(ticks / clock_ticks(), |ns| ns / 1e9);
+        // Nanoseconds on the CPU of every thread (schedstat), where the kernel has it: clock
+        // ticks are 10 ms, coarse for a few thousand sessions. (/proc/PID/schedstat is the
+        // main thread's alone; the library scanner runs on its own thread.)
+        let threads = thread_times(pid);
+        let cpu_seconds = if threads.is_empty() {
+            ticks / clock_ticks()
+        } else {
+            threads.iter().map(|t| t.cpu_ns).sum::<u64>() as f64 / 1e9
+        };
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
         let peak_rss_kib = status
             .lines()
