@@ -57,22 +57,28 @@ pub fn on_connect(ctx: &SockAddrContext) {
 }
 
 /// Any other connect(): its record, named by the socket's cookie, in this CPU's slot.
+///
+/// On a preemptible kernel another task's connect() can run on this CPU in the middle of
+/// this one. Writers are therefore exclusive: one that does not find itself alone in the
+/// slot writes nothing (its SYN will not find its cookie: process unknown, never mixed
+/// with another's). The cookie is written first, so a SYN's program that this write
+/// interrupts no longer finds its own cookie when it checks again after its copy.
 #[inline(always)]
 fn leave_in_slot(ctx: &SockAddrContext) {
+    use core::ptr::{addr_of_mut, read_volatile, write_volatile};
     let Some(slot) = maps::CONNECTING.get_ptr_mut(0) else { return };
-    // SAFETY: this CPU's slot; the program runs with migration disabled. The cookie helper
-    // is valid in cgroup_sock_addr programs.
+    // SAFETY: this CPU's slot, aligned, valid while the program runs; migration is
+    // disabled. The helpers are valid in cgroup_sock_addr programs.
     unsafe {
-        // The cookie first: on a preemptible kernel another task's connect() can run on this
-        // CPU in the middle of this one, and a reader that sees its own cookie both before
-        // and after copying the rest knows no other write began in between.
-        core::ptr::write_volatile(
-            core::ptr::addr_of_mut!((*slot).cookie),
-            bpf_get_socket_cookie(ctx.as_ptr()),
-        );
-        (*slot).pid_tgid = bpf_get_current_pid_tgid();
-        (*slot).uid_gid = bpf_get_current_uid_gid();
-        bpf_get_current_comm((*slot).comm.as_mut_ptr().cast(), COMM_LEN as u32);
+        let writers = addr_of_mut!((*slot).writers);
+        counters::atomic_add(writers, 1);
+        if read_volatile(writers) == 1 {
+            write_volatile(addr_of_mut!((*slot).cookie), bpf_get_socket_cookie(ctx.as_ptr()));
+            write_volatile(addr_of_mut!((*slot).pid_tgid), bpf_get_current_pid_tgid());
+            write_volatile(addr_of_mut!((*slot).uid_gid), bpf_get_current_uid_gid());
+            bpf_get_current_comm((*slot).comm.as_mut_ptr().cast(), COMM_LEN as u32);
+        }
+        counters::atomic_add(writers, u64::MAX);
     }
 }
 

@@ -18,13 +18,23 @@ use sensor_common::{
 
 use crate::maps::{SESSION_COUNTERS, STATS, VERIFICATION_COUNTERS};
 
+/// `*counter += n` (wrapping), as one atomic add whose result is not used.
+///
+/// # Safety
+/// `counter` points at an aligned u64 of a map value, valid while the program runs.
+#[inline(always)]
+pub unsafe fn atomic_add(counter: *mut u64, n: u64) {
+    // `AtomicU64::fetch_add` is not offered on this target, which has no compare-and-swap.
+    // SAFETY: as the caller promises.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, n) };
+}
+
 #[inline(always)]
 fn bump(map: &PerCpuArray<u64>, index: u32) {
     if let Some(slot) = map.get_ptr_mut(index) {
         // SAFETY: a valid, aligned u64 in the map's value area for as long as the program
-        // runs; every write to it is this atomic add. (`AtomicU64::fetch_add` is not
-        // offered on this target, which has no compare-and-swap.)
-        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(slot, 1) };
+        // runs; every write to it is this atomic add.
+        unsafe { atomic_add(slot, 1) };
     }
 }
 

@@ -369,7 +369,7 @@ fn copy_proc(dst: &mut ProcRecord, src: &ProcRecord) {
 /// Copy a command name as two words (see `copy_proc`). Both arrays sit at 8-aligned
 /// offsets of `repr(C)` records.
 #[inline(always)]
-pub fn copy_comm(dst: &mut [u8; COMM_LEN], src: &[u8; COMM_LEN]) {
+fn copy_comm(dst: &mut [u8; COMM_LEN], src: &[u8; COMM_LEN]) {
     let (d, s) = (dst.as_mut_ptr().cast::<u64>(), src.as_ptr().cast::<u64>());
     // SAFETY: 16 bytes each, 8-aligned: two aligned words.
     unsafe {

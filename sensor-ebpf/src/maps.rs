@@ -31,9 +31,14 @@ pub static CONFIG: Array<u32> = Array::with_max_entries(CONFIG_ENTRIES, 0);
 pub static CONNECTING: PerCpuArray<ConnectRecord> = PerCpuArray::with_max_entries(1, 0);
 
 /// What connect() can cheaply leave for the SYN (the cgroup and the time are the socket's
-/// and the SYN's own, read there).
+/// and the SYN's own, read there). Every field is written and read volatile: on a
+/// preemptible kernel, programs of other tasks' connect() calls and SYNs can run on this
+/// CPU in the middle of one another (see `connect::leave_in_slot`, `segment::follow_from_syn`).
 #[repr(C)]
 pub struct ConnectRecord {
+    /// connect() programs writing the record now (atomic adds): only one that finds itself
+    /// alone writes.
+    pub writers: u64,
     pub cookie: u64,
     pub pid_tgid: u64,
     pub uid_gid: u64,

@@ -26,7 +26,6 @@ use sensor_common::{
 
 use crate::{
     counters,
-    flow::copy_comm,
     flow::{Direction, Flow},
     maps,
     packet::{self, TcpHeader, L4, TCP_FIN, TCP_RST, TCP_SYN},
@@ -241,17 +240,25 @@ fn follow_from_syn(ctx: &SkBuffContext, sk: *mut bpf_sock) -> Option<&'static mu
     // SAFETY: helper valid for cgroup_skb; the skb pointer is the program's context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     if let Some(record) = maps::CONNECTING.get_ptr(0) {
-        // SAFETY: this CPU's slot, valid while the program runs. Its cookie is read
-        // volatile, before and after the copy: another task's connect() preempting this
-        // program would write its own cookie first (see connect.rs).
-        let names_this = || unsafe { core::ptr::read_volatile(&(*record).cookie) } == cookie;
+        // Read volatile, field by field: another task's connect() may write the slot in the
+        // middle of this copy (it writes its own cookie first), so the cookie is checked
+        // before and after.
+        // SAFETY: this CPU's slot, aligned, valid while the program runs.
+        let word = |p: *const u64| unsafe { core::ptr::read_volatile(p) };
+        let names_this = || word(unsafe { core::ptr::addr_of!((*record).cookie) }) == cookie;
         if names_this() {
-            // SAFETY: as above.
-            let record = unsafe { &*record };
             let p = &mut state.proc_;
-            p.pid_tgid = record.pid_tgid;
-            p.uid_gid = record.uid_gid;
-            copy_comm(&mut p.comm, &record.comm);
+            // SAFETY: as above; `comm` is 16 bytes, 8-aligned: two words, each side.
+            unsafe {
+                p.pid_tgid = word(core::ptr::addr_of!((*record).pid_tgid));
+                p.uid_gid = word(core::ptr::addr_of!((*record).uid_gid));
+                let (from, to) = (
+                    core::ptr::addr_of!((*record).comm).cast::<u64>(),
+                    p.comm.as_mut_ptr().cast::<u64>(),
+                );
+                to.write(word(from));
+                to.add(1).write(word(from.add(1)));
+            }
             // SAFETY: `sk` is a full socket; both helpers are valid for cgroup_skb. The
             // socket's cgroup is its creator's; the SYN leaves inside connect().
             unsafe {
