@@ -1,7 +1,8 @@
-//! What the agent costs a host when nothing happens: CPU time and wakeups per second of each
-//! of its threads, sensor attached as installed (TLS libraries followed), no sessions. The
-//! tick, the library scanner's rescans of /proc and the HTTP server are what is left; the
-//! scanner's share grows with the number of processes on the host, reported alongside.
+//! What the agent costs a host when nothing happens: CPU time per second of each of its
+//! threads, and how often each was put on a CPU (its wakeups); the sensor attached as
+//! installed (TLS libraries followed), no sessions. The tick, the library scanner's rescans
+//! of /proc and the HTTP server are what is left; the scanner's share grows with the number
+//! of processes on the host, reported alongside.
 
 use std::{path::Path, time::Duration};
 
@@ -21,7 +22,8 @@ pub struct Idle {
 pub struct IdleThread {
     pub name: String,
     pub cpu_ms_per_s: f64,
-    pub wakeups_per_s: f64,
+    /// Times the thread was put on a CPU: its wakeups, plus any return after preemption.
+    pub scheduled_per_s: f64,
 }
 
 impl Idle {
@@ -29,8 +31,8 @@ impl Idle {
         self.threads.iter().map(|t| t.cpu_ms_per_s).sum()
     }
 
-    pub fn wakeups_per_s(&self) -> f64 {
-        self.threads.iter().map(|t| t.wakeups_per_s).sum()
+    pub fn scheduled_per_s(&self) -> f64 {
+        self.threads.iter().map(|t| t.scheduled_per_s).sum()
     }
 }
 
@@ -38,7 +40,10 @@ pub fn measure(sensor_bin: &Path, window: Duration) -> anyhow::Result<Idle> {
     let sensor = SensorProc::start_as_installed(sensor_bin)?;
     std::thread::sleep(SETTLE);
     let before = thread_times(sensor.pid());
-    anyhow::ensure!(!before.is_empty(), "no /proc/PID/task/*/schedstat (CONFIG_SCHEDSTATS off?)");
+    anyhow::ensure!(
+        !before.is_empty(),
+        "no CPU times in /proc/PID/task/*/schedstat (a kernel without CONFIG_SCHED_INFO)"
+    );
     std::thread::sleep(window);
     let after = thread_times(sensor.pid());
     let processes = count_processes();
@@ -59,8 +64,9 @@ fn per_second(before: &[ThreadTime], after: &[ThreadTime], window: Duration) -> 
             let b = before.iter().find(|b| b.tid == a.tid)?;
             Some(IdleThread {
                 name: a.name.clone(),
-                cpu_ms_per_s: (a.cpu_ns - b.cpu_ns) as f64 / 1e6 / seconds,
-                wakeups_per_s: (a.runs - b.runs) as f64 / seconds,
+                // Saturating: a thread id reused within the window is another thread.
+                cpu_ms_per_s: a.cpu_ns.saturating_sub(b.cpu_ns) as f64 / 1e6 / seconds,
+                scheduled_per_s: a.runs.saturating_sub(b.runs) as f64 / seconds,
             })
         })
         .collect()
@@ -96,9 +102,9 @@ mod tests {
         let names: Vec<&str> = idle.threads.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["sensor", "tls-libraries"]);
         assert_eq!(idle.threads[0].cpu_ms_per_s, 1.0);
-        assert_eq!(idle.threads[0].wakeups_per_s, 10.0);
+        assert_eq!(idle.threads[0].scheduled_per_s, 10.0);
         assert_eq!(idle.cpu_ms_per_s(), 5.0);
-        assert_eq!(idle.wakeups_per_s(), 12.0);
+        assert_eq!(idle.scheduled_per_s(), 12.0);
     }
 
     #[test]

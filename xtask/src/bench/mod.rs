@@ -4,9 +4,9 @@
 //! (CPU per 1000 sessions, peak RSS) and whether every session was counted. Then, with the
 //! sensor attached: the kernel's own run time per program (bpf_stats) on each workload, the
 //! finding latency at a steady rate, a flood into a tiny ring buffer whose counts must
-//! stay exact, and what the idle agent costs (CPU and wakeups per second per thread). With
-//! `--capture-peer`, each workload also runs with the sensor detached and a packet capture
-//! of the watched port running (C), for comparison. Results go to stdout as tables and to
+//! stay exact, and what the idle agent costs (CPU and times scheduled per second, per
+//! thread). With `--capture-peer`, each workload also runs with the sensor detached and a
+//! packet capture of the watched port running (C), for comparison. Results go to stdout as tables and to
 //! target/bench/results.json. A session count that is off fails the run and names the
 //! sensor's samples that moved in that run (what it counted instead).
 
@@ -213,8 +213,11 @@ pub fn run(root: &Path, opts: Options) -> anyhow::Result<()> {
     // Counting is correctness, not speed: a miss fails the run, whatever its length.
     // A session that failed after its first bytes may still be counted: sent is the lower
     // bound, sent + errors the upper.
-    if let Some(row) =
-        report.rows.iter().find(|r| r.counted < r.sent || r.counted > r.sent + r.errors)
+    // Each run on its own too: one run's failed sessions must not hide another's miss.
+    if let Some(row) = report
+        .rows
+        .iter()
+        .find(|r| r.counted < r.sent || r.counted > r.sent + r.errors || !r.miscounted.is_empty())
     {
         let moved: Vec<String> = row
             .miscounted

@@ -215,17 +215,19 @@ impl Report {
             let threads: Vec<String> = idle
                 .threads
                 .iter()
-                .map(|t| format!("{} {:.2} ms/s, {:.1}/s", t.name, t.cpu_ms_per_s, t.wakeups_per_s))
+                .map(|t| {
+                    format!("{} {:.2} ms/s, {:.1}/s", t.name, t.cpu_ms_per_s, t.scheduled_per_s)
+                })
                 .collect();
             let _ = writeln!(
                 t,
                 "
 idle ({:.0} s, no sessions, {} processes on the host): agent CPU {:.2} ms per \
-                 second, {:.1} wakeups per second ({})",
+                 second, on a CPU {:.1} times per second ({})",
                 idle.seconds,
                 idle.processes,
                 idle.cpu_ms_per_s(),
-                idle.wakeups_per_s(),
+                idle.scheduled_per_s(),
                 threads.join("; ")
             );
         }
@@ -330,19 +332,21 @@ idle ({:.0} s, no sessions, {} processes on the host): agent CPU {:.2} ms per \
                 .iter()
                 .map(|t| {
                     format!(
-                        "{{\"name\": \"{}\", \"cpu_ms_per_s\": {:.3}, \"wakeups_per_s\": {:.2}}}",
-                        t.name, t.cpu_ms_per_s, t.wakeups_per_s
+                        "{{\"name\": {}, \"cpu_ms_per_s\": {:.3}, \"scheduled_per_s\": {:.2}}}",
+                        serde_json::Value::from(t.name.as_str()),
+                        t.cpu_ms_per_s,
+                        t.scheduled_per_s
                     )
                 })
                 .collect();
             let _ = write!(
                 out,
                 ", \"idle\": {{\"seconds\": {:.1}, \"processes\": {}, \"cpu_ms_per_s\": {:.3}, \
-                 \"wakeups_per_s\": {:.2}, \"threads\": [{}]}}",
+                 \"scheduled_per_s\": {:.2}, \"threads\": [{}]}}",
                 idle.seconds,
                 idle.processes,
                 idle.cpu_ms_per_s(),
-                idle.wakeups_per_s(),
+                idle.scheduled_per_s(),
                 threads.join(", ")
             );
         }

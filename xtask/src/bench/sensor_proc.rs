@@ -82,15 +82,17 @@ pub struct ThreadTime {
     pub tid: u32,
     pub name: String,
     pub cpu_ns: u64,
-    /// Times it was put on a CPU: each wakeup is one.
+    /// Times it was put on a CPU: each wakeup is one, and so is a return after preemption.
     pub runs: u64,
 }
 
-/// Every live thread of `pid` (empty when the kernel keeps no schedstat). A thread that
-/// ended takes its time with it: the sensor's threads live as long as it does.
+/// Every live thread of `pid` (empty when the kernel keeps no schedstat: the file is
+/// missing, or all zeros without CONFIG_SCHED_INFO). A thread that ended takes its time
+/// with it: the sensor's threads live as long as it does (but for the blocking pool's,
+/// only started by --web-config basic auth, which the bench does not use).
 pub fn thread_times(pid: u32) -> Vec<ThreadTime> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return vec![] };
-    tasks
+    let threads: Vec<ThreadTime> = tasks
         .flatten()
         .filter_map(|task| {
             let tid = task.file_name().to_str()?.parse().ok()?;
@@ -101,7 +103,11 @@ pub fn thread_times(pid: u32) -> Vec<ThreadTime> {
             let name = std::fs::read_to_string(task.path().join("comm")).ok()?;
             Some(ThreadTime { tid, name: name.trim_end().to_string(), cpu_ns, runs })
         })
-        .collect()
+        .collect();
+    if threads.iter().all(|t| t.cpu_ns == 0 && t.runs == 0) {
+        return vec![];
+    }
+    threads
 }
 
 /// The sum of a metric family's samples (all label sets).
