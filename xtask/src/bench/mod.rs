@@ -6,9 +6,9 @@
 //! finding latency at a steady rate, a flood into a tiny ring buffer whose counts must
 //! stay exact, and what the idle agent costs (CPU and times scheduled per second, per
 //! thread). With `--capture-peer`, each workload also runs with the sensor detached and a
-//! packet capture of the watched port running (C), for comparison. Results go to stdout as tables and to
-//! target/bench/results.json. A session count that is off fails the run and names the
-//! sensor's samples that moved in that run (what it counted instead).
+//! packet capture of the watched port running (C), for comparison. Results go to stdout as
+//! tables and to target/bench/results.json. A session count that is off fails the run and
+//! names the sensor's samples that moved in that run (what it counted instead).
 
 mod capture;
 mod floor;

@@ -221,8 +221,7 @@ impl Report {
                 .collect();
             let _ = writeln!(
                 t,
-                "
-idle ({:.0} s, no sessions, {} processes on the host): agent CPU {:.2} ms per \
+                "\nidle ({:.0} s, no sessions, {} processes on the host): agent CPU {:.2} ms per \
                  second, on a CPU {:.1} times per second ({})",
                 idle.seconds,
                 idle.processes,

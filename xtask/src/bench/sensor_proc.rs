@@ -49,9 +49,7 @@ impl Sample {
         let role = format!("role=\"{}\"", Role::Client);
         sum_where(&self.text, "pgwire_sensor_tls_sessions_total", &[&verification, &role])
     }
-}
 
-impl Sample {
     /// The sensor's own samples that moved since `before`, as `name{labels} +delta`: what
     /// a run whose count is off counted instead (another verdict, a kernel stat).
     pub fn moved_since(&self, before: &Sample) -> Vec<String> {
@@ -115,12 +113,14 @@ fn sum(text: &str, family: &str) -> u64 {
     sum_where(text, family, &[])
 }
 
-/// The sum of a metric family's samples whose line contains every one of `labels`.
+/// The sum of a metric family's samples whose series contains every one of `labels`.
 fn sum_where(text: &str, family: &str, labels: &[&str]) -> u64 {
-    text.lines()
-        .filter(|l| l.starts_with(family) && l[family.len()..].starts_with(['{', ' ']))
-        .filter(|l| labels.iter().all(|label| l.contains(label)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    samples(text)
+        .filter(|(series, _)| {
+            series.strip_prefix(family).is_some_and(|rest| rest.is_empty() || rest.starts_with('{'))
+        })
+        .filter(|(series, _)| labels.iter().all(|label| series.contains(label)))
+        .map(|(_, value)| value)
         .sum::<f64>() as u64
 }
 
@@ -301,4 +301,44 @@ fn clock_ticks() -> f64 {
         .ok()
         .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
         .unwrap_or(100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BEFORE: &str = "# HELP pgwire_sensor_sessions_total Sessions.\n\
+        pgwire_sensor_sessions_total{port=\"26257\",role=\"client\",verdict=\"plaintext\"} 5\n\
+        pgwire_sensor_sessions_total{port=\"26257\",role=\"server\",verdict=\"plaintext\"} 7\n\
+        pgwire_sensor_sessions_total_other{role=\"client\",verdict=\"plaintext\"} 100\n\
+        pgwire_sensor_findings_total 3\n\
+        pgwire_sensor_finding_latency_seconds_bucket{le=\"0.1\"} 9\n";
+
+    fn sample(text: &str) -> Sample {
+        Sample { text: text.into(), lost: 0, findings: 0, cpu_seconds: 0.0, peak_rss_kib: 0 }
+    }
+
+    #[test]
+    fn sums_one_family_by_its_labels() {
+        let s = sample(BEFORE);
+        assert_eq!(s.counted(Verdict::Plaintext), 5, "client role only, not a longer family");
+        assert_eq!(sum(BEFORE, "pgwire_sensor_sessions_total"), 12);
+        assert_eq!(sum(BEFORE, "pgwire_sensor_findings_total"), 3);
+    }
+
+    #[test]
+    fn moved_since_names_what_changed() {
+        let after = BEFORE
+            .replace("verdict=\"plaintext\"} 5", "verdict=\"plaintext\"} 6")
+            .replace("} 9\n", "} 10\n")
+            + "pgwire_sensor_sessions_total{port=\"26257\",role=\"client\",verdict=\"unknown\"} 1\n";
+        let moved = sample(&after).moved_since(&sample(BEFORE));
+        assert_eq!(
+            moved,
+            [
+                "pgwire_sensor_sessions_total{port=\"26257\",role=\"client\",verdict=\"plaintext\"} +1",
+                "pgwire_sensor_sessions_total{port=\"26257\",role=\"client\",verdict=\"unknown\"} +1",
+            ]
+        );
+    }
 }
