@@ -64,8 +64,8 @@ pub struct ConnState {
     /// Taken only to claim the session's decision (`decision_claimed`). The programs never
     /// load or store it themselves: the verifier allows only the lock helpers on it.
     pub lock: bpf_spin_lock,
-    /// Non-zero once a program claimed the session's decision, set under `lock`: the
-    /// socket's two directions may decide at once on two CPUs, and only one carries it out.
+    /// `claim::claim_bits`, set under `lock`: the socket's two directions may finish the
+    /// session at once on two CPUs, and only one forgets it (see `claim`).
     pub decision_claimed: u32,
     pub _pad: u32,
 }

@@ -4,6 +4,7 @@
 //!   arrays. The kernel calls it to count verdicts exactly; userspace calls it again on the
 //!   captured bytes (and on pcap streams), so both sides agree by construction.
 //! - [`tracker`]: the session-start state machine every verdict comes from.
+//! - [`claim`]: which of two programs finishing one session at once carries out what.
 //! - [`tls`]: what the client's OpenSSL says about verifying the server, and how its
 //!   handshake is tied to the ClientHello on the wire.
 //! - [`assembly`]: where a client message's bytes land in the capture (pure arithmetic).
@@ -20,6 +21,7 @@ extern crate std;
 extern crate alloc;
 
 pub mod assembly;
+pub mod claim;
 pub mod event;
 pub mod limits;
 pub mod names;

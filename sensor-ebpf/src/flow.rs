@@ -11,6 +11,7 @@ use aya_ebpf::{
 use aya_log_ebpf::info;
 use sensor_common::{
     assembly::Placement,
+    claim::Claim,
     event::{
         conn_flags, event_flags, AuthEvent, Capture, ConnState, ProcRecord, SessionEvent, COMM_LEN,
         EVENT_AUTH, EVENT_SESSION,
@@ -195,16 +196,17 @@ impl<'a> Flow<'a> {
     /// callers pass effects the compiler knows, and each copy keeps only what they need.
     #[inline(always)]
     pub fn apply(&mut self, effects: u8) {
+        // The socket's two directions can run at once on two CPUs (the ingress hook runs
+        // before the socket's lock is taken), and both may finish the session: one forgets
+        // it, and its verdict is counted once even when the first to finish had none.
         let done = effects & effect::DONE != 0;
         if done {
-            // The socket's two directions can run at once on two CPUs (the ingress hook
-            // runs before the socket's lock is taken), and both may see the close and
-            // decide: the one that claims the decision carries it out, once.
-            if !sockets::claim_decision(self.state) {
-                return;
+            match sockets::claim_decision(self.state, effects & effect::VERDICT != 0) {
+                Claim::All => counters::stat(Stat::ConnectionsForgotten),
+                Claim::VerdictOnly => {}
+                Claim::Nothing => return,
             }
             sockets::settle(self.state);
-            counters::stat(Stat::ConnectionsForgotten);
         }
         if effects & effect::VERDICT != 0 {
             if let Some(verdict) = self.state.tracker.verdict() {
@@ -232,6 +234,8 @@ impl<'a> Flow<'a> {
             self.report_auth();
         }
         if done {
+            // Both finishers remove it: this one may have created it after the other's
+            // removal.
             let _ = maps::CAPTURES.remove(self.cookie);
         }
     }

@@ -7,10 +7,11 @@
 //! its later packets cost one lookup and one flag test, and no memory is allocated or
 //! freed per session beyond the entry itself.
 //!
-//! Of two programs deciding a session at once (ingress runs before the socket lock), only
-//! the one that claims the decision (`claim_decision`) carries it out: a flag set under the
-//! state's own spin lock says who came first (an exclusive insert into an LRU hash map did,
-//! and cost as much as the storage's allocation: every insert evicted).
+//! Of two programs finishing a session at once (ingress runs before the socket lock), the
+//! claim (`claim_decision`, the shared rule `sensor_common::claim`) says which carries out
+//! what: a word updated under the state's own spin lock (an exclusive insert into an LRU
+//! hash map did it before, and cost as much as the storage's allocation: every insert
+//! evicted).
 
 use core::ffi::c_void;
 
@@ -20,7 +21,10 @@ use aya_ebpf::{
     helpers::generated::{bpf_sk_storage_get, bpf_spin_lock, bpf_spin_unlock},
     macros::btf_map,
 };
-use sensor_common::event::{conn_flags, ConnState};
+use sensor_common::{
+    claim::{claim, Claim},
+    event::{conn_flags, ConnState},
+};
 
 #[btf_map]
 static SOCKETS: SkStorage<ConnState> = SkStorage::new();
@@ -56,21 +60,22 @@ pub fn create(sk: *mut bpf_sock) -> Option<&'static mut ConnState> {
     }
 }
 
-/// Claim the session's decision for this program. `false`: the program on the socket's
-/// other direction claimed it first and carries it out.
+/// Claim the finishing of the session for this program, whose effects count a verdict or
+/// not: what of them it carries out.
 #[inline(always)]
-pub fn claim_decision(state: &mut ConnState) -> bool {
+pub fn claim_decision(state: &mut ConnState, counts_verdict: bool) -> Claim {
     let lock = core::ptr::addr_of_mut!(state.lock).cast();
     let claimed = core::ptr::addr_of_mut!(state.decision_claimed);
     // SAFETY: `state` is socket storage, whose value type holds the lock (the verifier
-    // checks it against the map's BTF); nothing else is called while it is held. The
-    // volatile accesses stay between the two helper calls.
+    // checks it against the map's BTF); nothing is called while it is held (`claim` is
+    // inlined). The volatile accesses stay between the two helper calls.
     unsafe {
         bpf_spin_lock(lock);
-        let first = core::ptr::read_volatile(claimed) == 0;
-        core::ptr::write_volatile(claimed, 1);
+        let mut word = core::ptr::read_volatile(claimed);
+        let outcome = claim(&mut word, counts_verdict);
+        core::ptr::write_volatile(claimed, word);
         bpf_spin_unlock(lock);
-        first
+        outcome
     }
 }
 
