@@ -12,6 +12,7 @@
 
 mod capture;
 mod floor;
+mod host;
 mod idle;
 mod kstats;
 mod latency;
@@ -199,6 +200,7 @@ pub fn run(root: &Path, opts: Options) -> anyhow::Result<()> {
     let flood = flood(sensor_bin, opts.flood, opts.threads)?;
     let idle = idle::measure(sensor_bin, Duration::from_secs_f64(opts.seconds * IDLE_RUNS))?;
     let report = Report {
+        host: Some(host::Host::read()),
         rows,
         latency: Some((opts.latency_rate, latency)),
         kernel,

@@ -89,6 +89,8 @@ impl Flood {
 }
 
 pub struct Report {
+    /// The machine it ran on (None in unit tests).
+    pub host: Option<super::host::Host>,
     pub rows: Vec<Row>,
     pub latency: Option<(f64, Latency)>,
     pub kernel: Vec<(String, Vec<ProgramCost>)>,
@@ -128,6 +130,9 @@ impl Report {
 
     pub fn markdown(&self) -> String {
         let mut t = String::new();
+        if let Some(host) = &self.host {
+            let _ = writeln!(t, "{}\n", host.line());
+        }
         let (peer_head, peer_rule) =
             if self.with_peer() { (" capture peer |", "---|") } else { ("", "") };
         let _ = writeln!(t, "| workload | detached (A) | attached (B) | B/A per pair | median B/A |{peer_head} counted/sent | lost | agent CPU ms/1000 sessions | agent peak RSS |");
@@ -273,6 +278,9 @@ impl Report {
             );
         }
         out.push(']');
+        if let Some(host) = &self.host {
+            let _ = write!(out, ", \"host\": {}", host.json());
+        }
         if let Some((rate, l)) = &self.latency {
             let num = |v: f64| if v.is_finite() { format!("{v:.3}") } else { "null".into() };
             let _ = write!(
@@ -365,7 +373,14 @@ mod tests {
         row.peer = peer.to_vec();
         row.peer_packets = 10;
         row.peer_dropped = dropped;
-        Report { rows: vec![row], latency: None, kernel: vec![], flood: None, idle: None }
+        Report {
+            host: None,
+            rows: vec![row],
+            latency: None,
+            kernel: vec![],
+            flood: None,
+            idle: None,
+        }
     }
 
     #[test]
