@@ -116,6 +116,10 @@ pub mod conn_flags {
     /// Nothing to follow on this socket: the server it reached is not on a watched port,
     /// or its end of the session is not watched. Its packets cost one flag test.
     pub const SETTLED: u32 = 1024;
+    /// Followed from its SYN, which a NAT rule on this host sent to a watched port: the
+    /// socket's own ports are not watched, so it is counted in the kernel's
+    /// `NAT_FOLLOWING` until its session is decided.
+    pub const NAT: u32 = 2048;
 }
 
 /// `SessionEvent::flags` (a superset of the connection flags).

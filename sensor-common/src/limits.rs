@@ -98,6 +98,10 @@ crate::named_enum! {
         /// Of those, connections whose process could not be taken from their connect():
         /// reported without a process rather than with a guessed one.
         NatProcessUnknown = 16 => "nat_process_unknown",
+        /// NAT-followed sessions decided. `ConnectionsNat` minus this is how many are
+        /// open; while any is, every packet of the host's other connections has its
+        /// socket's storage looked up (see `NAT_FOLLOWING` in the kernel programs).
+        NatDecided = 17 => "nat_decided",
     }
 }
 

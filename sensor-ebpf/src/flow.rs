@@ -202,7 +202,13 @@ impl<'a> Flow<'a> {
         let done = effects & effect::DONE != 0;
         if done {
             match sockets::claim_decision(self.state, effects & effect::VERDICT != 0) {
-                Claim::All => counters::stat(Stat::ConnectionsForgotten),
+                Claim::All => {
+                    counters::stat(Stat::ConnectionsForgotten);
+                    if self.state.flags & conn_flags::NAT != 0 {
+                        maps::nat_following_add(u64::MAX);
+                        counters::stat(Stat::NatDecided);
+                    }
+                }
                 Claim::VerdictOnly => {}
                 Claim::Nothing => return,
             }

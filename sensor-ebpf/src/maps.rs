@@ -45,6 +45,14 @@ pub struct ConnectRecord {
     pub comm: [u8; COMM_LEN],
 }
 
+/// NAT-followed sessions not decided yet (`conn_flags::NAT`), on every CPU: while none is,
+/// a packet of a socket whose own ports are not watched leaves before its socket's storage
+/// is looked up (`segment::none_of_ours`). One that is never decided (its socket went
+/// without a FIN or RST the hooks saw) keeps it above zero: every packet is then looked up,
+/// as before, never skipped wrongly.
+#[map]
+pub static NAT_FOLLOWING: Array<u64> = Array::with_max_entries(1, 0);
+
 /// Socket cookie -> the client message being assembled (only while one is).
 #[map]
 pub static CAPTURES: LruHashMap<u64, Capture> = LruHashMap::with_max_entries(CAPTURES_MAX, 0);
@@ -97,6 +105,22 @@ pub fn port_slot(port: u16) -> Option<u32> {
     match WATCHED_PORTS.get(port as u32) {
         Some(&slot_plus_one) if slot_plus_one != 0 => Some(slot_plus_one as u32 - 1),
         _ => None,
+    }
+}
+
+/// Whether any NAT-followed session is still open (see `NAT_FOLLOWING`).
+#[inline(always)]
+pub fn nat_following() -> bool {
+    matches!(NAT_FOLLOWING.get(0), Some(&open) if open != 0)
+}
+
+/// Count a NAT-followed session opened (`1`) or decided (`u64::MAX`, i.e. minus one).
+#[inline(always)]
+pub fn nat_following_add(n: u64) {
+    if let Some(open) = NAT_FOLLOWING.get_ptr_mut(0) {
+        // SAFETY: the map's one aligned u64, valid while the program runs; every write to
+        // it is this atomic add.
+        unsafe { crate::counters::atomic_add(open, n) };
     }
 }
 

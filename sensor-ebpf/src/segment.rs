@@ -41,6 +41,9 @@ pub enum Hook {
 #[inline(always)]
 pub fn on_segment(ctx: &SkBuffContext, hook: Hook) {
     let Some(sk) = packet::full_socket(ctx) else { return };
+    if none_of_ours(&packet::socket_ends(sk), hook) {
+        return;
+    }
     let state = match sockets::state(sk) {
         Some(state) if state.flags & conn_flags::SETTLED != 0 => return,
         Some(state) if state.flags & conn_flags::FOLLOWING != 0 => state,
@@ -75,6 +78,19 @@ pub fn on_segment(ctx: &SkBuffContext, hook: Hook) {
     if tcp.flags & (TCP_FIN | TCP_RST) != 0 {
         flow.closed();
     }
+}
+
+/// The rest of the host's traffic, told from the socket alone, before its storage is looked
+/// up: neither of the socket's own ports is watched (a socket connected to a watched port,
+/// adopted on one or accepted on one has one of them watched), it is not a SYN leaving
+/// (which NAT may send to a watched port: `follow_from_syn`), and no NAT-followed session
+/// is open (the one kind of followed socket whose own ports are not watched).
+#[inline(always)]
+fn none_of_ours(ends: &packet::SocketEnds, hook: Hook) -> bool {
+    maps::port_slot(ends.local_port).is_none()
+        && maps::port_slot(ends.remote_port).is_none()
+        && !(hook == Hook::Egress && ends.syn_sent())
+        && !maps::nat_following()
 }
 
 /// A client socket recorded at connect() (it dialled a watched port) sends its first packet
@@ -273,6 +289,8 @@ fn follow_from_syn(ctx: &SkBuffContext, sk: *mut bpf_sock) -> Option<&'static mu
     if state.flags & conn_flags::PROC_KNOWN == 0 {
         counters::stat(Stat::NatProcessUnknown);
     }
+    state.flags |= conn_flags::NAT;
+    maps::nat_following_add(1);
     follow(ctx, state, l4, ports, slot);
     counters::stat(Stat::ConnectionsNat);
     counters::stat(Stat::ConnectionsTracked);

@@ -226,6 +226,14 @@ const KERNEL_COUNTERS: &[(&str, &str, Stat)] = &[
         Stat::NatProcessUnknown,
     ),
     (
+        "kernel_nat_decided_total",
+        "NAT-rewritten connections whose session was decided. connections_nat_total minus \
+         this is how many are open; while any is, the kernel programs look up the state of \
+         every other connection's packets too (a NAT'd connection that timed out in its SYN \
+         stays open here).",
+        Stat::NatDecided,
+    ),
+    (
         "kernel_connections_judged_total",
         "Sessions decided: nothing more is read on their sockets.",
         Stat::ConnectionsForgotten,

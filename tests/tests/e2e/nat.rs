@@ -97,6 +97,50 @@ fn a_service_like_dnat_of_the_address_names_both_ends() -> anyhow::Result<()> {
     psql_through_dnat("nat-address", SocketAddrV4::new([127, 0, 0, 77].into(), DB_PORT))
 }
 
+/// The packets of a socket whose own ports are not watched are looked at only while a
+/// NAT-followed session is open (the kernel counts them until each is decided): a session
+/// opened before another NAT'd one came and went must still have its server's answers,
+/// whose ports are the pre-NAT ones, followed to its authentication.
+#[test]
+fn a_nat_session_outlasting_another_is_followed_to_its_auth() -> anyhow::Result<()> {
+    let _serial = serial();
+    let pg = PgServer::start(PgOptions::tls("nat-overlap"))?;
+    let dialled = SocketAddrV4::new([127, 0, 0, 1].into(), 36257);
+    let _rule = nft::dnat_output(dialled, SocketAddrV4::new([127, 0, 0, 1].into(), DB_PORT))?;
+    let sensor = Sensor::start(&[])?;
+    let before = sensor.metrics()?;
+
+    let mut early = connect_nodelay(dialled.into())?;
+    let early_port = early.local_addr()?.port();
+    // Another NAT'd session opens, authenticates and ends (decided) while `early` waits.
+    psql_at(
+        "127.0.0.1",
+        36257,
+        "sslmode=disable gssencmode=disable",
+        "postgres",
+        "postgres",
+        None,
+    )?
+    .expect_success()?;
+    early.write_all(&startup_message(&[("user", "postgres"), ("application_name", "early")]))?;
+    assert_eq!(first_reply(&mut early), Some(b'R'));
+
+    let f = wait_for("the early session's finding", Duration::from_secs(10), || {
+        sensor.findings().ok()?.into_iter().find(|f| f["src"]["port"] == early_port)
+    })?;
+    assert_eq!(f["verdict"], "plaintext", "{f:#}");
+    assert_eq!(f["process"]["pid"], std::process::id(), "{f:#}");
+    assert_eq!(f["auth"]["method"], "trust", "its answers were still looked at: {f:#}");
+    let after = sensor.metrics()?;
+    let nat = after.get("pgwire_sensor_kernel_connections_nat_total")
+        - before.get("pgwire_sensor_kernel_connections_nat_total");
+    assert_eq!(nat, 2.0, "both sessions followed from their SYN");
+    let decided = |m: &tests::metrics::Samples| m.get("pgwire_sensor_kernel_nat_decided_total");
+    assert_eq!(decided(&after) - decided(&before), 2.0, "both decided at their authentication");
+    drop(pg);
+    Ok(())
+}
+
 /// Connections the old connection table (16384 entries, LRU) could not have held: this
 /// many stay open, idle, between one socket's connect() and its first byte.
 const OTHER_CONNECTIONS: usize = 17_000;
