@@ -90,18 +90,33 @@ pub fn tcp_segment(ctx: &SkBuffContext) -> Option<(L4, Ports, TcpHeader)> {
     Some((l4, ports, tcp))
 }
 
-/// The packet's own socket, if it is a full one (not a request or time-wait socket). The
-/// first thing each packet program does: everything else hangs on the socket.
-#[inline(always)]
-pub fn full_socket(ctx: &SkBuffContext) -> Option<*mut bpf_sock> {
-    // SAFETY: the context is a valid __sk_buff; `sk` may be null and the helper accepts
-    // only a socket pointer checked for null.
-    unsafe {
-        let sk = (*ctx.skb.skb).__bindgen_anon_2.sk;
-        if sk.is_null() {
-            return None;
-        }
-        let full = bpf_sk_fullsock(sk);
+/// The packet's own socket as the hook got it. In cgroup_skb programs this is always the
+/// full socket the hook runs for (the kernel sets it so), but the verifier only knows a
+/// `sock_common`: its ports and state can be read as they are (`socket_ends`, plain loads),
+/// anything else needs `full()`. The ports are read before that helper call so that the
+/// host's other traffic leaves without one.
+#[derive(Clone, Copy)]
+pub struct PacketSocket(*mut bpf_sock);
+
+impl PacketSocket {
+    #[inline(always)]
+    pub fn of(ctx: &SkBuffContext) -> Option<Self> {
+        // SAFETY: the context is a valid __sk_buff; `sk` may be null.
+        let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+        (!sk.is_null()).then_some(Self(sk))
+    }
+
+    /// Ports and state: fields of `sock_common`, readable without `full()`.
+    #[inline(always)]
+    pub fn ends(self) -> SocketEnds {
+        socket_ends(self.0)
+    }
+
+    /// The full socket (not a request or time-wait one), for storage and helpers.
+    #[inline(always)]
+    pub fn full(self) -> Option<*mut bpf_sock> {
+        // SAFETY: a socket pointer checked for null, as the helper requires.
+        let full = unsafe { bpf_sk_fullsock(self.0) };
         (!full.is_null()).then_some(full)
     }
 }

@@ -40,10 +40,11 @@ pub enum Hook {
 
 #[inline(always)]
 pub fn on_segment(ctx: &SkBuffContext, hook: Hook) {
-    let Some(sk) = packet::full_socket(ctx) else { return };
-    if none_of_ours(&packet::socket_ends(sk), hook) {
+    let Some(socket) = packet::PacketSocket::of(ctx) else { return };
+    if none_of_ours(&socket.ends(), hook) {
         return;
     }
+    let Some(sk) = socket.full() else { return };
     let state = match sockets::state(sk) {
         Some(state) if state.flags & conn_flags::SETTLED != 0 => return,
         Some(state) if state.flags & conn_flags::FOLLOWING != 0 => state,
