@@ -27,10 +27,10 @@ use super::kstats::ProgramTimes;
 // Values from linux/bpf.h (checked against the UAPI header with a C compiler).
 const BPF_PROG_LOAD: c_int = 5;
 const BPF_LINK_CREATE: c_int = 28;
-const BPF_PROG_TYPE_CGROUP_SKB: u32 = 8;
+pub(super) const BPF_PROG_TYPE_CGROUP_SKB: u32 = 8;
 pub(super) const BPF_PROG_TYPE_CGROUP_SOCK_ADDR: u32 = 18;
-const BPF_CGROUP_INET_INGRESS: u32 = 0;
-const BPF_CGROUP_INET_EGRESS: u32 = 1;
+pub(super) const BPF_CGROUP_INET_INGRESS: u32 = 0;
+pub(super) const BPF_CGROUP_INET_EGRESS: u32 = 1;
 pub(super) const BPF_CGROUP_INET4_CONNECT: u32 = 10;
 const BPF_OBJ_NAME_LEN: usize = 16;
 
@@ -139,6 +139,9 @@ pub fn row_name(hook: &str) -> String {
 pub fn floor_row_of(program: &str) -> Option<String> {
     if program == super::storage_floor::ROW {
         return Some(row_name("connect4"));
+    }
+    if let Some(hook) = super::storage_floor::lookup_hook_of(program) {
+        return Some(row_name(hook));
     }
     HOOKS.iter().find(|h| h.sensor_program == program).map(|h| row_name(h.hook))
 }

@@ -371,7 +371,10 @@ fn kernel_costs(
 ) -> anyhow::Result<Vec<(String, Vec<kstats::ProgramCost>)>> {
     let _stats = kstats::StatsEnabled::turn_on()?;
     let cgroup = floor::cgroup2_root()?;
-    let mut costs = vec![storage_floor_costs(opts, duration, &cgroup)?];
+    let mut costs = vec![
+        storage_floor_costs(opts, duration, &cgroup)?,
+        lookup_floor_costs(opts, duration, &cgroup)?,
+    ];
     let sensor = SensorProc::start(&opts.sensor, &[])?;
     let floor = floor::FloorPrograms::attach(&cgroup)?;
     let sample = || -> anyhow::Result<[kstats::ProgramTimes; 2]> {
@@ -426,6 +429,30 @@ fn storage_floor_costs(
     loadgen::sessions(addr, Session::Plaintext, opts.threads, duration, u64::MAX);
     let costs = since(sample()?, before);
     Ok(("sessions plaintext, sensor detached (the storage floor)".to_string(), costs))
+}
+
+/// What looking a watched socket's storage up costs each of its packets by itself: the
+/// watched request/response workload with the sensor detached, the empty floor programs
+/// and the lookup programs (see [`storage_floor::LookupFloor`]) attached. Detached, as the
+/// connect floor is: the first program in the hook's chain to look up a socket's storage
+/// pays for bringing it into the cache (about 50 ns on egress here), and the sensor is
+/// that program when it runs alone; a lookup program attached after it would find the
+/// storage warm and understate the floor.
+fn lookup_floor_costs(
+    opts: &Options,
+    duration: Duration,
+    cgroup: &Path,
+) -> anyhow::Result<(String, Vec<kstats::ProgramCost>)> {
+    let watched = ROUND_TRIPS.iter().find(|w| w.startup).context("no watched round trips")?;
+    let addr: SocketAddr = watched.server.parse()?;
+    let floor = floor::FloorPrograms::attach(cgroup)?;
+    let lookup = storage_floor::LookupFloor::attach(cgroup, addr.port())?;
+    let sample =
+        || -> anyhow::Result<[kstats::ProgramTimes; 2]> { Ok([floor.times()?, lookup.times()?]) };
+    let before = sample()?;
+    loadgen::round_trips(addr, watched.startup, opts.threads, duration)?;
+    let costs = since(sample()?, before);
+    Ok((format!("{}, sensor detached (the storage lookup floor)", watched.name), costs))
 }
 
 /// What ran between two samples of two sets of programs: the first set's rows, then the

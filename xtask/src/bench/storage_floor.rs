@@ -5,6 +5,11 @@
 //! storage head is allocated with it). Its average minus connect4's empty floor is the
 //! allocation's own cost; the sensor's connect4 minus this is what the sensor adds to it.
 //!
+//! Its packet counterpart (`LookupFloor`): programs on egress and ingress that look up the
+//! socket's storage for every packet of a watched socket (created on its first), what the
+//! sensor's judged path (a decided session's later packets) cannot go below while its state
+//! lives in socket storage: the port tests, `bpf_sk_fullsock`, `bpf_sk_storage_get`.
+//!
 //! A socket-storage map needs BTF for its key and value, so a minimal BTF (an `int` key and
 //! an array of ints the size of `ConnState`) is loaded first, by hand, as the floor's
 //! programs are (see [`super::floor`]).
@@ -177,6 +182,101 @@ fn program(map: &OwnedFd, port: u16) -> [Insn; 10] {
     ]
 }
 
+/// The lookup floor's row on `hook` (egress, ingress).
+pub fn lookup_row(hook: &str) -> String {
+    format!("{LOOKUP_ROW_PREFIX}{hook}")
+}
+
+const LOOKUP_ROW_PREFIX: &str = "socket storage looked up (no other work): ";
+
+/// The hook of a lookup floor row, to subtract that hook's empty floor from it.
+pub fn lookup_hook_of(row: &str) -> Option<&str> {
+    row.strip_prefix(LOOKUP_ROW_PREFIX)
+}
+
+/// On every packet (cgroup_skb) of a socket with `port` at either end: the socket's storage,
+/// created if it has none: `bpf_sk_storage_get(map, bpf_sk_fullsock(skb->sk), NULL,
+/// F_CREATE)`; nothing else. The ports are the `__sk_buff` fields (no helper), as the
+/// sensor reads them.
+fn lookup_program(map: &OwnedFd, port: u16) -> [Insn; 17] {
+    const SKB_REMOTE_PORT: i16 = 132;
+    const SKB_LOCAL_PORT: i16 = 136;
+    const SKB_SK: i16 = 168;
+    const BPF_FUNC_SK_FULLSOCK: i32 = 95;
+    // `remote_port` holds the port's network-order bytes in its upper half on a
+    // little-endian host (the kernel shifts them there), as they are on a big-endian one.
+    let remote = if cfg!(target_endian = "little") {
+        u32::from(port.swap_bytes()) << 16
+    } else {
+        u32::from(port)
+    };
+    let insn = |code: u8, dst: u8, src: u8, off: i16, imm: i32| Insn {
+        code,
+        regs: dst | src << 4,
+        off,
+        imm,
+    };
+    [
+        insn(0xbf, 6, 1, 0, 0),                               // r6 = r1 (the skb)
+        insn(0x61, 2, 6, SKB_LOCAL_PORT, 0),                  // r2 = skb->local_port (host order)
+        insn(0x16, 2, 0, 2, i32::from(port)),                 // if w2 == port goto sk
+        insn(0x61, 2, 6, SKB_REMOTE_PORT, 0),                 // r2 = skb->remote_port
+        insn(0x56, 2, 0, 10, remote as i32), // if w2 != port goto exit_ok (32-bit compare)
+        insn(0x79, 1, 6, SKB_SK, 0),         // sk: r1 = skb->sk
+        insn(0x15, 1, 0, 8, 0),              // if r1 == NULL goto exit_ok
+        insn(0x85, 0, 0, 0, BPF_FUNC_SK_FULLSOCK), // r0 = bpf_sk_fullsock(r1)
+        insn(0x15, 0, 0, 6, 0),              // if r0 == NULL goto exit_ok
+        insn(0xbf, 2, 0, 0, 0),              // r2 = r0
+        insn(0x18, 1, BPF_PSEUDO_MAP_FD, 0, map.as_raw_fd()), // r1 = map (ld_imm64, 2 slots)
+        insn(0, 0, 0, 0, 0),
+        insn(0xb7, 3, 0, 0, 0), // r3 = NULL (zeroed value)
+        insn(0xb7, 4, 0, 0, BPF_SK_STORAGE_GET_F_CREATE), // r4 = F_CREATE
+        insn(0x85, 0, 0, 0, BPF_FUNC_SK_STORAGE_GET), // call bpf_sk_storage_get
+        insn(0xb7, 0, 0, 0, 1), // exit_ok: r0 = 1 (pass)
+        insn(0x95, 0, 0, 0, 0), // exit
+    ]
+}
+
+/// The lookup programs on egress and ingress, attached to the cgroup v2 directory `cgroup`;
+/// dropping detaches them, then frees them and their map.
+pub struct LookupFloor {
+    /// (row, link, program): the link first, so that it is closed first.
+    attached: Vec<(String, OwnedFd, OwnedFd)>,
+    _map: OwnedFd,
+}
+
+impl LookupFloor {
+    pub fn attach(cgroup: &Path, port: u16) -> anyhow::Result<LookupFloor> {
+        let btf = load_btf()?;
+        let map = create_map(&btf)?;
+        let dir = std::fs::File::open(cgroup)
+            .with_context(|| format!("cannot open the cgroup {}", cgroup.display()))?;
+        let mut attached = Vec::new();
+        for (hook, name, attach_type) in [
+            ("egress", "floor_lookup_eg", floor::BPF_CGROUP_INET_EGRESS),
+            ("ingress", "floor_lookup_in", floor::BPF_CGROUP_INET_INGRESS),
+        ] {
+            let prog = floor::load_program(
+                name,
+                floor::BPF_PROG_TYPE_CGROUP_SKB,
+                attach_type,
+                &lookup_program(&map, port),
+            )?;
+            let link = floor::link_program(&prog, &dir, attach_type)
+                .with_context(|| format!("cannot attach {name} to {}", cgroup.display()))?;
+            attached.push((lookup_row(hook), link, prog));
+        }
+        Ok(LookupFloor { attached, _map: map })
+    }
+
+    /// Run counts and times so far, per row (see [`lookup_row`]).
+    pub fn times(&self) -> anyhow::Result<ProgramTimes> {
+        ProgramTimes::of_own_fds(
+            self.attached.iter().map(|(row, _, prog)| (row.clone(), prog.as_raw_fd())),
+        )
+    }
+}
+
 /// The storage-creating program, attached to the cgroup v2 directory `cgroup`; dropping
 /// detaches it (its link closes first), then frees the program and the map.
 pub struct StorageFloor {
@@ -208,35 +308,41 @@ impl StorageFloor {
         ProgramTimes::of_own_fds([(ROW.to_string(), self.prog.as_raw_fd())])
     }
 
-    /// Whether `socket` has an entry in the program's map (from user space, a socket
-    /// storage map is keyed by the socket's fd).
+    /// Whether `socket` has an entry in the program's map.
     #[cfg(test)]
     fn has_storage(&self, socket: &impl AsRawFd) -> std::io::Result<bool> {
-        const BPF_MAP_LOOKUP_ELEM: c_int = 1;
-        #[repr(C)]
-        struct LookupAttr {
-            map_fd: u32,
-            _pad: u32,
-            key: u64,
-            value: u64,
-            flags: u64,
-            _zero: [u8; ATTR_SIZE - 32],
-        }
-        let key: i32 = socket.as_raw_fd();
-        let mut value = [0u8; size_of::<ConnState>()];
-        let mut attr = LookupAttr {
-            map_fd: self._map.as_raw_fd() as u32,
-            _pad: 0,
-            key: &key as *const i32 as u64,
-            value: value.as_mut_ptr() as u64,
-            flags: 0,
-            _zero: [0; ATTR_SIZE - 32],
-        };
-        match floor::bpf_call(BPF_MAP_LOOKUP_ELEM, &mut attr) {
-            Ok(_) => Ok(true),
-            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(false),
-            Err(err) => Err(err),
-        }
+        has_storage(&self._map, socket)
+    }
+}
+
+/// Whether `socket` has an entry in `map` (from user space, a socket storage map is keyed
+/// by the socket's fd).
+#[cfg(test)]
+fn has_storage(map: &OwnedFd, socket: &impl AsRawFd) -> std::io::Result<bool> {
+    const BPF_MAP_LOOKUP_ELEM: c_int = 1;
+    #[repr(C)]
+    struct LookupAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+        _zero: [u8; ATTR_SIZE - 32],
+    }
+    let key: i32 = socket.as_raw_fd();
+    let mut value = [0u8; size_of::<ConnState>()];
+    let mut attr = LookupAttr {
+        map_fd: map.as_raw_fd() as u32,
+        _pad: 0,
+        key: &key as *const i32 as u64,
+        value: value.as_mut_ptr() as u64,
+        flags: 0,
+        _zero: [0; ATTR_SIZE - 32],
+    };
+    match floor::bpf_call(BPF_MAP_LOOKUP_ELEM, &mut attr) {
+        Ok(_) => Ok(true),
+        Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(err) => Err(err),
     }
 }
 
@@ -276,5 +382,37 @@ mod tests {
         assert!(costs[0].runs >= 2, "the program ran for both connects");
         assert!(floor.has_storage(&to_chosen).unwrap(), "no storage on the chosen port's socket");
         assert!(!floor.has_storage(&to_other).unwrap(), "storage on another port's socket");
+    }
+
+    /// Against the real kernel (root): the lookup programs run on the packets of a
+    /// connection to the chosen port (and give its sockets storage, both ends on loopback)
+    /// and leave a connection to another port alone.
+    /// `cargo test -p xtask storage_floor -- --ignored --nocapture`
+    #[test]
+    #[ignore = "loads and attaches BPF programs: needs root"]
+    fn lookup_floor_looks_up_storage_on_the_chosen_port_only() {
+        use std::io::{Read, Write};
+        let mut stats_attr = [0u32; 4];
+        let _stats = floor::bpf(32, &mut stats_attr).expect("BPF_ENABLE_STATS");
+        let chosen = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = chosen.local_addr().unwrap().port();
+        let floor = LookupFloor::attach(&floor::cgroup2_root().unwrap(), port).unwrap();
+        let before = floor.times().unwrap();
+        let mut to_chosen = std::net::TcpStream::connect(chosen.local_addr().unwrap()).unwrap();
+        let (mut accepted, _) = chosen.accept().unwrap();
+        let to_other = std::net::TcpStream::connect(other.local_addr().unwrap()).unwrap();
+        to_chosen.write_all(b"ping").unwrap();
+        let mut buf = [0u8; 4];
+        accepted.read_exact(&mut buf).unwrap();
+        let costs = floor.times().unwrap().since(&before);
+        for cost in &costs {
+            println!("{}: {} runs, {:.0} ns/run", cost.program, cost.runs, cost.avg_ns);
+            assert!(cost.runs > 0, "{} never ran", cost.program);
+        }
+        assert_eq!(costs.len(), 2);
+        assert!(has_storage(&floor._map, &to_chosen).unwrap(), "no storage on the chosen port's");
+        assert!(has_storage(&floor._map, &accepted).unwrap(), "no storage on the accepted socket");
+        assert!(!has_storage(&floor._map, &to_other).unwrap(), "storage on another port's socket");
     }
 }
