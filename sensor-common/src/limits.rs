@@ -2,7 +2,6 @@
 
 /// Map names, as the kernel object declares them and userspace looks them up.
 pub mod map_names {
-    pub const WATCHED_PORTS: &str = "WATCHED_PORTS";
     pub const CONFIG: &str = "CONFIG";
     pub const CAPTURES: &str = "CAPTURES";
     pub const EVENTS: &str = "EVENTS";
@@ -30,6 +29,8 @@ pub mod program_names {
 /// One byte per TCP port: a direct array index is the cheapest "is this port watched?" test.
 /// The value is the port's slot in the configured list plus one (0: not watched).
 pub const WATCHED_PORTS_ENTRIES: u32 = 65536;
+/// The kernel programs' read-only table of those bytes, filled in by the agent at load.
+pub const WATCHED_PORT_SLOTS_GLOBAL: &str = "WATCHED_PORT_SLOTS";
 /// Slots of the CONFIG array map.
 pub const CONFIG_ENTRIES: u32 = 4;
 /// CONFIG slot holding the enabled roles: bit `1 << Role as u32` per role.

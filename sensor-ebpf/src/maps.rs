@@ -15,10 +15,13 @@ use sensor_common::{
     verdict::Role,
 };
 
-/// Indexed by TCP port (host order): 0 unwatched, else the port's slot + 1. Written by
-/// userspace.
-#[map]
-pub static WATCHED_PORTS: Array<u8> = Array::with_max_entries(WATCHED_PORTS_ENTRIES, 0);
+/// Indexed by TCP port (host order): 0 unwatched, else the port's slot + 1. Read-only data
+/// the agent fills in at load (the ports are fixed for the agent's life): a lookup is one
+/// load from a 64 KiB table, where an array map's inlined lookup took ten instructions
+/// (bounds test, 8-byte element stride: a 512 KiB table) on the path of every packet.
+#[unsafe(no_mangle)]
+static WATCHED_PORT_SLOTS: [u8; WATCHED_PORTS_ENTRIES as usize] =
+    [0; WATCHED_PORTS_ENTRIES as usize];
 
 /// Settings written by userspace: index 0 holds the enabled roles (`ROLE_*_ENABLED`).
 #[map]
@@ -102,10 +105,10 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT a
 /// The port's position in the configured list, if it is watched.
 #[inline(always)]
 pub fn port_slot(port: u16) -> Option<u32> {
-    match WATCHED_PORTS.get(port as u32) {
-        Some(&slot_plus_one) if slot_plus_one != 0 => Some(slot_plus_one as u32 - 1),
-        _ => None,
-    }
+    // SAFETY: a read of read-only data, in bounds for every u16; volatile so that the
+    // compiler keeps the load the agent's table is patched into.
+    let slot_plus_one = unsafe { core::ptr::read_volatile(&WATCHED_PORT_SLOTS[port as usize]) };
+    (slot_plus_one != 0).then(|| slot_plus_one as u32 - 1)
 }
 
 /// Whether any NAT-followed session is still open (see `NAT_FOLLOWING`).

@@ -15,7 +15,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use aya_log::EbpfLogger;
-use sensor_common::limits::{map_names, program_names, CONFIG_ROLES};
+use sensor_common::limits::{
+    map_names, program_names, CONFIG_ROLES, WATCHED_PORTS_ENTRIES, WATCHED_PORT_SLOTS_GLOBAL,
+};
 
 use attachment::attach_type;
 pub use attachment::AttachmentCheck;
@@ -82,7 +84,7 @@ fn raise_memlock_limit() {
 }
 
 impl Attached {
-    /// Load the object, write the watched ports, and attach the programs at `cgroup_dir`.
+    /// Load the object with the watched ports, and attach the programs at `cgroup_dir`.
     ///
     /// The packet programs are attached before the connect hooks: a connection recorded by
     /// connect() then always has its SYN seen on egress.
@@ -92,7 +94,7 @@ impl Attached {
         options: LoadOptions,
     ) -> anyhow::Result<Attached> {
         raise_memlock_limit();
-        let (mut ebpf, tls_link) = match load_object(&options, TlsLink::SendingThread) {
+        let (mut ebpf, tls_link) = match load_object(ports, &options, TlsLink::SendingThread) {
             Ok(ebpf) => (ebpf, TlsLink::SendingThread),
             // Kernels before cgroup_skb programs could read the current thread (6.1).
             Err(err) if format!("{err:#}").contains("bpf_get_current_pid_tgid") => {
@@ -100,11 +102,13 @@ impl Attached {
                     "this kernel's packet programs cannot read the sending thread: a TLS \
                      handshake is tied to the thread that called connect()"
                 );
-                (load_object(&options, TlsLink::ConnectingThread)?, TlsLink::ConnectingThread)
+                (
+                    load_object(ports, &options, TlsLink::ConnectingThread)?,
+                    TlsLink::ConnectingThread,
+                )
             }
             Err(err) => return Err(err),
         };
-        write_watched_ports(&mut ebpf, ports)?;
         write_config(&mut ebpf, options.roles)?;
         let kernel_log = if options.kernel_log {
             Some(EbpfLogger::init(&mut ebpf).context("cannot read the kernel programs' log")?)
@@ -197,13 +201,15 @@ pub enum TlsLink {
 }
 
 /// The object loaded and every program verified (nothing attached yet).
-fn load_object(options: &LoadOptions, tls_link: TlsLink) -> anyhow::Result<Ebpf> {
+fn load_object(ports: &[u16], options: &LoadOptions, tls_link: TlsLink) -> anyhow::Result<Ebpf> {
     let level = kernel_log_level(options.kernel_log);
+    let slots = watched_port_slots(ports)?;
     let by_sending_thread = u8::from(tls_link == TlsLink::SendingThread);
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(map_names::EVENTS, options.ring_buffer_bytes)
         .override_global("AYA_LOG_LEVEL", &level, true)
         .override_global("TLS_LINK_BY_SENDING_THREAD", &by_sending_thread, true)
+        .override_global(WATCHED_PORT_SLOTS_GLOBAL, &*slots, true)
         .load(EBPF_OBJECT)
         .map_err(|err| {
             anyhow!(err).context(
@@ -252,16 +258,28 @@ fn write_config(ebpf: &mut Ebpf, roles: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_watched_ports(ebpf: &mut Ebpf, ports: &[u16]) -> anyhow::Result<()> {
-    let map = ebpf
-        .map_mut(map_names::WATCHED_PORTS)
-        .ok_or_else(|| anyhow!("map {} missing", map_names::WATCHED_PORTS))?;
-    let mut watched: Array<&mut MapData, u8> = Array::try_from(map)?;
+/// The kernel's port table (`WATCHED_PORT_SLOTS`): each watched port's slot in `ports`
+/// plus one, 0 for every other port.
+fn watched_port_slots(ports: &[u16]) -> anyhow::Result<Box<[u8; WATCHED_PORTS_ENTRIES as usize]>> {
+    let mut slots = Box::new([0u8; WATCHED_PORTS_ENTRIES as usize]);
     for (slot, &port) in ports.iter().enumerate() {
-        let slot_plus_one = u8::try_from(slot + 1).context("too many watched ports")?;
-        watched
-            .set(u32::from(port), slot_plus_one, 0)
-            .with_context(|| format!("cannot mark port {port} as watched"))?;
+        slots[usize::from(port)] = u8::try_from(slot + 1).context("too many watched ports")?;
     }
-    Ok(())
+    Ok(slots)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each configured port holds its position in the list plus one (the kernel's slot for
+    /// its counters), every other port 0; more ports than a byte can number are refused.
+    #[test]
+    fn the_port_table_numbers_the_configured_ports_only() {
+        let slots = watched_port_slots(&[26257, 5432, 0, 65535]).unwrap();
+        assert_eq!((slots[26257], slots[5432], slots[0], slots[65535]), (1, 2, 3, 4));
+        assert_eq!(slots.iter().filter(|&&slot| slot != 0).count(), 4);
+        let too_many: Vec<u16> = (1..=256).collect();
+        assert!(watched_port_slots(&too_many).is_err());
+    }
 }
