@@ -105,9 +105,13 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT a
 /// The port's position in the configured list, if it is watched.
 #[inline(always)]
 pub fn port_slot(port: u16) -> Option<u32> {
-    // SAFETY: a read of read-only data, in bounds for every u16; volatile so that the
+    // The mask after `opaque`: the remote port comes out of a byte swap, which verifiers
+    // before Linux 6.13 or so leave unbounded (5.10, 6.1, 6.12 refused the program), and the
+    // compiler drops a mask on a u16 as redundant.
+    let index = (crate::packet::opaque(u32::from(port)) & 0xffff) as usize;
+    // SAFETY: a read of read-only data, in bounds (index <= 0xffff); volatile so that the
     // compiler keeps the load the agent's table is patched into.
-    let slot_plus_one = unsafe { core::ptr::read_volatile(&WATCHED_PORT_SLOTS[port as usize]) };
+    let slot_plus_one = unsafe { core::ptr::read_volatile(&WATCHED_PORT_SLOTS[index]) };
     (slot_plus_one != 0).then(|| slot_plus_one as u32 - 1)
 }
 
