@@ -292,8 +292,9 @@ impl Finding {
 /// A new line id: a UUID v7, its first 48 bits the time in milliseconds (ids sort by time).
 /// Its 74 other bits are not drawn at random per id (uuid's `now_v7` takes a lock and a
 /// ChaCha block for each: an eighth of the agent's work per session when sessions pour in)
-/// but made from this process's random key (74 bits) and a counter: 64 bits the counter mixed with
-/// the key by a bijection (so no two ids of one process share them), 10 more of the key.
+/// but made from this process's random key (74 bits) and a counter: 64 bits the counter
+/// mixed with the key by a bijection (so no two ids of one process share them), 10 more of
+/// the key.
 pub fn new_id() -> uuid::Uuid {
     static KEY: OnceLock<(u64, u16)> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);

@@ -152,11 +152,23 @@ pub struct FloorPrograms {
     attached: Vec<Attached>,
 }
 
-struct Attached {
+/// A program attached through its link, under its row in the kernel-cost table.
+pub(super) struct Attached {
     row: String,
     // Declared first, so closed first: detached before the program fd goes.
     _link: OwnedFd,
     prog: OwnedFd,
+}
+
+impl Attached {
+    pub(super) fn new(row: String, link: OwnedFd, prog: OwnedFd) -> Attached {
+        Attached { row, _link: link, prog }
+    }
+
+    /// Run counts and times so far of `attached`, per row.
+    pub(super) fn times(attached: &[Attached]) -> anyhow::Result<ProgramTimes> {
+        ProgramTimes::of_own_fds(attached.iter().map(|a| (a.row.clone(), a.prog.as_raw_fd())))
+    }
 }
 
 impl FloorPrograms {
@@ -171,14 +183,14 @@ impl FloorPrograms {
             let link = link(&prog, &dir, hook).with_context(|| {
                 format!("cannot attach {} to the cgroup {}", hook.prog_name, cgroup.display())
             })?;
-            attached.push(Attached { row: row_name(hook.hook), _link: link, prog });
+            attached.push(Attached::new(row_name(hook.hook), link, prog));
         }
         Ok(FloorPrograms { attached })
     }
 
     /// Run counts and times so far, per floor row (see [`row_name`]).
     pub fn times(&self) -> anyhow::Result<ProgramTimes> {
-        ProgramTimes::of_own_fds(self.attached.iter().map(|a| (a.row.clone(), a.prog.as_raw_fd())))
+        Attached::times(&self.attached)
     }
 }
 

@@ -162,12 +162,6 @@ fn create_map(btf: &OwnedFd) -> anyhow::Result<OwnedFd> {
 fn program(map: &OwnedFd, port: u16) -> [Insn; 10] {
     // user_port as a 32-bit load sees the port's network-order bytes.
     let port_on_wire = i32::from(u16::from_ne_bytes(port.to_be_bytes()));
-    let insn = |code: u8, dst: u8, src: u8, off: i16, imm: i32| Insn {
-        code,
-        regs: dst | src << 4,
-        off,
-        imm,
-    };
     [
         insn(0x61, 2, 1, SOCK_ADDR_USER_PORT, 0), // r2 = *(u32 *)(r1 + user_port)
         insn(0x55, 2, 0, 6, port_on_wire),        // if r2 != port goto exit_ok
@@ -210,12 +204,6 @@ fn lookup_program(map: &OwnedFd, port: u16) -> [Insn; 17] {
     } else {
         u32::from(port)
     };
-    let insn = |code: u8, dst: u8, src: u8, off: i16, imm: i32| Insn {
-        code,
-        regs: dst | src << 4,
-        off,
-        imm,
-    };
     [
         insn(0xbf, 6, 1, 0, 0),                               // r6 = r1 (the skb)
         insn(0x61, 2, 6, SKB_LOCAL_PORT, 0),                  // r2 = skb->local_port (host order)
@@ -240,8 +228,7 @@ fn lookup_program(map: &OwnedFd, port: u16) -> [Insn; 17] {
 /// The lookup programs on egress and ingress, attached to the cgroup v2 directory `cgroup`;
 /// dropping detaches them, then frees them and their map.
 pub struct LookupFloor {
-    /// (row, link, program): the link first, so that it is closed first.
-    attached: Vec<(String, OwnedFd, OwnedFd)>,
+    attached: Vec<floor::Attached>,
     _map: OwnedFd,
 }
 
@@ -264,17 +251,20 @@ impl LookupFloor {
             )?;
             let link = floor::link_program(&prog, &dir, attach_type)
                 .with_context(|| format!("cannot attach {name} to {}", cgroup.display()))?;
-            attached.push((lookup_row(hook), link, prog));
+            attached.push(floor::Attached::new(lookup_row(hook), link, prog));
         }
         Ok(LookupFloor { attached, _map: map })
     }
 
     /// Run counts and times so far, per row (see [`lookup_row`]).
     pub fn times(&self) -> anyhow::Result<ProgramTimes> {
-        ProgramTimes::of_own_fds(
-            self.attached.iter().map(|(row, _, prog)| (row.clone(), prog.as_raw_fd())),
-        )
+        floor::Attached::times(&self.attached)
     }
+}
+
+/// One instruction: opcode, destination and source registers, offset, immediate.
+fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
+    Insn { code, regs: dst | src << 4, off, imm }
 }
 
 /// The storage-creating program, attached to the cgroup v2 directory `cgroup`; dropping
