@@ -2,7 +2,6 @@
 
 /// Map names, as the kernel object declares them and userspace looks them up.
 pub mod map_names {
-    pub const CONFIG: &str = "CONFIG";
     pub const CAPTURES: &str = "CAPTURES";
     pub const EVENTS: &str = "EVENTS";
     pub const SESSION_COUNTERS: &str = "SESSION_COUNTERS";
@@ -31,10 +30,12 @@ pub mod program_names {
 pub const WATCHED_PORTS_ENTRIES: u32 = 65536;
 /// The kernel programs' read-only table of those bytes, filled in by the agent at load.
 pub const WATCHED_PORT_SLOTS_GLOBAL: &str = "WATCHED_PORT_SLOTS";
-/// Slots of the CONFIG array map.
-pub const CONFIG_ENTRIES: u32 = 4;
-/// CONFIG slot holding the enabled roles: bit `1 << Role as u32` per role.
-pub const CONFIG_ROLES: u32 = 0;
+/// The kernel programs' read-only flag: 1 where `bpf_sk_storage_get` takes the packet's
+/// socket as the packet hooks get it (Linux 5.11 on), 0 where it needs `bpf_sk_fullsock`
+/// first. The agent tries 1 and falls back to 0 when the verifier refuses it.
+pub const STORAGE_BY_PACKET_SOCKET_GLOBAL: &str = "STORAGE_BY_PACKET_SOCKET";
+/// The kernel programs' read-only word of enabled roles: bit `1 << Role as u32` per role.
+pub const ROLES_ENABLED_GLOBAL: &str = "ROLES_ENABLED";
 
 /// At most this many watched ports may be configured.
 pub const MAX_WATCHED_PORTS: usize = 64;

@@ -22,6 +22,7 @@ use aya_ebpf::{
 use sensor_common::{
     event::{conn_flags, ProcRecord, COMM_LEN},
     limits::Stat,
+    verdict::Role,
 };
 
 use crate::{counters, maps, sockets};
@@ -32,7 +33,9 @@ const IPPROTO_TCP: u32 = 6;
 pub fn on_connect(ctx: &SockAddrContext) {
     // SAFETY: the kernel hands the program a valid bpf_sock_addr.
     let sock_addr = unsafe { &*ctx.sock_addr };
-    if sock_addr.protocol != IPPROTO_TCP {
+    // Only a client's connect() has anything to record (verifier-pruned when clients are
+    // watched).
+    if sock_addr.protocol != IPPROTO_TCP || !maps::role_enabled(Role::Client) {
         return;
     }
     // user_port holds the port in network byte order in its low 16 bits.

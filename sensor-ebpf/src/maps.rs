@@ -7,9 +7,8 @@ use aya_ebpf::{
 use sensor_common::{
     event::{Capture, COMM_LEN},
     limits::{
-        Stat, CAPTURES_MAX, CONFIG_ENTRIES, CONFIG_ROLES, EVENTS_RING_BYTES,
-        SESSION_COUNTERS_ENTRIES, TLS_OBJECTS_MAX, TLS_THREADS_MAX, VERIFICATION_COUNTERS_ENTRIES,
-        WATCHED_PORTS_ENTRIES,
+        Stat, CAPTURES_MAX, EVENTS_RING_BYTES, SESSION_COUNTERS_ENTRIES, TLS_OBJECTS_MAX,
+        TLS_THREADS_MAX, VERIFICATION_COUNTERS_ENTRIES, WATCHED_PORTS_ENTRIES,
     },
     tls::{Handshake, ObjectKey},
     verdict::Role,
@@ -23,9 +22,29 @@ use sensor_common::{
 static WATCHED_PORT_SLOTS: [u8; WATCHED_PORTS_ENTRIES as usize] =
     [0; WATCHED_PORTS_ENTRIES as usize];
 
-/// Settings written by userspace: index 0 holds the enabled roles (`ROLE_*_ENABLED`).
-#[map]
-pub static CONFIG: Array<u32> = Array::with_max_entries(CONFIG_ENTRIES, 0);
+/// 1: socket storage is looked up on the packet's socket as the hook has it (a
+/// `sock_common` to the verifier, which `bpf_sk_storage_get` takes from Linux 5.11 on);
+/// 0: through `bpf_sk_fullsock` first, as 5.10 requires. That helper call costs a judged
+/// connection's packets 10-20 ns here (SRSO's return thunk, a cold line of code). Read-only
+/// data fixed at load, so the verifier drops the path not taken.
+#[unsafe(no_mangle)]
+static STORAGE_BY_PACKET_SOCKET: u8 = 1;
+
+/// Whether `STORAGE_BY_PACKET_SOCKET` is set.
+#[inline(always)]
+pub fn storage_by_packet_socket() -> bool {
+    // SAFETY: a read of a read-only global; volatile so the compiler keeps the load the
+    // agent's value is patched into.
+    unsafe { core::ptr::read_volatile(&STORAGE_BY_PACKET_SOCKET) != 0 }
+}
+
+/// The ends of sessions watched: bit `1 << Role as u32` per role. Read-only data fixed at
+/// load (the roles are fixed for the agent's life), so the verifier drops the paths of a
+/// role not watched: with the default (clients only), a local server's sockets on a
+/// watched port leave at the port test like the rest of the host's traffic, and connect()
+/// programs do nothing when only servers are watched.
+#[unsafe(no_mangle)]
+static ROLES_ENABLED: u32 = 0;
 
 /// The last connect() on this CPU to a port not watched: its socket's cookie and process.
 /// Read by the egress hook when that connection's SYN turns out to go to a watched port
@@ -131,9 +150,11 @@ pub fn nat_following_add(n: u64) {
     }
 }
 
-/// Whether the sensor watches this end of sessions (userspace sets it at start).
+/// Whether the sensor watches this end of sessions (`ROLES_ENABLED`).
 #[inline(always)]
 pub fn role_enabled(role: Role) -> bool {
-    let bit = 1u32 << (role as u32);
-    matches!(CONFIG.get(CONFIG_ROLES), Some(&roles) if roles & bit != 0)
+    // SAFETY: a read of a read-only global; volatile so the compiler keeps the load the
+    // agent's value is patched into.
+    let roles = unsafe { core::ptr::read_volatile(&ROLES_ENABLED) };
+    roles & (1u32 << (role as u32)) != 0
 }

@@ -112,6 +112,13 @@ impl PacketSocket {
         socket_ends(self.0)
     }
 
+    /// The socket as the hook has it: a `sock_common` to the verifier, which only some
+    /// helpers take (`sockets::of_packet`).
+    #[inline(always)]
+    pub fn as_sock_common(self) -> *mut bpf_sock {
+        self.0
+    }
+
     /// The full socket (not a request or time-wait one), for storage and helpers.
     #[inline(always)]
     pub fn full(self) -> Option<*mut bpf_sock> {

@@ -44,9 +44,12 @@ pub fn on_segment(ctx: &SkBuffContext, hook: Hook) {
     if none_of_ours(&socket.ends(), hook) {
         return;
     }
+    let state = sockets::of_packet(socket);
+    if matches!(&state, Some(state) if state.flags & conn_flags::SETTLED != 0) {
+        return;
+    }
     let Some(sk) = socket.full() else { return };
-    let state = match sockets::state(sk) {
-        Some(state) if state.flags & conn_flags::SETTLED != 0 => return,
+    let state = match state {
         Some(state) if state.flags & conn_flags::FOLLOWING != 0 => state,
         // Connected, its server not seen yet: the first packet it sends says where it goes.
         Some(state) if hook == Hook::Egress => match start_following(ctx, sk, state) {
@@ -82,16 +85,19 @@ pub fn on_segment(ctx: &SkBuffContext, hook: Hook) {
 }
 
 /// The rest of the host's traffic, told from the socket alone, before its storage is looked
-/// up: neither of the socket's own ports is watched (a socket connected to a watched port,
-/// adopted on one or accepted on one has one of them watched), it is not a SYN leaving
-/// (which NAT may send to a watched port: `follow_from_syn`), and no NAT-followed session
-/// is open (the one kind of followed socket whose own ports are not watched).
+/// up. Watching servers, a socket is ours if its own port is watched (accepted on one).
+/// Watching clients, if the port it is connected to is watched (it connected to one, or
+/// was adopted on one), or it is a SYN leaving (which NAT may send to a watched port:
+/// `follow_from_syn`), or a NAT-followed session is open (the one kind of followed socket
+/// whose own ports are not watched). The role tests cost nothing: the verifier drops the
+/// branch of a role not watched.
 #[inline(always)]
 fn none_of_ours(ends: &packet::SocketEnds, hook: Hook) -> bool {
-    maps::port_slot(ends.local_port).is_none()
-        && maps::port_slot(ends.remote_port).is_none()
-        && !(hook == Hook::Egress && ends.syn_sent())
-        && !maps::nat_following()
+    !(maps::role_enabled(Role::Server) && maps::port_slot(ends.local_port).is_some())
+        && !(maps::role_enabled(Role::Client)
+            && (maps::port_slot(ends.remote_port).is_some()
+                || (hook == Hook::Egress && ends.syn_sent())
+                || maps::nat_following()))
 }
 
 /// A client socket recorded at connect() (it dialled a watched port) sends its first packet

@@ -26,6 +26,8 @@ use sensor_common::{
     event::{conn_flags, ConnState},
 };
 
+use crate::{maps, packet::PacketSocket};
+
 #[btf_map]
 static SOCKETS: SkStorage<ConnState> = SkStorage::new();
 
@@ -34,14 +36,30 @@ fn map_ptr<T>(map: &T) -> *mut c_void {
     core::ptr::from_ref(map).cast_mut().cast()
 }
 
-/// The socket's state, if it has one.
+/// The socket's state, if it has one (`sk` a full socket, or a `sock_common` where the
+/// kernel allows: `of_packet`).
 #[inline(always)]
 pub fn state(sk: *mut bpf_sock) -> Option<&'static mut ConnState> {
-    // SAFETY: `sk` is a full socket checked for null by the caller; the value pointer is
-    // valid while the program runs (storage is freed after an RCU grace period).
+    // SAFETY: `sk` is a socket checked for null by the caller, of a type the verifier
+    // accepted for the helper; the value pointer is valid while the program runs (storage
+    // is freed after an RCU grace period).
     unsafe {
         let p = bpf_sk_storage_get(map_ptr(&SOCKETS), sk.cast(), core::ptr::null_mut(), 0);
         p.cast::<ConnState>().as_mut()
+    }
+}
+
+/// The state of the packet's socket, if it has one: looked up on the socket as the hook
+/// has it where the kernel allows (one helper call on the path of every judged packet),
+/// else on the full socket.
+#[inline(always)]
+pub fn of_packet(socket: PacketSocket) -> Option<&'static mut ConnState> {
+    if maps::storage_by_packet_socket() {
+        // `bpf_sk_storage_get` takes a `sock_common` (5.11+) and returns null for anything
+        // but a full socket, which the packet hooks' socket always is.
+        state(socket.as_sock_common())
+    } else {
+        state(socket.full()?)
     }
 }
 

@@ -159,7 +159,8 @@ async fn run_async(config: RunConfig) -> Result<(), Failure> {
         roles = ?config.roles,
         metrics = %config.metrics_addr,
         tls_verification = ?config.tls_verification,
-        tls_link = ?attached.tls_link,
+        tls_link = ?attached.kernel_paths.tls_link,
+        storage_by_packet_socket = attached.kernel_paths.storage_by_packet_socket,
         "attached; watching sessions"
     );
 

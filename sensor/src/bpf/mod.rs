@@ -10,13 +10,14 @@ use std::{fs::File, path::Path};
 
 use anyhow::{anyhow, Context};
 use aya::{
-    maps::{Array, MapData, RingBuf},
+    maps::{MapData, RingBuf},
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr},
     Ebpf, EbpfLoader,
 };
 use aya_log::EbpfLogger;
 use sensor_common::limits::{
-    map_names, program_names, CONFIG_ROLES, WATCHED_PORTS_ENTRIES, WATCHED_PORT_SLOTS_GLOBAL,
+    map_names, program_names, ROLES_ENABLED_GLOBAL, STORAGE_BY_PACKET_SOCKET_GLOBAL,
+    WATCHED_PORTS_ENTRIES, WATCHED_PORT_SLOTS_GLOBAL,
 };
 
 use attachment::attach_type;
@@ -61,8 +62,8 @@ pub struct Attached {
     pub kernel_log: Option<KernelLogger>,
     /// The TLS uprobes' attachments, when loaded.
     pub tls: Option<TlsProbes>,
-    /// How a ClientHello is tied to its client's TLS handshake on this kernel.
-    pub tls_link: TlsLink,
+    /// The paths through the programs this kernel's verifier allowed.
+    pub kernel_paths: KernelPaths,
 }
 
 /// aya-log's reader of the kernel programs' log records, handing them to the `log` crate.
@@ -94,22 +95,16 @@ impl Attached {
         options: LoadOptions,
     ) -> anyhow::Result<Attached> {
         raise_memlock_limit();
-        let (mut ebpf, tls_link) = match load_object(ports, &options, TlsLink::SendingThread) {
-            Ok(ebpf) => (ebpf, TlsLink::SendingThread),
-            // Kernels before cgroup_skb programs could read the current thread (6.1).
-            Err(err) if format!("{err:#}").contains("bpf_get_current_pid_tgid") => {
-                tracing::info!(
-                    "this kernel's packet programs cannot read the sending thread: a TLS \
-                     handshake is tied to the thread that called connect()"
-                );
-                (
-                    load_object(ports, &options, TlsLink::ConnectingThread)?,
-                    TlsLink::ConnectingThread,
-                )
+        let mut paths = KernelPaths::NEWEST;
+        let mut ebpf = loop {
+            match load_object(ports, &options, paths) {
+                Ok(ebpf) => break ebpf,
+                Err(err) => match paths.without_refused(&format!("{err:#}")) {
+                    Some(older) => paths = older,
+                    None => return Err(err),
+                },
             }
-            Err(err) => return Err(err),
         };
-        write_config(&mut ebpf, options.roles)?;
         let kernel_log = if options.kernel_log {
             Some(EbpfLogger::init(&mut ebpf).context("cannot read the kernel programs' log")?)
         } else {
@@ -145,7 +140,7 @@ impl Attached {
         }
         let check = Some(AttachmentCheck::new(cgroup, expected));
         let tls = options.tls_probes.then(TlsProbes::default);
-        Ok(Attached { ebpf, programs, check, kernel_log, tls, tls_link })
+        Ok(Attached { ebpf, programs, check, kernel_log, tls, kernel_paths: paths })
     }
 
     /// Attach the TLS uprobes to newly found libraries (no-op without `--tls-verification`);
@@ -200,15 +195,60 @@ pub enum TlsLink {
     ConnectingThread,
 }
 
+/// The paths through the kernel programs that depend on what the kernel's verifier
+/// allows, each chosen by a read-only global the verifier prunes the other path of. Found
+/// by loading: the newest first, then without what the verifier refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelPaths {
+    /// How a ClientHello is tied to its client's TLS handshake.
+    pub tls_link: TlsLink,
+    /// `bpf_sk_storage_get` on the packet's socket as the hook has it (Linux 5.11 on):
+    /// one helper call fewer per packet of a judged connection than through
+    /// `bpf_sk_fullsock`.
+    pub storage_by_packet_socket: bool,
+}
+
+impl KernelPaths {
+    const NEWEST: KernelPaths =
+        KernelPaths { tls_link: TlsLink::SendingThread, storage_by_packet_socket: true };
+
+    /// The paths to load next after the verifier refused the object with `message`, if
+    /// it refused one that has an older alternative (one per load: the verifier stops at
+    /// its first objection).
+    fn without_refused(self, message: &str) -> Option<KernelPaths> {
+        // Kernels before cgroup_skb programs could read the current thread (6.1).
+        if self.tls_link == TlsLink::SendingThread && message.contains("bpf_get_current_pid_tgid") {
+            tracing::info!(
+                "this kernel's packet programs cannot read the sending thread: a TLS \
+                 handshake is tied to the thread that called connect()"
+            );
+            return Some(KernelPaths { tls_link: TlsLink::ConnectingThread, ..self });
+        }
+        // Kernels whose bpf_sk_storage_get wants a full socket (5.10: "R2 type=sock_common
+        // expected=sock").
+        if self.storage_by_packet_socket && message.contains("type=sock_common expected=sock") {
+            tracing::info!(
+                "this kernel's socket storage needs a full socket: packets of judged \
+                 connections take one helper call more"
+            );
+            return Some(KernelPaths { storage_by_packet_socket: false, ..self });
+        }
+        None
+    }
+}
+
 /// The object loaded and every program verified (nothing attached yet).
-fn load_object(ports: &[u16], options: &LoadOptions, tls_link: TlsLink) -> anyhow::Result<Ebpf> {
+fn load_object(ports: &[u16], options: &LoadOptions, paths: KernelPaths) -> anyhow::Result<Ebpf> {
     let level = kernel_log_level(options.kernel_log);
     let slots = watched_port_slots(ports)?;
-    let by_sending_thread = u8::from(tls_link == TlsLink::SendingThread);
+    let by_sending_thread = u8::from(paths.tls_link == TlsLink::SendingThread);
+    let storage_by_packet_socket = u8::from(paths.storage_by_packet_socket);
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(map_names::EVENTS, options.ring_buffer_bytes)
         .override_global("AYA_LOG_LEVEL", &level, true)
         .override_global("TLS_LINK_BY_SENDING_THREAD", &by_sending_thread, true)
+        .override_global(STORAGE_BY_PACKET_SOCKET_GLOBAL, &storage_by_packet_socket, true)
+        .override_global(ROLES_ENABLED_GLOBAL, &options.roles, true)
         .override_global(WATCHED_PORT_SLOTS_GLOBAL, &*slots, true)
         .load(EBPF_OBJECT)
         .map_err(|err| {
@@ -249,15 +289,6 @@ fn attach_error(name: &str, cgroup_dir: &Path) -> String {
     )
 }
 
-fn write_config(ebpf: &mut Ebpf, roles: u32) -> anyhow::Result<()> {
-    let map = ebpf
-        .map_mut(map_names::CONFIG)
-        .ok_or_else(|| anyhow!("map {} missing", map_names::CONFIG))?;
-    let mut config: Array<&mut MapData, u32> = Array::try_from(map)?;
-    config.set(CONFIG_ROLES, roles, 0).context("cannot write the enabled roles")?;
-    Ok(())
-}
-
 /// The kernel's port table (`WATCHED_PORT_SLOTS`): each watched port's slot in `ports`
 /// plus one, 0 for every other port.
 fn watched_port_slots(ports: &[u16]) -> anyhow::Result<Box<[u8; WATCHED_PORTS_ENTRIES as usize]>> {
@@ -271,6 +302,25 @@ fn watched_port_slots(ports: &[u16]) -> anyhow::Result<Box<[u8; WATCHED_PORTS_EN
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each refusal the verifier can make of a newer path gives the older one, once; any
+    /// other refusal ends the loading (so it cannot loop).
+    #[test]
+    fn paths_fall_back_once_per_refusal() {
+        let pid_tgid = "42: (85) call bpf_get_current_pid_tgid#14\nunknown func";
+        let sock_common = "52: (85) call bpf_sk_storage_get#107\nR2 type=sock_common expected=sock";
+        let no_tls_link = KernelPaths::NEWEST.without_refused(pid_tgid).unwrap();
+        assert_eq!(no_tls_link.tls_link, TlsLink::ConnectingThread);
+        assert!(no_tls_link.storage_by_packet_socket);
+        let oldest = no_tls_link.without_refused(sock_common).unwrap();
+        assert_eq!(
+            oldest,
+            KernelPaths { tls_link: TlsLink::ConnectingThread, storage_by_packet_socket: false }
+        );
+        assert_eq!(oldest.without_refused(pid_tgid), None);
+        assert_eq!(oldest.without_refused(sock_common), None);
+        assert_eq!(KernelPaths::NEWEST.without_refused("R1 invalid mem access"), None);
+    }
 
     /// Each configured port holds its position in the list plus one (the kernel's slot for
     /// its counters), every other port 0; more ports than a byte can number are refused.
