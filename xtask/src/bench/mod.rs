@@ -409,7 +409,30 @@ fn kernel_costs(
     costs.push((format!("connects to an unwatched port ({made})"), since(sample()?, before)));
     drop(floor);
     sensor.stop()?;
+    costs.push(both_ends_judged_costs(opts, duration, &cgroup)?);
     Ok(costs)
+}
+
+/// The watched request/response workload with both ends watched (`--roles client,server`):
+/// every packet is then a judged connection's (with the default roles the echo server's
+/// end is not watched and its packets leave at the port test, halving the row above).
+fn both_ends_judged_costs(
+    opts: &Options,
+    duration: Duration,
+    cgroup: &Path,
+) -> anyhow::Result<(String, Vec<kstats::ProgramCost>)> {
+    let watched = ROUND_TRIPS.iter().find(|w| w.startup).context("no watched round trips")?;
+    let sensor = SensorProc::start(&opts.sensor, &["--roles", "client,server"])?;
+    let floor = floor::FloorPrograms::attach(cgroup)?;
+    let sample = || -> anyhow::Result<[kstats::ProgramTimes; 2]> {
+        Ok([kstats::ProgramTimes::of_process(sensor.pid())?, floor.times()?])
+    };
+    let before = sample()?;
+    loadgen::round_trips(watched.server.parse()?, watched.startup, opts.threads, duration)?;
+    let costs = since(sample()?, before);
+    drop(floor);
+    sensor.stop()?;
+    Ok((format!("{}, both ends judged (--roles client,server)", watched.name), costs))
 }
 
 /// What creating a watched socket's storage costs connect() by itself: plaintext sessions

@@ -5,7 +5,7 @@ use sensor_common::verdict::{Role, Verdict, Verification};
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, ChildStdout, Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
@@ -18,6 +18,8 @@ pub struct SensorProc {
     metrics: SocketAddr,
     /// How long it took from start to attached (verifier included).
     pub attached_after: Duration,
+    /// Where its stderr (its log) goes.
+    stderr_path: PathBuf,
 }
 
 pub struct Sample {
@@ -203,7 +205,7 @@ impl SensorProc {
             .stderr(stderr)
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
-        let mut p = SensorProc { child, metrics, attached_after: Duration::ZERO };
+        let mut p = SensorProc { child, metrics, attached_after: Duration::ZERO, stderr_path };
         let started = Instant::now();
         let deadline = started + within;
         loop {
@@ -212,7 +214,7 @@ impl SensorProc {
                 return Ok(p);
             }
             if let Ok(Some(status)) = p.child.try_wait() {
-                let said = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+                let said = std::fs::read_to_string(&p.stderr_path).unwrap_or_default();
                 let tail: Vec<&str> = said.lines().rev().take(600).collect();
                 let tail: Vec<&str> = tail.into_iter().rev().collect();
                 bail!(
@@ -225,6 +227,12 @@ impl SensorProc {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The first line of its log that contains `text`.
+    pub fn log_line(&self, text: &str) -> Option<String> {
+        let log = std::fs::read_to_string(&self.stderr_path).ok()?;
+        log.lines().find(|line| line.contains(text)).map(str::to_string)
     }
 
     /// The finding lines of a `start_piped` sensor, each with the instant it arrived, read
