@@ -31,7 +31,7 @@ pub const WATCHED_PORTS_ENTRIES: u32 = 65536;
 /// The kernel programs' read-only table of those bytes, filled in by the agent at load.
 pub const WATCHED_PORT_SLOTS_GLOBAL: &str = "WATCHED_PORT_SLOTS";
 /// The kernel programs' read-only flag: 1 where `bpf_sk_storage_get` takes the packet's
-/// socket as the packet hooks get it (Linux 5.11 on), 0 where it needs `bpf_sk_fullsock`
+/// socket as the packet hooks get it (Linux 5.10 on), 0 where it needs `bpf_sk_fullsock`
 /// first. The agent tries 1 and falls back to 0 when the verifier refuses it.
 pub const STORAGE_BY_PACKET_SOCKET_GLOBAL: &str = "STORAGE_BY_PACKET_SOCKET";
 /// The kernel programs' read-only word of enabled roles: bit `1 << Role as u32` per role.

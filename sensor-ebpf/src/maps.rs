@@ -23,8 +23,8 @@ static WATCHED_PORT_SLOTS: [u8; WATCHED_PORTS_ENTRIES as usize] =
     [0; WATCHED_PORTS_ENTRIES as usize];
 
 /// 1: socket storage is looked up on the packet's socket as the hook has it (a
-/// `sock_common` to the verifier, which `bpf_sk_storage_get` takes from Linux 5.11 on);
-/// 0: through `bpf_sk_fullsock` first, as 5.10 requires. That helper call costs a judged
+/// `sock_common` to the verifier, which `bpf_sk_storage_get` takes from Linux 5.10 on);
+/// 0: through `bpf_sk_fullsock` first, as 5.8 and 5.9 require. That helper call costs a judged
 /// connection's packets 10-20 ns here (SRSO's return thunk, a cold line of code). Read-only
 /// data fixed at load, so the verifier drops the path not taken.
 #[unsafe(no_mangle)]

@@ -55,7 +55,7 @@ pub fn state(sk: *mut bpf_sock) -> Option<&'static mut ConnState> {
 #[inline(always)]
 pub fn of_packet(socket: PacketSocket) -> Option<&'static mut ConnState> {
     if maps::storage_by_packet_socket() {
-        // `bpf_sk_storage_get` takes a `sock_common` (5.11+) and returns null for anything
+        // `bpf_sk_storage_get` takes a `sock_common` (5.10+) and returns null for anything
         // but a full socket, which the packet hooks' socket always is.
         state(socket.as_sock_common())
     } else {

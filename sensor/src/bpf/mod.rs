@@ -202,7 +202,7 @@ pub enum TlsLink {
 pub struct KernelPaths {
     /// How a ClientHello is tied to its client's TLS handshake.
     pub tls_link: TlsLink,
-    /// `bpf_sk_storage_get` on the packet's socket as the hook has it (Linux 5.11 on):
+    /// `bpf_sk_storage_get` on the packet's socket as the hook has it (Linux 5.10 on):
     /// one helper call fewer per packet of a judged connection than through
     /// `bpf_sk_fullsock`.
     pub storage_by_packet_socket: bool,
@@ -224,9 +224,10 @@ impl KernelPaths {
             );
             return Some(KernelPaths { tls_link: TlsLink::ConnectingThread, ..self });
         }
-        // Kernels whose bpf_sk_storage_get wants a full socket (5.10: "R2 type=sock_common
-        // expected=sock").
-        if self.storage_by_packet_socket && message.contains("type=sock_common expected=sock") {
+        // Kernels whose bpf_sk_storage_get wants a full socket (5.8 and 5.9, run with
+        // --allow-untested-kernel: "R2 type=sock_common expected=sock"). The packet's
+        // socket is passed to no other helper before its full socket is taken.
+        if self.storage_by_packet_socket && message.contains("type=sock_common") {
             tracing::info!(
                 "this kernel's socket storage needs a full socket: packets of judged \
                  connections take one helper call more"
