@@ -33,8 +33,8 @@ const IPPROTO_TCP: u32 = 6;
 pub fn on_connect(ctx: &SockAddrContext) {
     // SAFETY: the kernel hands the program a valid bpf_sock_addr.
     let sock_addr = unsafe { &*ctx.sock_addr };
-    // Only a client's connect() has anything to record (verifier-pruned when clients are
-    // watched).
+    // Only a client's connect() has anything to record. The role test is read-only data:
+    // the verifier drops this early return when clients are watched.
     if sock_addr.protocol != IPPROTO_TCP || !maps::role_enabled(Role::Client) {
         return;
     }

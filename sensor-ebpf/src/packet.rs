@@ -1,6 +1,8 @@
 //! Header parsing for cgroup_skb programs. The skb starts at the IP header (no Ethernet).
-//! Every read goes through `bpf_skb_load_bytes` with a fixed size, so non-linear skbs work
-//! and the verifier sees constant lengths; the one variable-length copy is `load_masked`.
+//! The IP and TCP headers of the usual layout are read in place (direct packet access, at
+//! constant offsets); every other read goes through `bpf_skb_load_bytes` with a fixed size,
+//! so non-linear skbs work and the verifier sees constant lengths; the one variable-length
+//! copy is `load_masked`.
 
 use aya_ebpf::{
     bindings::{bpf_sock, bpf_tcp_sock},
@@ -44,8 +46,8 @@ fn load<T>(ctx: &SkBuffContext, offset: u32) -> Option<T> {
 }
 
 /// Find the TCP header of an IPv4 or IPv6 packet; `None` for anything else (other
-/// protocols, IPv6 extension headers, non-first IPv4 fragments). One helper call: every
-/// TCP packet on the host comes through here, so loads are few and wide.
+/// protocols, IPv6 extension headers, non-first IPv4 fragments). One helper call, for the
+/// packets `tcp_segment_in_place` leaves (IPv4 options, headers outside the linear part).
 #[inline(always)]
 fn locate_tcp(ctx: &SkBuffContext) -> Option<L4> {
     // Version/IHL at 0, IPv4 fragment field at 6..8 and protocol at 9, IPv6 next header

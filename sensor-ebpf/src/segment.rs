@@ -44,11 +44,11 @@ pub fn on_segment(ctx: &SkBuffContext, hook: Hook) {
     if none_of_ours(&socket.ends(), hook) {
         return;
     }
-    let state = sockets::of_packet(socket);
+    let (state, full) = sockets::of_packet(socket);
     if matches!(&state, Some(state) if state.flags & conn_flags::SETTLED != 0) {
         return;
     }
-    let Some(sk) = socket.full() else { return };
+    let Some(sk) = full.or_else(|| socket.full()) else { return };
     let state = match state {
         Some(state) if state.flags & conn_flags::FOLLOWING != 0 => state,
         // Connected, its server not seen yet: the first packet it sends says where it goes.

@@ -49,17 +49,20 @@ pub fn state(sk: *mut bpf_sock) -> Option<&'static mut ConnState> {
     }
 }
 
-/// The state of the packet's socket, if it has one: looked up on the socket as the hook
-/// has it where the kernel allows (one helper call on the path of every judged packet),
-/// else on the full socket.
+/// The state of the packet's socket, if it has one, and its full socket if that was
+/// taken to look the state up: looked up on the socket as the hook has it where the kernel
+/// allows (one helper call on the path of every judged packet), else on the full socket
+/// (which the caller then need not take again).
 #[inline(always)]
-pub fn of_packet(socket: PacketSocket) -> Option<&'static mut ConnState> {
+pub fn of_packet(socket: PacketSocket) -> (Option<&'static mut ConnState>, Option<*mut bpf_sock>) {
     if maps::storage_by_packet_socket() {
         // `bpf_sk_storage_get` takes a `sock_common` (5.10+) and returns null for anything
-        // but a full socket, which the packet hooks' socket always is.
-        state(socket.as_sock_common())
+        // but a full socket; the packet hooks' socket is one (the kernel points `skb->sk`
+        // at the full socket while a cgroup_skb program runs).
+        (state(socket.as_sock_common()), None)
     } else {
-        state(socket.full()?)
+        let full = socket.full();
+        (full.and_then(state), full)
     }
 }
 
