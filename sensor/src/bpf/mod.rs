@@ -214,10 +214,13 @@ impl KernelPaths {
 
     /// The paths to load next after the verifier refused the object with `message`, if
     /// it refused one that has an older alternative (one per load: the verifier stops at
-    /// its first objection).
+    /// its first objection). Matched on the refusal itself, not on the instruction trace
+    /// the log also holds (which names every helper called on the way).
     fn without_refused(self, message: &str) -> Option<KernelPaths> {
         // Kernels before cgroup_skb programs could read the current thread (6.1).
-        if self.tls_link == TlsLink::SendingThread && message.contains("bpf_get_current_pid_tgid") {
+        if self.tls_link == TlsLink::SendingThread
+            && message.contains("unknown func bpf_get_current_pid_tgid")
+        {
             tracing::info!(
                 "this kernel's packet programs cannot read the sending thread: a TLS \
                  handshake is tied to the thread that called connect()"
@@ -227,7 +230,7 @@ impl KernelPaths {
         // Kernels whose bpf_sk_storage_get wants a full socket (5.8 and 5.9, run with
         // --allow-untested-kernel: "R2 type=sock_common expected=sock"). The packet's
         // socket is passed to no other helper before its full socket is taken.
-        if self.storage_by_packet_socket && message.contains("type=sock_common") {
+        if self.storage_by_packet_socket && message.contains("type=sock_common expected=sock") {
             tracing::info!(
                 "this kernel's socket storage needs a full socket: packets of judged \
                  connections take one helper call more"
@@ -308,7 +311,8 @@ mod tests {
     /// other refusal ends the loading (so it cannot loop).
     #[test]
     fn paths_fall_back_once_per_refusal() {
-        let pid_tgid = "42: (85) call bpf_get_current_pid_tgid#14\nunknown func";
+        let pid_tgid =
+            "42: (85) call bpf_get_current_pid_tgid#14\nunknown func bpf_get_current_pid_tgid#14";
         let sock_common = "52: (85) call bpf_sk_storage_get#107\nR2 type=sock_common expected=sock";
         let no_tls_link = KernelPaths::NEWEST.without_refused(pid_tgid).unwrap();
         assert_eq!(no_tls_link.tls_link, TlsLink::ConnectingThread);
@@ -321,6 +325,9 @@ mod tests {
         assert_eq!(oldest.without_refused(pid_tgid), None);
         assert_eq!(oldest.without_refused(sock_common), None);
         assert_eq!(KernelPaths::NEWEST.without_refused("R1 invalid mem access"), None);
+        // A refusal elsewhere on a path that called the helper is not this refusal.
+        let elsewhere = "42: (85) call bpf_get_current_pid_tgid#14\n50: R3 invalid mem access";
+        assert_eq!(KernelPaths::NEWEST.without_refused(elsewhere), None);
     }
 
     /// Each configured port holds its position in the list plus one (the kernel's slot for
