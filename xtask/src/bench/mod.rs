@@ -138,12 +138,16 @@ struct RoundTrips {
 /// On their own loopback address: 127.0.0.4:26257 is the OpenSSL peer's.
 const ROUND_TRIPS: [RoundTrips; 2] = [
     RoundTrips { name: "req/resp unwatched port", server: "127.0.0.6:26259", startup: false },
-    RoundTrips {
-        name: "req/resp watched port (verdict decided)",
-        server: "127.0.0.6:26257",
-        startup: true,
-    },
+    WATCHED_ROUND_TRIPS,
 ];
+
+/// The round trips on the watched port, the verdict decided first; its storage-lookup
+/// floor and its both-ends-judged cost are measured on it too.
+const WATCHED_ROUND_TRIPS: RoundTrips = RoundTrips {
+    name: "req/resp watched port (verdict decided)",
+    server: "127.0.0.6:26257",
+    startup: true,
+};
 
 /// The idle window lasts this many runs of a workload (--seconds each).
 const IDLE_RUNS: f64 = 3.0;
@@ -421,7 +425,7 @@ fn both_ends_judged_costs(
     duration: Duration,
     cgroup: &Path,
 ) -> anyhow::Result<(String, Vec<kstats::ProgramCost>)> {
-    let watched = ROUND_TRIPS.iter().find(|w| w.startup).context("no watched round trips")?;
+    let watched = &WATCHED_ROUND_TRIPS;
     let sensor = SensorProc::start(&opts.sensor, &["--roles", "client,server"])?;
     let floor = floor::FloorPrograms::attach(cgroup)?;
     let sample = || -> anyhow::Result<[kstats::ProgramTimes; 2]> {
@@ -466,7 +470,7 @@ fn lookup_floor_costs(
     duration: Duration,
     cgroup: &Path,
 ) -> anyhow::Result<(String, Vec<kstats::ProgramCost>)> {
-    let watched = ROUND_TRIPS.iter().find(|w| w.startup).context("no watched round trips")?;
+    let watched = &WATCHED_ROUND_TRIPS;
     let addr: SocketAddr = watched.server.parse()?;
     let floor = floor::FloorPrograms::attach(cgroup)?;
     let lookup = storage_floor::LookupFloor::attach(cgroup, addr.port())?;

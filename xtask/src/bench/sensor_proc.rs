@@ -229,10 +229,20 @@ impl SensorProc {
         }
     }
 
-    /// The first line of its log that contains `text`.
-    pub fn log_line(&self, text: &str) -> Option<String> {
-        let log = std::fs::read_to_string(&self.stderr_path).ok()?;
-        log.lines().find(|line| line.contains(text)).map(str::to_string)
+    /// The first line of its log that contains `text`, waiting up to `within` for it (the
+    /// sensor answers /healthz a little before it logs that it is attached).
+    pub fn log_line(&self, text: &str, within: Duration) -> Option<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let log = std::fs::read_to_string(&self.stderr_path).unwrap_or_default();
+            if let Some(line) = log.lines().find(|line| line.contains(text)) {
+                return Some(line.to_string());
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The finding lines of a `start_piped` sensor, each with the instant it arrived, read

@@ -110,7 +110,8 @@ pub fn run() -> anyhow::Result<()> {
         Ok(mut sensor) => {
             println!("attached after {:.1} s", sensor.attached_after.as_secs_f64());
             // Which paths through the programs this kernel's verifier allowed.
-            println!("sensor: {}", sensor.log_line("attached; watching").unwrap_or_default());
+            let attached = sensor.log_line("attached; watching", Duration::from_secs(10));
+            println!("sensor: {}", attached.as_deref().unwrap_or("no attach line in its log"));
             caps_kept = capabilities_of(sensor.pid());
             let lines = sensor.finding_lines().context("no findings pipe")?;
             let mut sessions = Sessions { sensor: &sensor, lines: &lines };
